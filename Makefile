@@ -1,0 +1,37 @@
+# gsformat — `make demo` and `make test` are the two commands a fresh machine needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_OUT ?= demo-out
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+# torch/torchvision pinned first: the pair these machines carry (DESIGN.md § Dependencies); an
+# unpinned torch would pull a multi-GB build from the index.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+
+bench: $(STAMP)
+	mkdir -p benchmarks/results
+	$(BIN)/python benchmarks/fit_bench.py | tee benchmarks/results/fit_bench.json
+	$(BIN)/python benchmarks/loader_bench.py | tee benchmarks/results/loader_bench.json
+	$(BIN)/python benchmarks/rd_bench.py --plot benchmarks/results/rd_curves.png | tee benchmarks/results/rd_bench.json
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info

@@ -1,0 +1,103 @@
+"""The ``gsformat`` command: convert, validate, inspect, render, merge, train."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def cmd_validate(args) -> int:
+    from .format.validate import validate_dataset
+    report = validate_dataset(args.path, progress=not args.json and sys.stderr.isatty())
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+    return 0 if report.valid else 1
+
+
+def cmd_inspect(args) -> int:
+    from .format.dataset import read_index, read_manifest
+    manifest = read_manifest(args.path)
+    index = read_index(args.path)
+    shards = index["shards"]
+    summary = {
+        "manifest": manifest,
+        "index": {"n_shards": len(shards),
+                  "n_samples": sum(s.get("samples", 0) for s in shards),
+                  "bytes_stored": sum((s.get("zip_data") or s["raw_data"])["bytes"]
+                                      for s in shards),
+                  "bytes_raw": sum(s["raw_data"]["bytes"] for s in shards)},
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_render(args) -> int:
+    from .render_cli import render_samples
+    render_samples(args.path, args.index, args.output, size=args.size, count=args.count)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .convert import run_convert
+    return run_convert(args)
+
+
+def cmd_merge(args) -> int:
+    from .convert.merge import merge_parts
+    manifest = merge_parts(args.path)
+    print(f"merged {manifest['n_samples']} samples from {len(manifest.get('parts', []))} parts "
+          f"into {args.path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = argparse.ArgumentParser(prog="gsformat", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gsformat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a dataset against the spec (exit 0 valid, 1 not)")
+    p.add_argument("path", help="dataset directory or URL (s3://...)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("inspect", help="print the manifest and summary statistics")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("render", help="render samples (beside their stored source images) to PNG")
+    p.add_argument("path")
+    p.add_argument("--index", type=int, default=0, help="first sample to render")
+    p.add_argument("--count", type=int, default=1, help="number of samples")
+    p.add_argument("--size", type=int, default=None, help="render size (default: canvas size)")
+    p.add_argument("-o", "--output", default="render.png")
+    p.set_defaults(func=cmd_render)
+
+    from .convert.options import add_convert_arguments
+    p = sub.add_parser("convert", help="fit image datasets into splat shards")
+    add_convert_arguments(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("merge", help="join the parts that ranks wrote into one dataset")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("train", help="reference training: distill | clip | zeroshot | describe",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: __import__("gsformat.train.cli", fromlist=["main"]).main(a.rest))
+    return parser
+
+
+def main(argv=None) -> int:
+    from .format.errors import FormatError
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FormatError, FileNotFoundError, ValueError) as exc:
+        print(f"gsformat {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

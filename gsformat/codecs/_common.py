@@ -1,0 +1,52 @@
+"""Helpers shared by the gsformat codecs: input checks, header reads, bounded zstd."""
+from __future__ import annotations
+
+import numpy as np
+from numcodecs.compat import ensure_contiguous_ndarray, ndarray_copy
+from numcodecs.zstd import Zstd
+
+from ..format import constants as C
+from ..format.errors import FormatError
+from ..format.zstd_frame import zstd_content_size
+
+__all__ = ["as_splat_rows", "read_u32", "zstd_compress", "zstd_decompress", "ndarray_copy"]
+
+
+def as_splat_rows(buf) -> np.ndarray:
+    """Encoder input → float16 ``[N, 8]`` (a view where possible)."""
+    arr = np.asarray(buf)
+    if arr.dtype != np.float16:
+        arr = np.frombuffer(ensure_contiguous_ndarray(buf), dtype=np.uint8).view(C.STORAGE_DTYPE)
+    if arr.size % C.PARAMS_PER_SPLAT:
+        raise ValueError(f"splat payload has {arr.size} values, not a multiple of "
+                         f"{C.PARAMS_PER_SPLAT}")
+    return np.ascontiguousarray(arr, dtype=C.STORAGE_DTYPE).reshape(-1, C.PARAMS_PER_SPLAT)
+
+
+def read_u32(data: np.ndarray, pos: int, what: str, limit: int) -> int:
+    """A little-endian uint32 at ``pos``, checked against ``limit``."""
+    if data.size < pos + 4:
+        raise FormatError(f"truncated header: no room for {what}")
+    value = int.from_bytes(data[pos:pos + 4].tobytes(), "little")
+    if value > limit:
+        raise FormatError(f"{what} {value} exceeds limit {limit}")
+    return value
+
+
+def zstd_compress(raw: bytes | np.ndarray, level: int) -> bytes:
+    return bytes(Zstd(level=level).encode(np.ascontiguousarray(raw)))
+
+
+def zstd_decompress(frame, expected_nbytes: int) -> np.ndarray:
+    """Decompress one zstd frame whose header must claim exactly ``expected_nbytes``."""
+    claimed = zstd_content_size(frame)
+    if claimed != expected_nbytes:
+        raise FormatError(f"zstd frame claims {claimed} bytes, header says {expected_nbytes}")
+    try:
+        raw = Zstd().decode(frame)
+    except Exception as exc:
+        raise FormatError(f"corrupt zstd frame: {exc}") from None
+    raw = np.frombuffer(ensure_contiguous_ndarray(raw), dtype=np.uint8)
+    if raw.size != expected_nbytes:
+        raise FormatError(f"zstd frame decoded to {raw.size} bytes, expected {expected_nbytes}")
+    return raw

@@ -1,0 +1,64 @@
+"""``gsformat.planar`` — lossless: attribute-major byte planes, then zstd.
+
+Splat rows ``[N, 8]`` FP16 are transposed to attribute-major ``[8, N]`` and each value split into
+its high and low byte; all high-byte planes come first (sign, exponent and top mantissa bits vary
+slowly within an attribute, so zstd finds long matches there), then all low-byte planes.
+
+Encoded layout (little-endian)::
+
+    [n_values: uint32]  [zstd frame of 2 * n_values bytes: hi planes (8 × N), lo planes (8 × N)]
+
+Decoding is bit-exact, NaN payloads and signed zeros included.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numcodecs.abc import Codec
+
+from ..format import constants as C
+from ..format.errors import FormatError
+from ._common import as_splat_rows, ndarray_copy, read_u32, zstd_compress, zstd_decompress
+
+
+class Planar(Codec):
+    """Lossless splat codec: attribute-major byte planes + zstd.
+
+    Parameters
+    ----------
+    level : int
+        zstd compression level (1–22).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> codec = Planar(level=9)
+    >>> params = np.random.default_rng(0).random((16, 8)).astype(np.float16)
+    >>> bool(np.array_equal(codec.decode(codec.encode(params)).reshape(16, 8), params))
+    True
+    """
+
+    codec_id = "gsformat.planar"
+
+    def __init__(self, level: int = 9):
+        if not 1 <= int(level) <= 22:
+            raise ValueError(f"zstd level must be in [1, 22], got {level}")
+        self.level = int(level)
+
+    def encode(self, buf) -> bytes:
+        rows = as_splat_rows(buf)  # [N, 8]
+        words = rows.T.view(np.uint16)  # [8, N] attribute-major
+        planes = np.empty((2,) + words.shape, np.uint8)  # [2, 8, N]
+        np.right_shift(words, 8, out=planes[0], casting="unsafe")
+        np.bitwise_and(words, 0xFF, out=planes[1], casting="unsafe")
+        header = np.uint32(rows.size).tobytes()
+        return header + zstd_compress(planes, self.level)
+
+    def decode(self, buf, out=None):
+        data = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
+        n_values = read_u32(data, 0, "value count", C.MAX_DECODED_BYTES // 2)
+        if n_values % C.PARAMS_PER_SPLAT:
+            raise FormatError(f"value count {n_values} is not a multiple of {C.PARAMS_PER_SPLAT}")
+        planes = zstd_decompress(data[4:], 2 * n_values).reshape(2, C.PARAMS_PER_SPLAT, -1)
+        words = (planes[0].astype(np.uint16) << 8) | planes[1]  # [8, N]
+        params = np.ascontiguousarray(words.T).view(C.STORAGE_DTYPE).reshape(-1)
+        return ndarray_copy(params.astype(np.float16), out)

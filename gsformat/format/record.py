@@ -1,0 +1,198 @@
+"""Splat records: one msgpack map per image (SPEC.md § 4).
+
+Byte layout of a record (msgpack map, keys in this order when written)::
+
+    {"version": [1, 0], "n_splats": N, "height": H, "width": W, "layout": "gs2d.mu2.chol3.rgb3",
+     "codecs": [<numcodecs config>, ...], "payload": <bin>, "fit": {"psnr": 31.2, ...}}
+
+Decoding the payload: apply the codecs' ``decode`` in reverse order; the result is exactly
+``N * 16`` bytes, read as little-endian float16 ``[N, 8]``. Every size a header claims is checked
+against `constants` before anything is allocated.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Iterable
+
+import msgpack
+import numcodecs
+import numpy as np
+from numcodecs.abc import Codec
+
+from . import constants as C
+from .errors import FormatError, UnknownCodecError
+from .splatset import SplatSet
+from .zstd_frame import zstd_content_size
+
+# Codec ids a v1 reader accepts in a pipeline: ours (registered by gsformat.codecs) and numcodecs'
+# zstd, whose frame header states its decoded size so the reader can check it before allocating.
+ZSTD_ID = "zstd"
+
+
+def _codec_config(codec: Codec | dict) -> dict:
+    config = codec.get_config() if isinstance(codec, Codec) else dict(codec)
+    if not isinstance(config.get("id"), str):
+        raise FormatError(f"codec config needs a string 'id', got {config!r}")
+    try:
+        json.dumps(config)
+    except TypeError as exc:
+        raise FormatError(f"codec config {config!r} is not JSON: {exc}") from None
+    return config
+
+
+@functools.lru_cache(maxsize=256)
+def _codec_from_json(config_json: str) -> Codec:
+    config = json.loads(config_json)
+    codec_id = config.get("id")
+    if codec_id != ZSTD_ID and not str(codec_id).startswith("gsformat."):
+        raise UnknownCodecError(f"codec id {codec_id!r} is not allowed in a v1 pipeline "
+                                f"(allowed: 'gsformat.*', {ZSTD_ID!r})")
+    import gsformat.codecs  # noqa: F401  (registers gsformat.* ids)
+    try:
+        return numcodecs.get_codec(dict(config))
+    except ValueError as exc:
+        raise UnknownCodecError(f"unknown codec id {codec_id!r}") from exc
+    except TypeError as exc:
+        raise FormatError(f"bad codec config {config!r}: {exc}") from None
+
+
+def get_codec(config: Codec | dict) -> Codec:
+    """The codec for a JSON config (cached; configs are immutable values)."""
+    if isinstance(config, Codec):
+        return config
+    return _codec_from_json(json.dumps(_codec_config(config), sort_keys=True))
+
+
+def encode_payload(params: np.ndarray, codecs: Iterable[Codec | dict] = ()) -> tuple[bytes, list]:
+    """FP16 ``[N, 8]`` → (payload bytes, pipeline configs)."""
+    buf: Any = np.ascontiguousarray(params, dtype=C.STORAGE_DTYPE)
+    configs = []
+    for codec in codecs:
+        configs.append(_codec_config(codec))
+        buf = get_codec(codec).encode(buf)
+    return bytes(memoryview(np.ascontiguousarray(buf)).cast("B")), configs
+
+
+def decode_payload(payload: bytes, configs: list, n_splats: int) -> np.ndarray:
+    """Payload → float16 ``[n_splats, 8]``, checking each stage's claimed size first."""
+    if len(configs) > C.MAX_CODECS:
+        raise FormatError(f"codec pipeline has {len(configs)} stages, limit {C.MAX_CODECS}")
+    buf: Any = payload
+    for config in reversed(configs):
+        if not isinstance(config, dict):
+            raise FormatError(f"codec config must be a map, got {type(config).__name__}")
+        codec = get_codec(config)
+        if codec.codec_id == ZSTD_ID:
+            claimed = zstd_content_size(buf)
+            if claimed > C.MAX_DECODED_BYTES:
+                raise FormatError(f"zstd stage claims {claimed} decoded bytes, "
+                                  f"limit {C.MAX_DECODED_BYTES}")
+        try:
+            buf = codec.decode(buf)
+        except FormatError:
+            raise
+        except Exception as exc:  # a codec library's own error: say which stage failed
+            raise FormatError(f"codec {config.get('id')!r} failed to decode: {exc}") from None
+    raw = np.frombuffer(memoryview(np.ascontiguousarray(buf)).cast("B"), dtype=np.uint8)
+    expected = n_splats * C.BYTES_PER_SPLAT
+    if raw.nbytes != expected:
+        raise FormatError(f"decoded payload has {raw.nbytes} bytes, expected {expected} "
+                          f"for {n_splats} splats")
+    return raw.view(C.STORAGE_DTYPE).reshape(n_splats, C.PARAMS_PER_SPLAT).astype(np.float16)
+
+
+def encode_record(splats: SplatSet, codecs: Iterable[Codec | dict] = (),
+                  fit: dict | None = None) -> bytes:
+    """Encode a `SplatSet` as a splat record (bytes). ``fit`` defaults to ``splats.meta``."""
+    payload, configs = encode_payload(splats.params, codecs)
+    record = {
+        C.KEY_VERSION: list(C.FORMAT_VERSION),
+        C.KEY_N_SPLATS: splats.n_splats,
+        C.KEY_HEIGHT: splats.height,
+        C.KEY_WIDTH: splats.width,
+        C.KEY_LAYOUT: C.LAYOUT_ID,
+        C.KEY_CODECS: configs,
+        C.KEY_PAYLOAD: payload,
+    }
+    fit = splats.meta if fit is None else fit
+    if fit:
+        record[C.KEY_FIT] = {str(k): _plain(v) for k, v in fit.items()}
+    out = msgpack.packb(record, use_bin_type=True)
+    if len(out) > C.MAX_RECORD_BYTES:
+        raise FormatError(f"record of {len(out)} bytes exceeds limit {C.MAX_RECORD_BYTES}")
+    return out
+
+
+def _plain(value):
+    """numpy scalars → Python scalars, so msgpack writes them."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _refuse_ext(code, data):
+    raise FormatError(f"msgpack extension type {code} is not allowed in a record")
+
+
+def read_header(buf: bytes | memoryview) -> dict:
+    """Parse and check a record's map without decoding the payload."""
+    if len(buf) > C.MAX_RECORD_BYTES:
+        raise FormatError(f"record of {len(buf)} bytes exceeds limit {C.MAX_RECORD_BYTES}")
+    try:
+        record = msgpack.unpackb(
+            buf, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext,
+            max_bin_len=C.MAX_RECORD_BYTES, max_str_len=1 << 20, max_array_len=1 << 16,
+            max_map_len=1 << 12)
+    except FormatError:
+        raise
+    except Exception as exc:
+        raise FormatError(f"not a msgpack record: {exc}") from None
+    if not isinstance(record, dict):
+        raise FormatError(f"record must be a msgpack map, got {type(record).__name__}")
+    missing = [k for k in C.REQUIRED_KEYS if k not in record]
+    if missing:
+        raise FormatError(f"record is missing required keys {missing}")
+    version = record[C.KEY_VERSION]
+    if (not isinstance(version, list) or len(version) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in version)):
+        raise FormatError(f"version must be [major, minor], got {version!r}")
+    if version[0] != C.FORMAT_MAJOR:
+        raise FormatError(f"unknown major version {version[0]} (this reader understands "
+                          f"{C.FORMAT_MAJOR}.x)")
+    for key, low, high in ((C.KEY_N_SPLATS, 0, C.MAX_SPLATS),
+                           (C.KEY_HEIGHT, 1, C.MAX_CANVAS_SIDE),
+                           (C.KEY_WIDTH, 1, C.MAX_CANVAS_SIDE)):
+        value = record[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise FormatError(f"{key} must be an integer, got {type(value).__name__}")
+        if not low <= value <= high:
+            what = "splat count" if key == C.KEY_N_SPLATS else f"canvas {key}"
+            raise FormatError(f"{what} {value} outside [{low}, {high}]")
+    if record[C.KEY_LAYOUT] != C.LAYOUT_ID:
+        raise FormatError(f"unknown parameter layout {record[C.KEY_LAYOUT]!r} "
+                          f"(expected {C.LAYOUT_ID!r})")
+    if not isinstance(record[C.KEY_CODECS], list):
+        raise FormatError("codecs must be a list of codec configs")
+    if not isinstance(record[C.KEY_PAYLOAD], bytes):
+        raise FormatError("payload must be msgpack bin")
+    fit = record.get(C.KEY_FIT, {})
+    if not isinstance(fit, dict) or len(fit) > C.MAX_FIT_KEYS:
+        record[C.KEY_FIT] = {}  # optional and ignorable: a malformed fit map is dropped
+    return record
+
+
+def decode_record(buf: bytes | memoryview, check: bool = False,
+                  where: str | None = None) -> SplatSet:
+    """Decode a splat record into a `SplatSet`.
+
+    Raises `FormatError` (naming ``where`` when given) for anything SPEC.md forbids. With
+    ``check=True`` the parameters are also validated (finite, l11 > 0, l22 > 0).
+    """
+    try:
+        record = read_header(buf)
+        params = decode_payload(record[C.KEY_PAYLOAD], record[C.KEY_CODECS],
+                                record[C.KEY_N_SPLATS])
+        splats = SplatSet(params, record[C.KEY_HEIGHT], record[C.KEY_WIDTH],
+                          dict(record.get(C.KEY_FIT, {})))
+        return splats.check() if check else splats
+    except FormatError as exc:
+        raise exc.at(where) if where else exc

@@ -1,0 +1,200 @@
+"""`validate_dataset`: check a dataset (local or remote) against SPEC.md § 8.
+
+Checks, in order: index.json (MDS v2), gsformat.json (version, columns, sample count agree with
+the index), every shard (present, sizes, hashes, decompression, sample count, sample offsets) and
+every sample (record decodes, finite parameters, l11 > 0 and l22 > 0, limits, unique keys,
+column types). Problems are collected, not raised, so one run reports everything it finds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import constants as C
+from . import mds, storage
+from .dataset import read_index, read_manifest
+from .errors import FormatError
+from .record import decode_record
+
+MAX_PROBLEMS_PER_SHARD = 20
+
+
+@dataclass
+class Report:
+    path: str
+    problems: list[dict] = field(default_factory=list)
+    n_shards: int = 0
+    n_samples: int = 0
+    n_splats: list[int] = field(default_factory=list)
+    psnr: list[float] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def add(self, where: str, problem: str) -> None:
+        self.problems.append({"where": where, "problem": problem})
+
+    def to_json(self) -> dict:
+        stats = {}
+        if self.n_splats:
+            stats = {"n_splats_mean": float(np.mean(self.n_splats)),
+                     "n_splats_min": int(np.min(self.n_splats)),
+                     "n_splats_max": int(np.max(self.n_splats))}
+        if self.psnr:
+            stats["psnr_mean"] = float(np.mean(self.psnr))
+        return {"path": self.path, "valid": self.valid, "n_shards": self.n_shards,
+                "n_samples": self.n_samples, "stats": stats, "problems": self.problems}
+
+    def text(self) -> str:
+        head = (f"{self.path}: {'valid' if self.valid else 'INVALID'} — {self.n_shards} shards, "
+                f"{self.n_samples} samples checked")
+        lines = [head] + [f"  {p['where']}: {p['problem']}" for p in self.problems]
+        if not self.valid:
+            lines.append(f"{len(self.problems)} problem(s)")
+        return "\n".join(lines)
+
+
+def _check_hashes(report: Report, where: str, data: bytes, hashes: dict) -> bool:
+    from streaming.base.hashing import get_hash, is_hash
+    ok = True
+    for algo, expected in (hashes or {}).items():
+        if not is_hash(algo):
+            report.add(where, f"unknown hash algorithm {algo!r}")
+            ok = False
+        elif get_hash(algo, data) != expected:
+            report.add(where, f"{algo} hash mismatch (file changed or corrupt)")
+            ok = False
+    return ok
+
+
+def _check_manifest(report: Report, root: str, index: dict) -> None:
+    try:
+        manifest = read_manifest(root)
+    except FileNotFoundError:
+        report.add(C.MANIFEST_NAME, "missing")
+        return
+    except FormatError as exc:
+        report.add(C.MANIFEST_NAME, exc.reason)
+        return
+    total = sum(int(s.get("samples", 0)) for s in index["shards"])
+    if manifest.get("n_samples") != total:
+        report.add(C.MANIFEST_NAME, f"n_samples {manifest.get('n_samples')} contradicts "
+                                    f"index.json ({total} samples)")
+    columns = manifest.get("columns")
+    if not isinstance(columns, dict):
+        report.add(C.MANIFEST_NAME, "columns must be a map of column name to MDS encoding")
+        return
+    for i, info in enumerate(index["shards"]):
+        try:
+            names, encodings, _ = mds.shard_config(info)
+        except FormatError:
+            continue  # reported with the shard
+        if dict(zip(names, encodings)) != columns:
+            report.add(C.MANIFEST_NAME, f"columns {columns} contradict index.json shard {i} "
+                                        f"({dict(zip(names, encodings))})")
+            break
+
+
+def _check_sample(report: Report, where: str, sample: dict, keys: set) -> None:
+    key = sample.get("key")
+    if not isinstance(key, str) or not key:
+        report.add(where, "missing or empty key")
+    elif key in keys:
+        report.add(where, f"duplicate key {key!r}")
+    else:
+        keys.add(key)
+    try:
+        splats = decode_record(sample.get("splats", b""), check=True)
+    except FormatError as exc:
+        report.add(where, f"splat record: {exc}")
+        return
+    report.n_splats.append(splats.n_splats)
+    psnr = splats.meta.get("psnr")
+    if isinstance(psnr, (int, float)):
+        report.psnr.append(float(psnr))
+
+
+def validate_dataset(root: str, progress: bool = False) -> Report:
+    """Check everything SPEC.md § 8 lists; return a `Report` (``report.valid``)."""
+    report = Report(root)
+    try:
+        index = read_index(root)
+    except FileNotFoundError:
+        report.add(C.INDEX_NAME, "missing (not an MDS dataset)")
+        return report
+    except FormatError as exc:
+        report.add(C.INDEX_NAME, exc.reason)
+        return report
+    _check_manifest(report, root, index)
+    keys: set[str] = set()
+    shards = index["shards"]
+    if progress:
+        from tqdm import tqdm
+        shards = tqdm(shards, desc="validate", unit="shard")
+    for info in shards:
+        report.n_shards += 1
+        before = len(report.problems)
+        _check_shard(report, root, info, keys)
+        extra = len(report.problems) - before - MAX_PROBLEMS_PER_SHARD
+        if extra > 0:
+            name = report.problems[before]["where"].split(",")[0]
+            del report.problems[before + MAX_PROBLEMS_PER_SHARD:]
+            report.add(name, f"... and {extra} more problems")
+    return report
+
+
+def _check_shard(report: Report, root: str, info: dict, keys: set) -> None:
+    raw_info, zip_info = info.get("raw_data") or {}, info.get("zip_data") or {}
+    name = raw_info.get("basename") or "shard ?"
+    if info.get("format") != "mds":
+        report.add(name, f"shard format {info.get('format')!r} is not mds")
+        return
+    stored = zip_info or raw_info
+    try:
+        data = storage.read_bytes(storage.join(root, stored["basename"]), mds.MAX_SHARD_BYTES)
+    except (FileNotFoundError, KeyError):
+        report.add(stored.get("basename", name), "missing shard file")
+        return
+    except ValueError as exc:
+        report.add(stored["basename"], str(exc))
+        return
+    where = stored["basename"]
+    if len(data) != stored.get("bytes"):
+        report.add(where, f"size {len(data)} bytes, index says {stored.get('bytes')} "
+                          f"(truncated or overwritten)")
+        return
+    if not _check_hashes(report, where, data, stored.get("hashes")):
+        return
+    try:
+        raw = mds.decompress(data, info.get("compression") if zip_info else None,
+                             raw_info.get("bytes", -1))
+    except FormatError as exc:
+        report.add(where, exc.reason)
+        return
+    if zip_info and not _check_hashes(report, name, raw, raw_info.get("hashes")):
+        return
+    try:
+        spans = mds.sample_spans(raw)
+    except FormatError as exc:
+        report.add(name, exc.reason)
+        return
+    if len(spans) != info.get("samples"):
+        report.add(name, f"holds {len(spans)} samples, index says {info.get('samples')}")
+    try:
+        names, _, _ = mds.shard_config(info)
+    except FormatError as exc:
+        report.add(name, exc.reason)
+        return
+    missing = [c for c in C.REQUIRED_COLUMNS if c not in names]
+    if missing:
+        report.add(name, f"missing required columns {missing}")
+        return
+    for i, sample in mds.iter_samples(raw, info):
+        report.n_samples += 1
+        where = f"{name}, sample {i}"
+        if isinstance(sample, FormatError):
+            report.add(where, sample.reason)
+        else:
+            _check_sample(report, where, sample, keys)
