@@ -8,6 +8,8 @@ Encoded layout (little-endian)::
 
     [n_values: uint32]  [zstd frame of 2 * n_values bytes: hi planes (8 × N), lo planes (8 × N)]
 
+(no frame when n_values is 0).
+
 Decoding is bit-exact, NaN payloads and signed zeros included.
 """
 from __future__ import annotations
@@ -51,13 +53,15 @@ class Planar(Codec):
         np.right_shift(words, 8, out=planes[0], casting="unsafe")
         np.bitwise_and(words, 0xFF, out=planes[1], casting="unsafe")
         header = np.uint32(rows.size).tobytes()
-        return header + zstd_compress(planes, self.level)
+        return header + zstd_compress(planes, self.level) if rows.size else header
 
     def decode(self, buf, out=None):
         data = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
         n_values = read_u32(data, 0, "value count", C.MAX_DECODED_BYTES // 2)
         if n_values % C.PARAMS_PER_SPLAT:
             raise FormatError(f"value count {n_values} is not a multiple of {C.PARAMS_PER_SPLAT}")
+        if n_values == 0 and data.size == 4:
+            return ndarray_copy(np.empty(0, np.float16), out)
         planes = zstd_decompress(data[4:], 2 * n_values).reshape(2, C.PARAMS_PER_SPLAT, -1)
         words = (planes[0].astype(np.uint16) << 8) | planes[1]  # [8, N]
         params = np.ascontiguousarray(words.T).view(C.STORAGE_DTYPE).reshape(-1)

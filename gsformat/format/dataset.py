@@ -104,7 +104,7 @@ class SplatWriter:
 
 def make_manifest(columns: dict, n_samples: int, codecs=(), stats: dict | None = None,
                   **extra) -> dict:
-    from .record import _codec_config
+    from .record import _codec_config, get_codec
     from .. import __version__
     manifest = {
         "format": C.MANIFEST_FORMAT,
@@ -112,7 +112,7 @@ def make_manifest(columns: dict, n_samples: int, codecs=(), stats: dict | None =
         "layout": C.LAYOUT_ID,
         "columns": dict(columns),
         "n_samples": int(n_samples),
-        "codecs": [_codec_config(c) for c in codecs],
+        "codecs": [_codec_config(get_codec(c)) for c in codecs],
         "stats": dict(stats or {}),
         "created_by": f"gsformat {__version__}",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

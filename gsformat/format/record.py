@@ -69,13 +69,23 @@ def encode_payload(params: np.ndarray, codecs: Iterable[Codec | dict] = ()) -> t
     buf: Any = np.ascontiguousarray(params, dtype=C.STORAGE_DTYPE)
     configs = []
     for codec in codecs:
-        configs.append(_codec_config(codec))
-        buf = get_codec(codec).encode(buf)
-    return bytes(memoryview(np.ascontiguousarray(buf)).cast("B")), configs
+        codec = get_codec(codec)
+        configs.append(_codec_config(codec))  # the full config, defaults included
+        buf = codec.encode(buf)
+    return _as_uint8(buf).tobytes(), configs
+
+
+def _as_uint8(buf) -> np.ndarray:
+    """Any buffer a codec returns (bytes, ndarray of any dtype) as flat uint8, without a copy."""
+    if isinstance(buf, (bytes, bytearray, memoryview)):
+        return np.frombuffer(buf, dtype=np.uint8)
+    return np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
 
 
 def decode_payload(payload: bytes, configs: list, n_splats: int) -> np.ndarray:
     """Payload → float16 ``[n_splats, 8]``, checking each stage's claimed size first."""
+    if n_splats == 0 and not payload:
+        return np.empty((0, C.PARAMS_PER_SPLAT), np.float16)
     if len(configs) > C.MAX_CODECS:
         raise FormatError(f"codec pipeline has {len(configs)} stages, limit {C.MAX_CODECS}")
     buf: Any = payload
@@ -94,7 +104,7 @@ def decode_payload(payload: bytes, configs: list, n_splats: int) -> np.ndarray:
             raise
         except Exception as exc:  # a codec library's own error: say which stage failed
             raise FormatError(f"codec {config.get('id')!r} failed to decode: {exc}") from None
-    raw = np.frombuffer(memoryview(np.ascontiguousarray(buf)).cast("B"), dtype=np.uint8)
+    raw = _as_uint8(buf)
     expected = n_splats * C.BYTES_PER_SPLAT
     if raw.nbytes != expected:
         raise FormatError(f"decoded payload has {raw.nbytes} bytes, expected {expected} "
@@ -105,7 +115,8 @@ def decode_payload(payload: bytes, configs: list, n_splats: int) -> np.ndarray:
 def encode_record(splats: SplatSet, codecs: Iterable[Codec | dict] = (),
                   fit: dict | None = None) -> bytes:
     """Encode a `SplatSet` as a splat record (bytes). ``fit`` defaults to ``splats.meta``."""
-    payload, configs = encode_payload(splats.params, codecs)
+    # an empty record has no payload to code (zstd cannot round-trip an empty frame)
+    payload, configs = encode_payload(splats.params, codecs if splats.n_splats else ())
     record = {
         C.KEY_VERSION: list(C.FORMAT_VERSION),
         C.KEY_N_SPLATS: splats.n_splats,

@@ -1,0 +1,40 @@
+"""Real photographs that ship inside installed packages (no download): the demo's and the
+tests' inputs. scikit-image's bundled images are CC0 / public domain; scikit-learn's sample
+images (china, flower) are CC BY 2.0 by their authors, shipped with scikit-learn."""
+from __future__ import annotations
+
+import numpy as np
+
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+                  "immunohistochemistry", "retina")
+SKLEARN_PHOTOS = ("china", "flower")
+PHOTOS = SKIMAGE_PHOTOS + SKLEARN_PHOTOS
+
+
+def load_raw(name: str) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` at the photograph's own size."""
+    if name in SKLEARN_PHOTOS:
+        from sklearn.datasets import load_sample_image
+        image = load_sample_image(f"{name}.jpg")
+    elif name in SKIMAGE_PHOTOS:
+        import skimage.data
+        image = getattr(skimage.data, name)()
+    else:
+        raise ValueError(f"unknown photograph {name!r}; known: {', '.join(PHOTOS)}")
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre square crop, then a Lanczos resize to ``size``² (uint8 RGB)."""
+    from PIL import Image
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = Image.fromarray(image[top:top + side, left:left + side])
+    return np.asarray(crop.resize((size, size), Image.LANCZOS))
+
+
+def load_photo(name: str, size: int = 224) -> np.ndarray:
+    return center_crop_resize(load_raw(name), size)

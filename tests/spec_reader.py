@@ -1,0 +1,49 @@
+"""An independent reader written from spec/SPEC.md alone: msgpack, numcodecs.zstd and numpy,
+no gsformat import. If this and gsformat disagree, one of them (or the spec) is wrong."""
+import msgpack
+import numpy as np
+from numcodecs.zstd import Zstd
+
+
+def _planar(buf):  # SPEC.md § 5.2
+    n_values = int.from_bytes(buf[:4], "little")
+    if n_values == 0:
+        return b""
+    planes = np.frombuffer(Zstd().decode(buf[4:]), np.uint8).reshape(2, 8, -1)
+    words = (planes[0].astype(np.uint16) << 8) | planes[1]
+    return np.ascontiguousarray(words.T).tobytes()
+
+
+def _quantize(buf, config):  # SPEC.md § 5.3
+    bits = [config["position_bits"]] * 2 + [config["covariance_bits"]] * 3 + \
+        [config["colour_bits"]] * 3
+    n = int.from_bytes(buf[:4], "little")
+    lo = np.frombuffer(buf, "<f8", 8, 4)
+    hi = np.frombuffer(buf, "<f8", 8, 68)
+    pos, cols = 132, []
+    for col, b in enumerate(bits):
+        nbytes = (n * b + 7) // 8
+        stream = np.unpackbits(np.frombuffer(buf, np.uint8, nbytes, pos), count=n * b,
+                               bitorder="little").reshape(n, b)
+        codes = stream.astype(np.float64) @ (2.0 ** np.arange(b))
+        value = lo[col] + codes * ((hi[col] - lo[col]) / (2 ** b - 1))
+        cols.append(np.exp(value) if col in (2, 4) else value)
+        pos += nbytes
+    return np.stack(cols, 1).astype("<f2").tobytes() if n else b""
+
+
+def spec_decode(record: bytes):
+    rec = msgpack.unpackb(record, raw=False)
+    assert rec["version"][0] == 1 and rec["layout"] == "gs2d.mu2.chol3.rgb3"
+    buf = rec["payload"]
+    for config in reversed(rec["codecs"]):
+        if config["id"] == "zstd":
+            buf = bytes(Zstd().decode(buf))
+        elif config["id"] == "gsformat.planar":
+            buf = _planar(buf)
+        elif config["id"] == "gsformat.quantize":
+            buf = _quantize(buf, config)
+        else:
+            raise ValueError(config["id"])
+    params = np.frombuffer(buf, "<f2").reshape(rec["n_splats"], 8)
+    return params, rec["height"], rec["width"]

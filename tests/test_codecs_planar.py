@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from codec_harness import (check_backwards_compatibility, check_config, check_encode_decode,
+                           check_repr, write_fixture_once)
+from gsformat import FormatError
+from gsformat.codecs import Planar
+from strategies import any_bits
+
+
+@given(bits=any_bits)
+@settings(max_examples=60, deadline=None)
+def test_bit_exact_for_any_fp16(bits):
+    # any bit pattern, NaN payloads and signed zeros included
+    check_encode_decode(Planar(level=3), bits.view(np.float16))
+
+
+def test_config_and_repr():
+    for level in (1, 9, 22):
+        check_config(Planar(level=level))
+        check_repr(Planar(level=level))
+    with pytest.raises(ValueError):
+        Planar(level=0)
+
+
+def test_compresses_real_fitted_splats(fitted_splats):
+    params = fitted_splats[0].params
+    encoded = check_encode_decode(Planar(), params)
+    assert params.nbytes / len(encoded) > 1.05  # measured ratio reported by benchmarks
+
+
+def test_golden_fixtures(fitted_splats):
+    write_fixture_once(Planar(level=9), "astronaut64-256", fitted_splats[0].params)
+    assert check_backwards_compatibility("gsformat.planar") >= 1
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda b: b[:3],                                        # truncated header
+    lambda b: (2**31).to_bytes(4, "little") + b[4:],        # count over the limit
+    lambda b: (8).to_bytes(4, "little") + b[4:],            # count contradicts the zstd frame
+    lambda b: b[:4] + b"\x00" * (len(b) - 4),               # not a zstd frame
+    lambda b: b[:-5],                                       # truncated frame
+])
+def test_corrupt_input_is_a_format_error(fitted_splats, mutate):
+    encoded = Planar().encode(fitted_splats[0].params)
+    with pytest.raises(FormatError):
+        Planar().decode(mutate(encoded))

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from codec_harness import (check_backwards_compatibility, check_config, check_encode_decode,
+                           check_repr, write_fixture_once)
+from gsformat import FormatError
+from gsformat.codecs import Quantize
+from gsformat.codecs.quantize import LOG_COLS
+from strategies import valid_params
+
+FP16_HALF_ULP = 2.0 ** -11  # relative
+
+
+def check_bound(codec, params):
+    """The docstring's bound: step/2 in the coding domain, plus FP16 rounding of the result."""
+    encoded = codec.encode(params)
+    decoded = np.asarray(codec.decode(encoded)).reshape(params.shape).astype(np.float64)
+    if not len(params):
+        return
+    domain = params.astype(np.float64)
+    domain[:, LOG_COLS] = np.log(domain[:, LOG_COLS])
+    step = codec.steps(domain.min(0), domain.max(0))
+    for col in range(8):
+        if col in LOG_COLS:
+            err = np.abs(np.log(decoded[:, col]) - domain[:, col])
+            assert (err <= step[col] / 2 * (1 + 1e-9) + 2 * FP16_HALF_ULP).all()
+        else:
+            err = np.abs(decoded[:, col] - domain[:, col])
+            bound = step[col] / 2 * (1 + 1e-9) + np.abs(decoded[:, col]) * FP16_HALF_ULP + 2**-25
+            assert (err <= bound).all(), (col, err.max(), step[col])
+
+
+@given(params=valid_params(), bits=st.tuples(st.integers(1, 16), st.integers(1, 16),
+                                            st.integers(1, 16)))
+@settings(max_examples=80, deadline=None)
+def test_error_within_stated_bound(params, bits):
+    check_bound(Quantize(*bits), params)
+
+
+def test_size_and_error_on_real_splats(fitted_splats):
+    params = fitted_splats[0].params
+    codec = Quantize(12, 10, 8)
+    encoded = codec.encode(params)
+    # 12·2 + 10·3 + 8·3 = 78 bits a splat plus a 132-byte header
+    assert len(encoded) == 132 + sum((len(params) * b + 7) // 8 for b in codec.bits)
+    check_bound(codec, params)
+
+
+def test_config_and_repr():
+    codec = Quantize(position_bits=14, covariance_bits=9, colour_bits=7)
+    check_config(codec)
+    check_repr(codec)
+    with pytest.raises(ValueError):
+        Quantize(position_bits=17)
+
+
+def test_refuses_invalid_splats():
+    params = np.ones((3, 8), np.float16)
+    params[1, 2] = 0
+    with pytest.raises(ValueError, match="l11 > 0"):
+        Quantize().encode(params)
+    params[1, 2] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        Quantize().encode(params)
+
+
+def test_golden_fixtures(fitted_splats):
+    write_fixture_once(Quantize(12, 10, 8), "astronaut64-256-12-10-8", fitted_splats[0].params)
+    assert check_backwards_compatibility("gsformat.quantize") >= 1
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda b: b[:10],
+    lambda b: (2**31).to_bytes(4, "little") + b[4:],
+    lambda b: b + b"\x00",
+    lambda b: b[:4] + np.full(8, np.nan).tobytes() + b[68:],
+])
+def test_corrupt_input_is_a_format_error(fitted_splats, mutate):
+    encoded = Quantize().encode(fitted_splats[0].params)
+    with pytest.raises(FormatError):
+        Quantize().decode(mutate(encoded))

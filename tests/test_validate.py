@@ -1,0 +1,190 @@
+"""`gsformat validate`: 0 on valid datasets, 1 naming the place for every kind of damage."""
+import json
+import os
+import subprocess
+import sys
+
+import msgpack
+import numpy as np
+import pytest
+import zstd
+
+from gsformat.cli import main
+from gsformat.format.dataset import iter_dataset, read_index
+from gsformat.format.validate import validate_dataset
+
+
+def shard_path(root, i=0):
+    info = read_index(root)["shards"][i]
+    return os.path.join(root, info["zip_data"]["basename"]), info
+
+
+def rewrite_sample_record(root, mutate_record, shard=0, sample=1):
+    """Re-encode one sample's record, then fix sizes and hashes so only the record is bad."""
+    from streaming.base.hashing import get_hash
+    path, info = shard_path(root, shard)
+    raw = bytearray(zstd.decompress(open(path, "rb").read()))
+    n = int.from_bytes(raw[:4], "little")
+    offsets = np.frombuffer(bytes(raw[4:8 + 4 * n]), "<u4").astype(np.int64)
+    start, end = offsets[sample], offsets[sample + 1]
+    names, sizes = info["column_names"], info["column_sizes"]
+    n_var = sum(s is None for s in sizes)
+    var_sizes = list(np.frombuffer(bytes(raw[start:start + 4 * n_var]), "<u4"))
+    pos, parts, vi = start + 4 * n_var, {}, 0
+    for name, size in zip(names, sizes):
+        size = var_sizes[vi] if size is None else size
+        vi += sizes[names.index(name)] is None
+        parts[name] = bytes(raw[pos:pos + size])
+        pos += size
+    parts["splats"] = mutate_record(parts["splats"])
+    new_sizes = [len(parts[nm]) for nm, sz in zip(names, sizes) if sz is None]
+    sample_bytes = np.array(new_sizes, "<u4").tobytes() + b"".join(parts[nm] for nm in names)
+    delta = len(sample_bytes) - (end - start)
+    raw[start:end] = sample_bytes
+    new_offsets = offsets.copy()
+    new_offsets[sample + 1:] += delta
+    raw[4:8 + 4 * n] = new_offsets.astype("<u4").tobytes()
+    raw = bytes(raw)
+    zipped = zstd.compress(raw)
+    open(path, "wb").write(zipped)
+    index = read_index(root)
+    entry = index["shards"][shard]
+    entry["raw_data"]["bytes"], entry["zip_data"]["bytes"] = len(raw), len(zipped)
+    for algo in entry["raw_data"]["hashes"]:
+        entry["raw_data"]["hashes"][algo] = get_hash(algo, raw)
+        entry["zip_data"]["hashes"][algo] = get_hash(algo, zipped)
+    json.dump(index, open(os.path.join(root, "index.json"), "w"))
+
+
+def patch_record(**changes):
+    def mutate(record):
+        rec = msgpack.unpackb(record, raw=False)
+        rec.update(changes)
+        return msgpack.packb(rec, use_bin_type=True)
+    return mutate
+
+
+def patch_params(col, value):
+    def mutate(record):
+        from gsformat import SplatSet, decode_record, encode_record
+        splats = decode_record(record)
+        params = splats.params.copy()
+        params[5, col] = value
+        return encode_record(SplatSet(params, splats.height, splats.width))
+    return mutate
+
+
+def assert_invalid(root, *fragments):
+    report = validate_dataset(root)
+    assert not report.valid
+    text = report.text()
+    for fragment in fragments:
+        assert fragment in text, text
+    assert main(["validate", root]) == 1
+    return report
+
+
+def test_valid_dataset(small_dataset, capsys):
+    report = validate_dataset(small_dataset)
+    assert report.valid, report.text()
+    assert report.n_samples == 12 and report.n_shards >= 2
+    assert main(["validate", small_dataset]) == 0
+    assert main(["validate", "--json", small_dataset]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["valid"]
+
+
+def test_cli_entry_point(small_dataset):
+    result = subprocess.run([sys.executable, "-m", "gsformat.cli", "validate", small_dataset],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_truncated_shard(small_dataset):
+    path, _ = shard_path(small_dataset)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])
+    assert_invalid(small_dataset, os.path.basename(path), "truncated")
+
+
+def test_flipped_byte_fails_hash(small_dataset):
+    path, _ = shard_path(small_dataset)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x40
+    open(path, "wb").write(bytes(data))
+    assert_invalid(small_dataset, os.path.basename(path), "hash mismatch")
+
+
+def test_missing_shard(small_dataset):
+    path, _ = shard_path(small_dataset, 1)
+    os.remove(path)
+    assert_invalid(small_dataset, os.path.basename(path), "missing shard file")
+
+
+def test_unknown_major_version(small_dataset):
+    rewrite_sample_record(small_dataset, patch_record(version=[2, 0]))
+    assert_invalid(small_dataset, "shard.00000.mds, sample 1", "unknown major version 2")
+
+
+def test_splat_count_over_limit(small_dataset):
+    rewrite_sample_record(small_dataset, patch_record(n_splats=2**31))
+    assert_invalid(small_dataset, "sample 1", "splat count 2147483648")
+
+
+@pytest.mark.parametrize("col, value, message", [
+    (0, np.nan, "non-finite"), (2, 0.0, "l11 <= 0"), (4, -0.5, "l22 <= 0")])
+def test_bad_parameters(small_dataset, col, value, message):
+    rewrite_sample_record(small_dataset, patch_params(col, value))
+    assert_invalid(small_dataset, "shard.00000.mds, sample 1", message)
+
+
+def test_duplicate_keys(tmp_path, fitted_splats):
+    from gsformat.format.dataset import SplatWriter
+    from streaming import MDSWriter
+    out = str(tmp_path / "dup")
+    with SplatWriter(out) as writer:  # a valid manifest first …
+        writer.write("a", fitted_splats[0])
+        writer.write("b", fitted_splats[1])
+    manifest = open(os.path.join(out, "gsformat.json")).read()
+    from gsformat import encode_record
+    with MDSWriter(out=out, columns={"key": "str", "splats": "bytes"}, compression="zstd",
+                   hashes=["xxh64"], exist_ok=True) as writer:  # … then keys written twice
+        for key in ("a", "a"):
+            writer.write({"key": key, "splats": encode_record(fitted_splats[0])})
+    open(os.path.join(out, "gsformat.json"), "w").write(manifest)
+    assert_invalid(out, "sample 1", "duplicate key 'a'")
+
+
+def test_manifest_contradicts_index(small_dataset):
+    path = os.path.join(small_dataset, "gsformat.json")
+    manifest = json.load(open(path))
+    manifest["n_samples"] = 99
+    json.dump(manifest, open(path, "w"))
+    assert_invalid(small_dataset, "gsformat.json", "n_samples 99 contradicts index.json")
+
+
+def test_manifest_columns_contradict_index(small_dataset):
+    path = os.path.join(small_dataset, "gsformat.json")
+    manifest = json.load(open(path))
+    manifest["columns"]["label"] = "str"
+    json.dump(manifest, open(path, "w"))
+    assert_invalid(small_dataset, "gsformat.json", "contradict")
+
+
+def test_missing_index_and_manifest(tmp_path, small_dataset):
+    assert_invalid(str(tmp_path / "nowhere"), "index.json", "missing")
+    os.remove(os.path.join(small_dataset, "gsformat.json"))
+    assert_invalid(small_dataset, "gsformat.json: missing")
+
+
+def test_sample_count_contradicts_index(small_dataset):
+    index = read_index(small_dataset)
+    index["shards"][0]["samples"] += 1
+    json.dump(index, open(os.path.join(small_dataset, "index.json"), "w"))
+    assert_invalid(small_dataset, "index says")
+
+
+def test_iter_dataset_reads_everything(small_dataset):
+    samples = list(iter_dataset(small_dataset))
+    assert [s["key"] for s in samples] == [f"img-{i:03d}" for i in range(12)]
+    assert samples[3]["label"] == 1 and samples[3]["caption"] == "photo 3"
+    assert samples[0]["splats"].n_splats > 0
