@@ -32,3 +32,13 @@ def small_dataset(tmp_path, fitted_splats):
         for i in range(12):
             writer.write(f"img-{i:03d}", fitted_splats[i % 2], caption=f"photo {i}", label=i % 2)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    from gsformat.fitting import cupy_available
+    if cupy_available():
+        return
+    skip = pytest.mark.skip(reason="needs CuPy and a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

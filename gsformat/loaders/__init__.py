@@ -1,0 +1,14 @@
+"""Streaming splat shards into PyTorch: `SplatDataset`, `collate_splats`, augmentations."""
+from .augment import SplatAugment, hflip, keep_strongest, splat_strength
+from .collate import collate_splats
+
+
+def __getattr__(name):
+    if name == "SplatDataset":  # imports streaming only when used
+        from .dataset import SplatDataset
+        return SplatDataset
+    raise AttributeError(name)
+
+
+__all__ = ["SplatDataset", "collate_splats", "SplatAugment", "hflip", "keep_strongest",
+           "splat_strength"]

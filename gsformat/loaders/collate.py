@@ -1,0 +1,36 @@
+"""`collate_splats`: variable splat counts → one padded batch plus a boolean mask."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import default_collate
+
+PAD_SPLAT = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0)  # valid (l11, l22 > 0) and colourless
+
+
+def collate_splats(batch: list[dict], pad_to: int | None = None) -> dict:
+    """Collate samples of `SplatDataset` (or any dicts with ``splats [N_i, 8]``).
+
+    ``splats`` becomes ``[B, N_max, 8]`` (N_max = the largest N_i, or ``pad_to``) padded with
+    colourless unit splats — so even an unmasked render is right — and ``mask`` ``[B, N_max]``
+    is True for real splats. Other tensors and numbers are stacked, strings become lists
+    (torch's ``default_collate``). Works with ``pin_memory=True``.
+    """
+    if not batch:
+        raise ValueError("collate_splats got an empty batch")
+    counts = [len(sample["splats"]) for sample in batch]
+    width = max(counts) if pad_to is None else pad_to
+    if max(counts) > width:
+        raise ValueError(f"a sample has {max(counts)} splats, more than pad_to={pad_to}; "
+                         f"use SplatDataset(max_splats=...) to cap them")
+    first = torch.as_tensor(batch[0]["splats"])
+    splats = torch.tensor(PAD_SPLAT, dtype=first.dtype).repeat(len(batch), width, 1)
+    mask = torch.zeros(len(batch), width, dtype=torch.bool)
+    for i, (sample, n) in enumerate(zip(batch, counts)):
+        splats[i, :n] = torch.as_tensor(sample["splats"])
+        mask[i, :n] = True
+    rest = [{k: v for k, v in sample.items() if k != "splats"} for sample in batch]
+    out = default_collate(rest) if rest[0] else {}
+    out["splats"] = splats
+    out["mask"] = mask
+    out["n_splats"] = torch.tensor(counts)
+    return out

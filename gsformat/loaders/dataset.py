@@ -1,0 +1,104 @@
+"""`SplatDataset`: a `streaming.StreamingDataset` that decodes splat records.
+
+Every streaming argument passes through (``remote``, ``local``, ``streams``, ``shuffle``,
+``batch_size``, ``cache_limit``, …), so shuffling, resumption (`StreamingDataLoader` state
+dicts), multi-worker and multi-node partitioning are streaming's. Streaming's own pitfalls, and
+what to do:
+
+- Build a fresh dataset for each DataLoader; a dataset already iterated in the main process and
+  then handed to a multi-worker loader can fail (``UnixFileLock … inherited across fork``).
+- A killed run can leave shared memory behind: call
+  ``streaming.base.util.clean_stale_shared_memory()`` before starting again.
+- ``local=`` with ``remote=None`` makes streaming write decompressed shards into the source
+  folder; give a remote (or let it cache elsewhere) when the folder must stay untouched.
+"""
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+import torch
+from streaming import StreamingDataset
+
+from ..format.errors import FormatError
+from ..format.record import decode_record
+from .augment import SplatAugment, keep_strongest
+
+
+def _image_tensor(image) -> torch.Tensor:
+    """A PIL image (streaming's jpeg column) → float ``[3, H, W]`` in [0, 1]."""
+    from PIL import Image
+    if isinstance(image, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(image))
+    array = np.asarray(image.convert("RGB"), np.uint8)
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255)
+
+
+class SplatDataset(StreamingDataset):
+    """Splat shards as PyTorch samples.
+
+    Each sample is a dict: ``splats`` (``[N, 8]`` tensor, ``dtype``), ``height``, ``width``,
+    ``key``, and ``caption`` / ``label`` / ``source`` where the dataset has them; the stored
+    source image (``image`` column) comes as ``source_image`` ``[3, H, W]`` float.
+
+    Args:
+        dtype: ``torch.float32`` (default) or ``torch.float16`` for ``splats``.
+        max_splats: keep at most this many splats: the strongest by luminance of |colour| ×
+            l11·l22 (see `gsformat.loaders.augment.splat_strength`).
+        augment: a `SplatAugment` (exact splat-space flip, jitter, dropout), or None.
+        render: ``(H, W)``: also rasterise the splats into ``image`` ``[3, H, W]`` in [0, 1] and
+            drop ``splats``, so an unchanged RGB model can train from splat shards.
+        load_source_image: decode the stored source image when the dataset has one.
+        augment_seed: augmentation randomness is a function of (seed, epoch, sample index),
+            so it is reproducible and survives resumption.
+        **kwargs: passed to `streaming.StreamingDataset`.
+    """
+
+    def __init__(self, *, dtype: torch.dtype = torch.float32, max_splats: int | None = None,
+                 augment: SplatAugment | None = None, render: tuple[int, int] | None = None,
+                 load_source_image: bool = True, augment_seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if dtype not in (torch.float16, torch.float32):
+            raise ValueError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
+        if max_splats is not None and max_splats < 1:
+            raise ValueError(f"max_splats must be ≥ 1, got {max_splats}")
+        self.splat_dtype = dtype
+        self.max_splats = max_splats
+        self.augment = augment
+        self.render_hw = tuple(render) if render else None
+        self.load_source_image = load_source_image
+        self.augment_seed = augment_seed
+
+    def _where(self, idx: int) -> str:
+        """``shard.00003.mds, sample 17`` for a global sample index."""
+        shard_id, offset = self.spanner[idx]
+        raw_info, _ = self.shards[shard_id].file_pairs[0]
+        return f"{raw_info.basename}, sample {offset}"
+
+    def __getitem__(self, idx: int) -> dict:
+        try:
+            row = super().__getitem__(idx)
+        except Exception as exc:  # a shard that streaming could not parse
+            raise FormatError(f"cannot read sample: {exc}", self._where(idx)) from exc
+        splats = decode_record(row["splats"], where=self._where(idx))
+        params = splats.params
+        if self.max_splats is not None:
+            params = keep_strongest(params, self.max_splats)
+        if self.augment is not None:
+            seed = [self.augment_seed, int(getattr(self, "next_epoch", 0)), int(idx)]
+            params = self.augment(params, np.random.default_rng(seed))
+        sample = {"key": row["key"], "height": splats.height, "width": splats.width}
+        for name in ("caption", "label", "source"):
+            if name in row:
+                sample[name] = row[name]
+        if self.load_source_image and "image" in row:
+            sample["source_image"] = _image_tensor(row["image"])
+        tensor = torch.from_numpy(np.ascontiguousarray(params)).to(self.splat_dtype)
+        if self.render_hw is not None:
+            from ..render import render_splats
+            sample["image"] = render_splats(tensor, height=self.render_hw[0],
+                                            width=self.render_hw[1])[0]
+        else:
+            sample["splats"] = tensor
+        return sample

@@ -1,0 +1,112 @@
+"""fit_images end to end on real photographs: quality, reproducibility, pruning, bad input."""
+import numpy as np
+import pytest
+
+from gsformat import SplatSet
+from gsformat.fitting import fit_images, fit_memory_bytes, render_splatsets
+from gsformat.fitting.reference import _render_dense
+from gsformat.fitting.fit import to_pixels
+from conftest import photo
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return np.stack([photo("astronaut", 48), photo("chelsea", 48)])
+
+
+def test_fit_quality_and_output(photos):
+    result = fit_images(photos, 300, 300, backend="numpy", history=True)
+    assert len(result.splats) == 2 and result.history.shape == (300, 2)
+    for splats, score in zip(result.splats, result.psnr):
+        assert isinstance(splats, SplatSet) and splats.n_splats == 300
+        assert splats.canvas_hw == (48, 48) and splats.params.dtype == np.float16
+        assert not splats.problems()
+        assert splats.meta["psnr"] == pytest.approx(score, abs=1e-3)
+    assert (result.psnr > 26).all(), result.psnr  # 300 splats on 48² reach ~30 dB
+    assert (result.history[-1] < result.history[0] / 5).all()  # the loss went down
+
+
+def test_reported_psnr_is_of_stored_fp16_splats_rendered_exactly(photos):
+    result = fit_images(photos[:1], 100, 60, backend="numpy")
+    splats = result.splats[0]
+    dense = _render_dense(to_pixels(splats.params.astype(np.float32), 48, 48), 48, 48)
+    mse = ((np.clip(dense, 0, 1) - photos[0] / 255.0) ** 2).mean()
+    assert 10 * np.log10(1 / mse) == pytest.approx(result.psnr[0], abs=0.02)
+
+
+def test_reproducible_for_a_seed(photos):
+    a = fit_images(photos[:1], 64, 30, seed=3, init="random", backend="numpy").splats[0]
+    b = fit_images(photos[:1], 64, 30, seed=3, init="random", backend="numpy").splats[0]
+    c = fit_images(photos[:1], 64, 30, seed=4, init="random", backend="numpy").splats[0]
+    assert a == b and a != c
+
+
+def test_batching_does_not_change_results(photos):
+    together = fit_images(photos, 64, 20, backend="numpy")
+    apart = fit_images(photos, 64, 20, backend="numpy", batch_size=1)
+    for x, y in zip(together.splats, apart.splats):
+        np.testing.assert_allclose(x.params.astype(float), y.params.astype(float), atol=2e-3)
+
+
+def test_grid_init_beats_random_init(photos):
+    grid = fit_images(photos[:1], 200, 100, init="grid", backend="numpy").psnr
+    rand = fit_images(photos[:1], 200, 100, init="random", backend="numpy").psnr
+    assert grid[0] > rand[0] + 1.0
+
+
+def test_luminance_pruning_removes_dark_splats(photos):
+    result = fit_images(photos[:1], 300, 100, prune_threshold=0.08, prune_at=0.5,
+                        l1_colour=1e-4, backend="numpy")
+    splats = result.splats[0]
+    assert result.n_pruned[0] > 0 and splats.n_splats == 300 - result.n_pruned[0]
+    luminance = np.abs(splats.colours.astype(np.float32)) @ np.array([0.2126, 0.7152, 0.0722])
+    # survivors were above τ at pruning time; the re-fit may move them a little
+    assert np.median(luminance) > 0.08
+    assert result.psnr[0] > 20
+
+
+def test_any_canvas_size_and_channel_kinds():
+    rgba = np.dstack([photo("rocket", 40)[:30], np.full((30, 40), 128, np.uint8)])
+    grey16 = (photo("rocket", 40)[:30, :, 0].astype(np.uint16) * 257)
+    a = fit_images(rgba[None], 50, 20, backend="numpy")
+    b = fit_images(grey16[None], 50, 20, backend="numpy")
+    assert a.splats[0].canvas_hw == b.splats[0].canvas_hw == (30, 40)
+    g = b.splats[0].colours.astype(float)
+    assert np.allclose(g[:, 0], g[:, 1]) and np.allclose(g[:, 1], g[:, 2])
+
+
+def test_render_splatsets_matches_dense(photos):
+    splats = fit_images(photos[:1], 80, 30, backend="numpy").splats[0]
+    image = render_splatsets([splats])[0]
+    dense = _render_dense(to_pixels(splats.params.astype(np.float32), 48, 48), 48, 48)
+    np.testing.assert_allclose(image, dense, atol=1e-4)
+
+
+def test_memory_estimate_is_bounded():
+    small = fit_memory_bytes(1, 1600, 224, 224)
+    assert 5e6 < small < 5e7
+    assert fit_memory_bytes(8, 1600, 224, 224) == 8 * small
+
+
+@pytest.mark.parametrize("images, n, message", [
+    (np.zeros((0, 16, 16, 3), np.uint8), 10, "empty batch"),
+    ([], 10, "empty batch"),
+    (np.zeros((1, 1, 1, 3), np.uint8), 1, "too small"),
+    (np.zeros((1, 8, 8, 3), np.uint8), 65, "n_splats must be in"),
+    (np.full((1, 8, 8, 3), np.nan, np.float32), 4, "NaN or infinite"),
+    (np.full((2, 8, 8, 3), np.inf, np.float32), 4, "image 0 of the batch"),
+    (np.zeros((8, 8, 3, 2, 1), np.uint8), 4, "must be"),
+    (np.zeros((1, 8, 8, 5), np.uint8), 4, "C in 1..4"),
+    ([np.zeros((8, 8, 3)), np.zeros((9, 8, 3))], 4, "share a size"),
+])
+def test_bad_input_is_a_clear_error(images, n, message):
+    with pytest.raises(ValueError, match=message):
+        fit_images(images, n, 5, backend="numpy")
+
+
+def test_cupy_backend_is_refused_without_gpu():
+    from gsformat.fitting import cupy_available
+    if cupy_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="CuPy"):
+        fit_images(np.zeros((1, 8, 8, 3)), 4, 1, backend="cupy")
