@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import logging
     from .format.errors import FormatError
+    logging.getLogger("streaming").setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)  # merge_index logs through the root logger
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -1,10 +1,63 @@
 """Command-line options of ``gsformat convert`` (defaults: what a user of the paper would pick)."""
 from __future__ import annotations
 
+import json
+import os
+
 
 def add_convert_arguments(p) -> None:
     p.add_argument("src", help="image folder, WebDataset tars (list, glob or {a..b} pattern) or "
-                               "MDS dataset; local or URL")
+                               "MDS dataset; local path or URL (s3://...)")
     p.add_argument("out", help="output dataset directory or URL")
     p.add_argument("--source-format", choices=["auto", "folder", "webdataset", "mds"],
                    default="auto")
+    p.add_argument("--image-column", default=None, help="MDS sources: the image column")
+    p.add_argument("--splats", type=int, default=1600, help="splat budget per image")
+    p.add_argument("--iters", type=int, default=2000, help="fitting iterations")
+    p.add_argument("--size", type=int, default=224, help="canvas side after resizing")
+    p.add_argument("--resize", choices=["center-crop", "pad", "keep"], default="center-crop")
+    p.add_argument("--init", choices=["grid", "random"], default="grid")
+    p.add_argument("--prune-threshold", type=float, default=0.0,
+                   help="τ: remove splats whose BT.709 luminance of |colour| is below it")
+    p.add_argument("--prune-at", type=float, default=0.8, help="fraction of iters, then re-fit")
+    p.add_argument("--l1-colour", type=float, default=0.0, help="the paper's L1 colour term")
+    p.add_argument("--codec", default="gsformat.planar",
+                   help="codec id, 'raw', or a numcodecs JSON config list")
+    p.add_argument("--compression", default="zstd", help="shard compression ('none' for none)")
+    p.add_argument("--batch", type=int, default=8, help="images fitted together")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    p.add_argument("--keep-image", action="store_true",
+                   help="also store the resized source image as a JPEG column (stage 1 needs it)")
+    p.add_argument("--limit", type=int, default=None, help="convert at most this many images")
+    p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    p.add_argument("--chunk-size", type=int, default=512,
+                   help="images per part for folder sources (the unit of resumption)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rank", type=int, default=None, help="this process's rank (or RANK, "
+                                                          "SLURM_PROCID)")
+    p.add_argument("--world-size", type=int, default=None, help="number of ranks (or WORLD_SIZE,"
+                                                                " SLURM_NTASKS)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def parse_codecs(text: str) -> list[dict]:
+    """'raw' | 'none' → []; a codec id → [{'id': id}]; JSON → a config or a list of them."""
+    text = text.strip()
+    if text in ("raw", "none", ""):
+        return []
+    if text.startswith(("[", "{")):
+        value = json.loads(text)
+        return value if isinstance(value, list) else [value]
+    return [{"id": text}]
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """--rank/--world-size, else RANK/WORLD_SIZE, else SLURM_PROCID/SLURM_NTASKS, else (0, 1)."""
+    env = os.environ
+    if rank is None:
+        rank = int(env.get("RANK", env.get("SLURM_PROCID", 0)))
+    if world_size is None:
+        world_size = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return rank, world_size

@@ -31,7 +31,7 @@ def _image_tensor(image) -> torch.Tensor:
     from PIL import Image
     if isinstance(image, (bytes, bytearray)):
         image = Image.open(io.BytesIO(image))
-    array = np.asarray(image.convert("RGB"), np.uint8)
+    array = np.array(image.convert("RGB"), np.uint8)  # a writable copy for torch
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255)
 
 

@@ -1,0 +1,230 @@
+"""``gsformat convert``: sources → fitted splats → one MDS part per source unit → merged dataset.
+
+Resumption: a part is finished when its ``part.json`` exists (written last, after the part's
+shards, index and rejects). Re-running the same command skips finished parts and redoes the
+others from scratch, so every source key ends up exactly once. Ranks take units ``rank::world``;
+``gsformat merge`` (automatic with one rank) joins the finished parts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+import zlib
+
+import numpy as np
+
+from ..format import storage
+from ..format.dataset import SplatWriter
+from ..fitting import fit_images
+from .imageio import RejectedImage, decode_image, encode_jpeg, resize
+from .options import parse_codecs, resolve_rank
+from .sources import SourceError, open_source
+
+CONVERT_JSON = "convert.json"
+PART_JSON = "part.json"
+REJECTS = "rejects.jsonl"
+MIN_SIDE = 4
+
+
+def settings_of(args) -> dict:
+    """Everything that decides the output; resuming requires the same settings."""
+    return {"src": args.src, "source_format": args.source_format, "splats": args.splats,
+            "iters": args.iters, "size": args.size, "resize": args.resize, "init": args.init,
+            "prune_threshold": args.prune_threshold, "prune_at": args.prune_at,
+            "l1_colour": args.l1_colour, "codecs": parse_codecs(args.codec),
+            "compression": args.compression, "keep_image": args.keep_image,
+            "limit": args.limit, "chunk_size": args.chunk_size, "seed": args.seed,
+            "world_size": args.world_size}
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_json_or_none(path: str):
+    try:
+        return json.loads(storage.read_bytes(path))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def prepare_out(args, settings: dict, source) -> str:
+    """Check OUT against earlier runs; write convert.json. Returns the settings hash."""
+    digest = settings_hash(settings)
+    path = storage.join(args.out, CONVERT_JSON)
+    previous = read_json_or_none(path)
+    if previous and previous.get("hash") != digest and not args.overwrite:
+        changed = sorted(k for k in settings if previous.get("settings", {}).get(k) != settings[k])
+        raise ValueError(f"{args.out} holds a conversion with other settings ({', '.join(changed)}"
+                         f"); re-run with the same options to resume, or pass --overwrite")
+    if args.overwrite and args.rank == 0 and not storage.is_remote(args.out):
+        shutil.rmtree(args.out, ignore_errors=True)
+    meta = {"hash": digest, "settings": settings, "class_names": source.class_names,
+            "columns": columns_of(source, args)}
+    storage.write_bytes(path, json.dumps(meta, indent=2).encode())
+    return digest
+
+
+def columns_of(source, args) -> list[str]:
+    return list(source.columns) + (["image"] if args.keep_image else [])
+
+
+class Progress:
+    """A tqdm bar with images/s, running mean PSNR and rejects (silent when disabled)."""
+
+    def __init__(self, total, disable: bool):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, unit="img", desc="convert", disable=disable,
+                        dynamic_ncols=True, file=sys.stderr)
+        self.psnr_sum, self.n_ok, self.n_rejected = 0.0, 0, 0
+
+    def update(self, psnr_values, rejected: int = 0):
+        self.n_ok += len(psnr_values)
+        self.psnr_sum += float(np.sum(psnr_values))
+        self.n_rejected += rejected
+        self.bar.update(len(psnr_values) + rejected)
+        self.bar.set_postfix(psnr=f"{self.psnr_sum / max(self.n_ok, 1):.2f}",
+                             rejects=self.n_rejected, refresh=False)
+
+    def close(self):
+        self.bar.close()
+
+
+def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progress,
+                 budget: list[int]) -> dict:
+    """Convert one unit into ``part_dir``; returns its part.json content."""
+    codecs = parse_codecs(args.codec)
+    backend = {"auto": "auto", "cpu": "numpy", "gpu": "cupy"}[args.device]
+    compression = None if args.compression in ("none", "") else args.compression
+    columns = columns_of(source, args)
+    writer = SplatWriter(part_dir, columns=columns, codecs=codecs, compression=compression,
+                         exist_ok=True)
+    stats = {"hash": digest, "unit": unit.name, "n_written": 0, "n_rejected": 0, "psnr": [],
+             "record_bytes": 0, "source_bytes": 0, "pixel_bytes": 0, "fit_seconds": 0.0,
+             "complete": True}
+    rejects: list[dict] = []
+    pending: dict[tuple, list] = {}  # image shape → [(item, image, source_bytes)]
+    seen: set[str] = set()
+
+    def reject(item, reason):
+        rejects.append({"key": item.key, "source": item.source, "reason": reason})
+        stats["n_rejected"] += 1
+        progress.update([], 1)
+
+    def flush(shape):
+        batch = pending.pop(shape, [])
+        if not batch:
+            return
+        images = np.stack([image for _, image, _ in batch])
+        seed = args.seed + zlib.crc32(f"{unit.name}/{batch[0][0].key}".encode())
+        result = fit_images(images, args.splats, args.iters, backend=backend, init=args.init,
+                            prune_threshold=args.prune_threshold, prune_at=args.prune_at,
+                            l1_colour=args.l1_colour, seed=seed)
+        stats["fit_seconds"] += result.seconds
+        for (item, image, nbytes), splats in zip(batch, result.splats):
+            record_size = write_sample(writer, item, splats,
+                                       image if args.keep_image else None, columns)
+            stats["n_written"] += 1
+            stats["psnr"].append(round(float(splats.meta["psnr"]), 3))
+            stats["record_bytes"] += record_size
+            stats["source_bytes"] += nbytes
+            stats["pixel_bytes"] += image.size
+        progress.update(result.psnr)
+
+    for item in source.items(unit):
+        if budget[0] <= 0:
+            stats["complete"] = False
+            break
+        budget[0] -= 1
+        if item.reason:
+            reject(item, item.reason)
+            continue
+        if item.key in seen:
+            reject(item, "duplicate key")
+            continue
+        seen.add(item.key)
+        try:
+            image = resize(decode_image(item.data), args.size, args.resize)
+        except RejectedImage as exc:
+            reject(item, str(exc))
+            continue
+        h, w = image.shape[:2]
+        if min(h, w) < MIN_SIDE or h * w < args.splats:
+            reject(item, f"image too small: {h}×{w} pixels for {args.splats} splats")
+            continue
+        pending.setdefault(image.shape, []).append((item, image, len(item.data)))
+        if len(pending[image.shape]) >= args.batch:
+            flush(image.shape)
+    for shape in list(pending):
+        flush(shape)
+    writer.finish()
+    rejects_text = "".join(json.dumps(r) + "\n" for r in rejects)
+    storage.write_bytes(storage.join(part_dir, REJECTS), rejects_text.encode())
+    storage.write_bytes(storage.join(part_dir, PART_JSON), json.dumps(stats).encode())  # last
+    return stats
+
+
+def write_sample(writer, item, splats, image, columns) -> int:
+    """Write one fitted image; returns its record size. Missing captions are "", labels -1."""
+    import io
+    from PIL import Image
+    from ..format.record import encode_record
+    record = encode_record(splats, writer.codecs)
+    extra = {"source": item.source}
+    if "caption" in columns:
+        extra["caption"] = item.caption if item.caption is not None else ""
+    if "label" in columns:
+        extra["label"] = item.label if item.label is not None else -1
+    if image is not None:
+        extra["image"] = Image.open(io.BytesIO(encode_jpeg(image)))
+    writer.write(item.key, record, **extra)
+    return len(record)
+
+
+def run_convert(args) -> int:
+    from .merge import merge_parts
+    args.rank, args.world_size = resolve_rank(args.rank, args.world_size)
+    try:
+        source = open_source(args.src, args.source_format, args.chunk_size, args.image_column)
+    except SourceError as exc:
+        print(f"gsformat convert: error: {exc}", file=sys.stderr)
+        return 2
+    if args.splats < 1 or args.iters < 0 or args.size < MIN_SIDE:
+        raise ValueError("--splats must be ≥ 1, --iters ≥ 0 and --size ≥ 4")
+    settings = settings_of(args)
+    digest = prepare_out(args, settings, source)
+    units = source.units()[args.rank::args.world_size]
+    total = sum(len(u.refs) for u in units) if source.kind == "folder" else None
+    if total is not None and args.limit is not None:
+        total = min(total, args.limit)
+    progress = Progress(total, disable=args.no_progress)
+    budget = [args.limit if args.limit is not None else math.inf]
+    start = time.perf_counter()
+    skipped = 0
+    try:
+        for unit in units:
+            part_dir = storage.join(args.out, f"part-{unit.name}")
+            done = read_json_or_none(storage.join(part_dir, PART_JSON))
+            if done and done.get("hash") == digest and not args.overwrite:
+                skipped += 1
+                budget[0] -= done["n_written"] + done["n_rejected"]
+                continue
+            convert_unit(source, unit, part_dir, args, digest, progress, budget)
+            if budget[0] <= 0:
+                break
+    finally:
+        progress.close()
+    print(f"rank {args.rank}/{args.world_size}: {progress.n_ok} images converted, "
+          f"{progress.n_rejected} rejected, {skipped} finished parts skipped, "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if args.world_size == 1:
+        manifest = merge_parts(args.out)
+        print(json.dumps(manifest["summary"], indent=2))
+    else:
+        print(f"rank {args.rank} done; run `gsformat merge {args.out}` once every rank has "
+              f"finished", file=sys.stderr)
+    return 0
