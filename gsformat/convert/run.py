@@ -148,12 +148,17 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
             continue
         seen.add(item.key)
         try:
-            image = resize(decode_image(item.data), args.size, args.resize)
+            decoded = decode_image(item.data)
         except RejectedImage as exc:
             reject(item, str(exc))
             continue
+        if min(decoded.shape[:2]) < MIN_SIDE:
+            reject(item, f"image too small: {decoded.shape[0]}×{decoded.shape[1]} pixels "
+                         f"(need ≥ {MIN_SIDE} per side)")
+            continue
+        image = resize(decoded, args.size, args.resize)
         h, w = image.shape[:2]
-        if min(h, w) < MIN_SIDE or h * w < args.splats:
+        if h * w < args.splats:
             reject(item, f"image too small: {h}×{w} pixels for {args.splats} splats")
             continue
         pending.setdefault(image.shape, []).append((item, image, len(item.data)))

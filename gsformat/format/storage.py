@@ -43,8 +43,8 @@ def download(remote: str, local: str, timeout: float = 120) -> None:
     except FileNotFoundError:
         raise
     except Exception as exc:  # boto & co. say "404" in many ways
-        text = str(exc)
-        if "404" in text or "Not Found" in text or "NoSuchKey" in text or "does not exist" in text:
+        text = str(exc).lower()
+        if any(s in text for s in ("404", "not found", "nosuchkey", "does not exist")):
             raise FileNotFoundError(f"{remote}: not found") from None
         raise
 
@@ -64,7 +64,7 @@ def write_bytes(path: str, data: bytes) -> None:
     try:
         with open(os.path.join(tmp, basename), "wb") as f:
             f.write(data)
-        CloudUploader.get((tmp, remote_dir), keep_local=True).upload_file(basename)
+        CloudUploader.get((tmp, remote_dir), keep_local=True, exist_ok=True).upload_file(basename)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -88,7 +88,8 @@ def list_files(root: str) -> list[str]:
                 found.append(os.path.relpath(os.path.join(dirpath, name), root))
         return sorted(found)
     from streaming.base.storage.upload import CloudUploader
-    uploader = CloudUploader.get((tempfile.mkdtemp(prefix="gsformat-ls-"), root), keep_local=True)
+    uploader = CloudUploader.get((tempfile.mkdtemp(prefix="gsformat-ls-"), root), keep_local=True,
+                                 exist_ok=True)
     prefix = urllib.parse.urlparse(root).path.lstrip("/").rstrip("/")
-    names = uploader.list_objects(prefix + "/") or []
+    names = uploader.list_objects("") or []  # it prepends the remote's own path
     return sorted(n[len(prefix) + 1:] if n.startswith(prefix + "/") else n for n in names)

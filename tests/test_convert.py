@@ -1,0 +1,154 @@
+"""gsformat convert: sources, rejects, resumption after SIGKILL, ranks + merge."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gsformat.cli import main
+from gsformat.format.dataset import iter_dataset, read_manifest
+from gsformat.format.validate import validate_dataset
+from conftest import write_image_folder, write_tars
+
+TINY = ["--splats", "24", "--iters", "4", "--size", "16", "--no-progress"]
+
+
+def keys_of(root):
+    return [s["key"] for s in iter_dataset(root, decode=False)]
+
+
+def convert(*args):
+    return main(["convert", *map(str, args), *TINY])
+
+
+def test_folder_with_broken_files(tmp_path):
+    expected = write_image_folder(tmp_path / "src", broken=True)
+    out = tmp_path / "out"
+    assert convert(tmp_path / "src", out, "--keep-image") == 0
+    assert validate_dataset(str(out)).valid
+    assert sorted(keys_of(out)) == expected
+    rejects = [json.loads(l) for l in open(out / "rejects.jsonl")]
+    reasons = {r["key"]: r["reason"] for r in rejects}
+    assert set(reasons) == {"things/empty", "things/truncated", "things/notimage",
+                            "things/tiny"}
+    assert "zero-byte" in reasons["things/empty"]
+    assert "image too small" in reasons["things/tiny"]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["images_converted"] == 5 and summary["images_rejected"] == 4
+    assert summary["ratio_to_raw_pixels"] > 1 and summary["psnr"]["mean"] > 5
+    manifest = read_manifest(str(out))
+    assert manifest["class_names"] == ["people", "things"]
+    samples = {s["key"]: s for s in iter_dataset(str(out))}
+    assert samples["people/astronaut"]["label"] == 0
+    assert samples["people/astronaut"]["caption"] == "an astronaut in a suit"
+    assert samples["things/coffee"]["caption"] == ""
+    assert samples["things/coffee"]["image"].size == (16, 16)
+
+
+def test_plain_streaming_dataset_opens_result(tmp_path):
+    from streaming import StreamingDataset
+    from gsformat import decode_record
+    write_image_folder(tmp_path / "src")
+    convert(tmp_path / "src", tmp_path / "out")
+    dataset = StreamingDataset(local=str(tmp_path / "out"), shuffle=False)
+    assert len(dataset) == 5
+    for i in range(len(dataset)):
+        assert decode_record(dataset[i]["splats"], check=True).n_splats == 24
+
+
+def test_webdataset_tars_brace_pattern(tmp_path):
+    keys = write_tars(tmp_path / "tars", n_tars=3, per_tar=2, missing_image=True)
+    out = tmp_path / "out"
+    assert convert(str(tmp_path / "tars") + "/{00000..00002}.tar", out) == 0
+    assert validate_dataset(str(out)).valid
+    assert sorted(keys_of(out)) == keys
+    samples = {s["key"]: s for s in iter_dataset(str(out))}
+    assert samples["sample0004"]["caption"] == "caption 4" and samples["sample0004"]["label"] == 1
+    rejects = [json.loads(l) for l in open(out / "rejects.jsonl")]
+    assert [r["key"] for r in rejects] == ["orphan"] and "no image member" in rejects[0]["reason"]
+
+
+def test_mds_source(tmp_path):
+    from PIL import Image
+    from streaming import MDSWriter
+    from gsformat.samples import load_photo
+    src = str(tmp_path / "mds")
+    with MDSWriter(out=src, columns={"jpg": "jpeg", "txt": "str", "cls": "int"}) as writer:
+        for i, name in enumerate(["astronaut", "coffee", "rocket"]):
+            writer.write({"jpg": Image.fromarray(load_photo(name, 24)), "txt": name, "cls": i})
+    out = tmp_path / "out"
+    assert convert(src, out) == 0
+    samples = list(iter_dataset(str(out)))
+    assert [(s["caption"], s["label"]) for s in samples] == [
+        ("astronaut", 0), ("coffee", 1), ("rocket", 2)]
+
+
+def test_empty_or_missing_source_fails_before_work(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert convert(tmp_path / "empty", tmp_path / "out") == 2
+    assert "no images" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert convert(tmp_path / "nowhere", tmp_path / "out") == 2
+
+
+def test_other_settings_need_overwrite(tmp_path, capsys):
+    write_image_folder(tmp_path / "src")
+    out = tmp_path / "out"
+    assert convert(tmp_path / "src", out) == 0
+    assert main(["convert", str(tmp_path / "src"), str(out), "--splats", "30", "--iters", "2",
+                 "--size", "16", "--no-progress"]) == 2
+    assert "other settings (iters, splats)" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "src"), str(out), "--splats", "30", "--iters", "2",
+                 "--size", "16", "--no-progress", "--overwrite"]) == 0
+    assert read_manifest(str(out))["fit"]["splats"] == 30
+
+
+def test_two_ranks_then_merge_equal_one_rank(tmp_path):
+    expected = write_image_folder(tmp_path / "src")
+    for rank in (0, 1):
+        assert convert(tmp_path / "src", tmp_path / "ranks", "--rank", rank, "--world-size", 2,
+                       "--chunk-size", 2) == 0
+    assert not (tmp_path / "ranks" / "gsformat.json").exists()  # not merged yet
+    assert main(["merge", str(tmp_path / "ranks")]) == 0
+    assert validate_dataset(str(tmp_path / "ranks")).valid
+    assert sorted(keys_of(tmp_path / "ranks")) == expected
+
+
+def test_rank_from_slurm_environment(tmp_path, monkeypatch):
+    write_image_folder(tmp_path / "src")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "3")
+    assert convert(tmp_path / "src", tmp_path / "out", "--chunk-size", 1) == 0
+    parts = sorted(p for p in os.listdir(tmp_path / "out") if p.startswith("part-"))
+    assert parts == ["part-files-00001", "part-files-00004"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("finished_parts", [0, 1, 3])
+def test_resume_after_sigkill(tmp_path, finished_parts):
+    expected = write_image_folder(tmp_path / "src")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "gsformat.cli", "convert", str(tmp_path / "src"), str(out),
+           "--chunk-size", "1", "--splats", "24", "--iters", "150", "--size", "24",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done = len([p for p in os.listdir(out) if os.path.exists(out / p / "part.json")]) \
+            if out.exists() else 0
+        if done >= finished_parts and (out / f"part-files-{finished_parts:05d}").exists():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p: os.path.getmtime(out / p / "part.json") for p in os.listdir(out)
+                if os.path.exists(out / p / "part.json")}
+    assert len(finished) >= finished_parts
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert sorted(keys_of(out)) == expected  # every key exactly once
+    assert validate_dataset(str(out)).valid
+    for part, mtime in finished.items():  # finished parts were not rewritten
+        assert os.path.getmtime(out / part / "part.json") == mtime
