@@ -136,3 +136,38 @@ class WindowKernel:
         grad[..., 3] = s_z1z2 / l22
         grad[..., 4] = s_z2z2 / l22
         return grad
+
+
+class ThreadedKernel:
+    """`WindowKernel` split over threads by splat ranges (NumPy only).
+
+    NumPy's ufuncs, ``take`` and scipy's sparse products release the GIL, so T threads, each with
+    its own `WindowKernel` over N/T splats, use T cores. The partial images are summed in a fixed
+    order, so results do not depend on thread timing.
+    """
+
+    def __init__(self, xp, batch: int, n_splats: int, height: int, width: int, radius: int,
+                 threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+        self.xp = xp
+        bounds = [round(i * n_splats / threads) for i in range(threads + 1)]
+        self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        self.kernels = [WindowKernel(xp, batch, s.stop - s.start, height, width, radius)
+                        for s in self.slices]
+        self.pool = ThreadPoolExecutor(max_workers=len(self.slices))
+
+    def forward(self, params):
+        parts = list(self.pool.map(lambda ks: ks[0].forward(params[:, ks[1]]),
+                                   zip(self.kernels, self.slices)))
+        image = parts[0]
+        for part in parts[1:]:
+            image += part
+        return image
+
+    def backward(self, params, grad_image):
+        grads = list(self.pool.map(lambda ks: ks[0].backward(params[:, ks[1]], grad_image),
+                                   zip(self.kernels, self.slices)))
+        return self.xp.concatenate(grads, axis=1)
+
+    def close(self):
+        self.pool.shutdown()

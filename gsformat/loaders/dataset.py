@@ -52,12 +52,16 @@ class SplatDataset(StreamingDataset):
         load_source_image: decode the stored source image when the dataset has one.
         augment_seed: augmentation randomness is a function of (seed, epoch, sample index),
             so it is reproducible and survives resumption.
-        **kwargs: passed to `streaming.StreamingDataset`.
+        **kwargs: passed to `streaming.StreamingDataset`. ``validate_hash`` defaults to
+            ``"xxh64"`` (gsformat writers record it), so a corrupt compressed or downloaded shard
+            raises ``Checksum failure: <shard>``; pass ``validate_hash=None`` for datasets
+            written without hashes.
     """
 
     def __init__(self, *, dtype: torch.dtype = torch.float32, max_splats: int | None = None,
                  augment: SplatAugment | None = None, render: tuple[int, int] | None = None,
                  load_source_image: bool = True, augment_seed: int = 0, **kwargs):
+        kwargs.setdefault("validate_hash", "xxh64")  # what SplatWriter records: no silent rot
         super().__init__(**kwargs)
         if dtype not in (torch.float16, torch.float32):
             raise ValueError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
