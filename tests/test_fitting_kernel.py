@@ -59,3 +59,16 @@ def test_memory_estimate_covers_buffers():
     held = sum(a.nbytes for a in (kernel.z2, kernel.g, kernel.tmp, kernel.tmp2, kernel.idx,
                                   kernel.gathered))
     assert held <= WindowKernel.bytes_needed(2, 100, 32, 32, 4)
+
+
+def test_threaded_kernel_matches_single():
+    from gsformat.fitting.kernel import ThreadedKernel
+    rng = np.random.default_rng(5)
+    params = make_params(rng, 2, 300, 40, 52, 6, 2.0)
+    target = rng.random((2, 40, 52, 3), dtype=np.float32)
+    results = []
+    for kernel in (WindowKernel(np, 2, 300, 40, 52, 6), ThreadedKernel(np, 2, 300, 40, 52, 6, 3)):
+        image = kernel.forward(params)
+        results.append((image, kernel.backward(params, (image - target) * 1e-3)))
+    np.testing.assert_allclose(results[1][0], results[0][0], atol=1e-6)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5, atol=1e-9)

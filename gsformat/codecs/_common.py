@@ -9,6 +9,8 @@ from ..format import constants as C
 from ..format.errors import FormatError
 from ..format.zstd_frame import zstd_content_size
 
+_ZSTD = Zstd()  # decoding needs no parameters; one instance avoids per-call set-up
+
 __all__ = ["as_splat_rows", "read_u32", "zstd_compress", "zstd_decompress", "ndarray_copy"]
 
 
@@ -43,7 +45,7 @@ def zstd_decompress(frame, expected_nbytes: int) -> np.ndarray:
     if claimed != expected_nbytes:
         raise FormatError(f"zstd frame claims {claimed} bytes, header says {expected_nbytes}")
     try:
-        raw = Zstd().decode(frame)
+        raw = _ZSTD.decode(frame)
     except Exception as exc:
         raise FormatError(f"corrupt zstd frame: {exc}") from None
     raw = np.frombuffer(ensure_contiguous_ndarray(raw), dtype=np.uint8)

@@ -63,6 +63,8 @@ class Planar(Codec):
         if n_values == 0 and data.size == 4:
             return ndarray_copy(np.empty(0, np.float16), out)
         planes = zstd_decompress(data[4:], 2 * n_values).reshape(2, C.PARAMS_PER_SPLAT, -1)
-        words = (planes[0].astype(np.uint16) << 8) | planes[1]  # [8, N]
-        params = np.ascontiguousarray(words.T).view(C.STORAGE_DTYPE).reshape(-1)
-        return ndarray_copy(params.astype(np.float16), out)
+        words = np.empty((n_values // C.PARAMS_PER_SPLAT, C.PARAMS_PER_SPLAT, 2), np.uint8)
+        words[..., 1] = planes[0].T  # little-endian FP16: high byte second
+        words[..., 0] = planes[1].T
+        params = words.view(C.STORAGE_DTYPE).reshape(-1)
+        return ndarray_copy(params.view(np.float16), out)

@@ -57,11 +57,22 @@ def _codec_from_json(config_json: str) -> Codec:
         raise FormatError(f"bad codec config {config!r}: {exc}") from None
 
 
+_CODECS: dict = {}
+
+
 def get_codec(config: Codec | dict) -> Codec:
     """The codec for a JSON config (cached; configs are immutable values)."""
     if isinstance(config, Codec):
         return config
-    return _codec_from_json(json.dumps(_codec_config(config), sort_keys=True))
+    try:
+        key = tuple(sorted(config.items()))
+        return _CODECS[key]
+    except (KeyError, TypeError):  # not cached yet, or unhashable values
+        key = None
+    codec = _codec_from_json(json.dumps(_codec_config(config), sort_keys=True))
+    if key is not None and len(_CODECS) < 256:
+        _CODECS[key] = codec
+    return codec
 
 
 def encode_payload(params: np.ndarray, codecs: Iterable[Codec | dict] = ()) -> tuple[bytes, list]:

@@ -85,7 +85,10 @@ class SplatDataset(StreamingDataset):
             row = super().__getitem__(idx)
         except Exception as exc:  # a shard that streaming could not parse
             raise FormatError(f"cannot read sample: {exc}", self._where(idx)) from exc
-        splats = decode_record(row["splats"], where=self._where(idx))
+        try:
+            splats = decode_record(row["splats"])
+        except FormatError as exc:
+            raise exc.at(self._where(idx)) from None
         params = splats.params
         if self.max_splats is not None:
             params = keep_strongest(params, self.max_splats)

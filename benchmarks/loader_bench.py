@@ -1,0 +1,137 @@
+"""Loader benchmark: splat shards vs the JPEG pipeline they replace, measured in one run.
+
+The same real photographs are written twice: as splat shards (lossless and lossy codecs) and as
+an MDS dataset with a ``jpeg`` column (quality 90, 224²). Samples/s of (a) SplatDataset decode +
+collate_splats and (b) the JPEG column decoded by Pillow into a ``[3, 224, 224]`` tensor +
+default collate, single-process and with 2 workers; bytes per sample on disk; samples/s with
+``render=(224, 224)`` on the CPU. Prints JSON.
+
+    python benchmarks/loader_bench.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+
+def write_datasets(root: str, n_samples: int, n_splats: int, iters: int) -> dict:
+    from PIL import Image
+    from streaming import MDSWriter
+    from gsformat.fitting import fit_images
+    from gsformat.format.dataset import SplatWriter
+    from gsformat.samples import PHOTOS, load_photo
+    photos = np.stack([load_photo(name, 224) for name in PHOTOS])
+    fits = fit_images(photos, n_splats, iters).splats
+    codecs = {"raw": [], "planar": [{"id": "gsformat.planar"}],
+              "quantize": [{"id": "gsformat.quantize"}, {"id": "zstd", "level": 9}]}
+    paths = {}
+    # shards uncompressed (both formats): samples repeat a few photographs, and shard-level zstd
+    # would deduplicate them and understate bytes per sample
+    for name, pipeline in codecs.items():
+        paths[name] = os.path.join(root, f"splats-{name}")
+        with SplatWriter(paths[name], codecs=pipeline, compression=None) as writer:
+            for i in range(n_samples):
+                writer.write(f"{i:06d}", fits[i % len(fits)])
+    paths["jpeg"] = os.path.join(root, "jpeg90")
+    jpegs = []
+    for photo in photos:
+        buf = io.BytesIO()
+        Image.fromarray(photo).save(buf, format="JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    with MDSWriter(out=paths["jpeg"], columns={"key": "str", "jpeg": "jpeg"},
+                   hashes=["xxh64"]) as writer:
+        for i in range(n_samples):
+            writer.write({"key": f"{i:06d}", "jpeg": Image.open(io.BytesIO(jpegs[i % len(jpegs)]))})
+    return paths
+
+
+def disk_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
+               if f.startswith("shard."))
+
+
+class JPEGDataset:
+    """The RGB pipeline: streaming's jpeg column → Pillow decode → float tensor [3, 224, 224]."""
+
+    @staticmethod
+    def make(remote, local):
+        from streaming import StreamingDataset
+
+        class _JPEG(StreamingDataset):
+            def __getitem__(self, idx):
+                row = super().__getitem__(idx)
+                array = np.asarray(row["jpeg"].convert("RGB"))
+                return {"key": row["key"],
+                        "image": torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255}
+        return _JPEG(remote=remote, local=local, shuffle=False, batch_size=64)
+
+
+def samples_per_second(make_dataset, collate, workers: int, limit: int | None = None) -> float:
+    """One untimed pass (caches shards), then a timed pass with a fresh dataset."""
+    for timed in (False, True):
+        dataset = make_dataset()
+        loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=collate,
+                            persistent_workers=False)
+        count, start = 0, time.perf_counter()
+        for batch in loader:
+            count += len(batch["key"])
+            if limit and count >= limit:
+                break
+        elapsed = time.perf_counter() - start
+        del loader, dataset
+    return count / elapsed
+
+
+def main(quick: bool = False) -> dict:
+    from streaming.base.util import clean_stale_shared_memory
+    from gsformat.loaders import SplatDataset, collate_splats
+    clean_stale_shared_memory()
+    n_samples = 512 if quick else 4096
+    root = tempfile.mkdtemp(prefix="gsformat-loader-bench-")
+    paths = write_datasets(root, n_samples, 1600, 100 if quick else 500)
+    caches = iter(range(1000))
+
+    def local():
+        return os.path.join(root, f"cache-{next(caches)}")
+
+    def splat_ds(name, **kw):
+        return lambda: SplatDataset(remote=paths[name], local=local(), shuffle=False,
+                                    batch_size=64, **kw)
+
+    jpeg_ds = lambda: JPEGDataset.make(paths["jpeg"], local())  # noqa: E731
+    out = {"n_samples": n_samples, "splats_per_image": 1600, "image_size": 224,
+           "bytes_per_sample": {k: round(disk_bytes(p) / n_samples, 1) for k, p in paths.items()}}
+    rates = {}
+    for workers in (0, 2):
+        rates[f"jpeg_workers{workers}"] = samples_per_second(jpeg_ds, default_collate, workers)
+        for name in ("raw", "planar", "quantize"):
+            rates[f"splats_{name}_workers{workers}"] = samples_per_second(
+                splat_ds(name), collate_splats, workers)
+        print(rates, file=sys.stderr)
+    render_limit = 128 if quick else 512
+    rates["splats_planar_render224_workers0"] = samples_per_second(
+        splat_ds("planar", render=(224, 224)), default_collate, 0, limit=render_limit)
+    out["samples_per_second"] = {k: round(v, 1) for k, v in rates.items()}
+    out["speedup_vs_jpeg"] = {
+        f"{name}_workers{w}": round(rates[f"splats_{name}_workers{w}"] / rates[f"jpeg_workers{w}"],
+                                    1)
+        for name in ("raw", "planar", "quantize") for w in (0, 2)}
+    out["bytes_ratio_vs_jpeg"] = {
+        name: round(out["bytes_per_sample"][name] / out["bytes_per_sample"]["jpeg"], 2)
+        for name in ("raw", "planar", "quantize")}
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    print(json.dumps(main(**vars(parser.parse_args())), indent=2))
