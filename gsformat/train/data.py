@@ -1,0 +1,60 @@
+"""Streaming splat shards into training batches; the checks that must pass before training."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from ..format.dataset import read_manifest
+from ..loaders import SplatDataset, collate_splats
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def check_dataset(url: str, need: tuple[str, ...], what: str) -> dict:
+    """Read the manifest and fail before training if a needed column is missing."""
+    manifest = read_manifest(url)
+    columns = manifest.get("columns", {})
+    missing = [c for c in need if c not in columns]
+    if missing:
+        raise ValueError(f"{url}: {what} needs column(s) {missing}, the dataset has "
+                         f"{sorted(columns)}")
+    return manifest
+
+
+def make_loader(url: str, cache: str, batch_size: int, shuffle: bool, workers: int = 0,
+                max_splats: int | None = None, seed: int = 0, load_images: bool = True):
+    from streaming import StreamingDataLoader
+    os.makedirs(cache, exist_ok=True)
+    dataset = SplatDataset(remote=url, local=cache, shuffle=shuffle, shuffle_seed=seed,
+                           batch_size=batch_size, max_splats=max_splats,
+                           load_source_image=load_images)
+    return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                               collate_fn=collate_splats, drop_last=False)
+
+
+def pixels_for(batch: dict, image_size: int, device) -> torch.Tensor:
+    """CLIP-normalised pixels: the stored source image, or the rendered splats (with a warning)."""
+    if "source_image" in batch:
+        images = batch["source_image"]
+    else:
+        from ..render import render_splats
+        warnings.warn("the dataset stores no source images (convert --keep-image): the teacher "
+                      "sees rendered splats instead", stacklevel=2)
+        images = render_splats(batch["splats"], batch["mask"], int(batch["height"][0]),
+                               int(batch["width"][0]))
+    images = images.to(device, torch.float32)
+    if images.shape[-1] != image_size or images.shape[-2] != image_size:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear",
+                               antialias=True, align_corners=False)
+    mean = torch.tensor(CLIP_MEAN, device=device)[:, None, None]
+    std = torch.tensor(CLIP_STD, device=device)[:, None, None]
+    return (images - mean) / std
+
+
+def image_size_of(clip) -> int:
+    size = clip.visual.image_size
+    return size[0] if isinstance(size, (tuple, list)) else int(size)

@@ -1,0 +1,118 @@
+"""gsformat.train: stem, model wrapper, stages, resumption, zero-shot, errors, digits slice."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from gsformat.train.config import TrainConfig
+from gsformat.train.stem import SplatStem
+
+
+def test_stem_variable_counts_to_m_tokens_and_respects_padding():
+    torch.manual_seed(0)
+    stem = SplatStem(out_width=48, n_latents=7, dim=32, n_layers=2, n_heads=4, n_bands=4).eval()
+    splats = torch.rand(2, 30, 8) * 0.5 + 0.05
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[1, 20:] = False
+    out = stem(splats, mask)
+    assert out.shape == (2, 7, 48)
+    # padding is ignored: replacing padded splats with garbage changes nothing
+    garbage = splats.clone()
+    garbage[1, 20:] = 9.0
+    torch.testing.assert_close(stem(garbage, mask), out)
+    # and the second image equals itself encoded without padding
+    torch.testing.assert_close(stem(splats[1:, :20], None), out[1:], atol=1e-5, rtol=1e-4)
+
+
+def test_describe_vit_b16_stage2_fraction():
+    from gsformat.train.model import describe
+    info = describe("ViT-B-16")
+    assert 0.097 <= info["clip"]["trainable_fraction"] <= 0.138
+    assert info["distill"]["trainable_params"] == info["stem_params"]
+
+
+@pytest.fixture(scope="module")
+def digits_dataset(tmp_path_factory):
+    """A small converted digits slice with stored images, captions and labels."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "digits"))
+    from run import build_folders
+    from gsformat.cli import main
+    root = tmp_path_factory.mktemp("digits")
+    build_folders(str(root / "images"), limit=120)
+    assert main(["convert", str(root / "images" / "train"), str(root / "splats"), "--splats",
+                 "32", "--iters", "20", "--size", "32", "--keep-image", "--no-progress",
+                 "--batch", "64"]) == 0
+    return str(root)
+
+
+def tiny(tmp_path, digits_dataset, **kw):
+    values = dict(model="gs-tiny", n_latents=64, stem_dim=32, stem_layers=1, batch_size=16,
+                  steps=6, warmup=1, ckpt_every=3, data=os.path.join(digits_dataset, "splats"),
+                  out=str(tmp_path / "run"), log_every=1)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def test_resume_continues_the_loss_curve(tmp_path, digits_dataset):
+    from gsformat.train.loop import train
+    full = tiny(tmp_path, digits_dataset, stage="distill", out=str(tmp_path / "full"))
+    train(full)
+    losses = [json.loads(l)["loss"] for l in open(tmp_path / "full" / "metrics.jsonl")]
+    resumed = tiny(tmp_path, digits_dataset, stage="distill", out=str(tmp_path / "resumed"),
+                   resume=str(tmp_path / "full" / "step000003.pt"))
+    train(resumed)
+    rest = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert [r["step"] for r in rest] == [4, 5, 6]  # continues, does not restart at 1
+    np.testing.assert_allclose([r["loss"] for r in rest], losses[3:], rtol=1e-4)
+    assert os.path.exists(tmp_path / "full" / "curves.png")
+
+
+def test_stage2_trains_only_the_chosen_groups(tmp_path, digits_dataset):
+    from gsformat.train.loop import build_model, load_checkpoint, train
+    cfg = tiny(tmp_path, digits_dataset, stage="clip", steps=2)
+    before = {k: v.clone() for k, v in build_model(cfg).state_dict().items()}
+    torch.manual_seed(cfg.seed)
+    train(cfg)
+    after = load_checkpoint(str(tmp_path / "run" / "final.pt"))["model"]
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("stem.") for k in changed)
+    assert any("resblocks.0." in k for k in changed) and any("resblocks.1." in k for k in changed)
+    assert not any("resblocks.2." in k or "resblocks.3." in k for k in changed)
+    assert not any(k.startswith("clip.transformer.") for k in changed)  # text tower frozen
+
+
+def test_errors_before_training(tmp_path, digits_dataset, fitted_splats):
+    from gsformat.format.dataset import SplatWriter
+    from gsformat.train.loop import train
+    from gsformat.train.zeroshot import evaluate
+    bare = str(tmp_path / "bare")
+    with SplatWriter(bare) as writer:
+        writer.write("a", fitted_splats[0])
+    with pytest.raises(ValueError, match="needs column.*caption"):
+        train(tiny(tmp_path, digits_dataset, stage="clip", data=bare))
+    with pytest.raises(ValueError, match="class names"):
+        evaluate(bare, model="gs-tiny", n_latents=64)
+    other = tiny(tmp_path, digits_dataset, stage="distill", steps=1, n_latents=16,
+                 out=str(tmp_path / "other"))
+    train(other)
+    with pytest.raises(ValueError, match="checkpoint of model"):
+        train(tiny(tmp_path, digits_dataset, stage="clip", init=str(tmp_path / "other" /
+                                                                      "final.pt")))
+
+
+def test_cli_describe_and_zeroshot(tmp_path, digits_dataset, capsys):
+    from gsformat.train.cli import main
+    assert main(["describe", "--model", "gs-tiny", "--n-latents", "64"]) == 0
+    assert json.loads(capsys.readouterr().out)["clip"]["trainable_params"] > 0
+    assert main(["distill", "--model", "gs-tiny", "--n-latents", "64", "--steps", "2",
+                 "--batch-size", "16", "--data", os.path.join(digits_dataset, "splats"),
+                 "--out", str(tmp_path / "cli")]) == 0
+    capsys.readouterr()
+    assert main(["zeroshot", "--data", os.path.join(digits_dataset, "splats"), "--init",
+                 str(tmp_path / "cli" / "final.pt")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["classification"]["n_classes"] == 10
+    assert 0 <= result["classification"]["top1"] <= 1 and "retrieval" in result
