@@ -80,3 +80,24 @@ def test_corrupt_input_is_a_format_error(fitted_splats, mutate):
     encoded = Quantize().encode(fitted_splats[0].params)
     with pytest.raises(FormatError):
         Quantize().decode(mutate(encoded))
+
+
+@given(bits=st.integers(1, 16), n=st.integers(0, 300), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=100, deadline=None)
+def test_fast_unpack_matches_reference(bits, n, seed):
+    from gsformat.codecs.quantize import _unpack_codes_reference, pack_codes, unpack_codes
+    codes = np.random.default_rng(seed).integers(0, 1 << bits, n).astype(np.uint32)
+    data = np.frombuffer(pack_codes(codes, bits), np.uint8)
+    np.testing.assert_array_equal(unpack_codes(data, n, bits), codes)
+    np.testing.assert_array_equal(_unpack_codes_reference(data, n, bits), codes)
+
+
+def test_grouped_unpack_matches_per_stream():
+    from gsformat.codecs.quantize import pack_codes, unpack_codes, unpack_streams
+    rng = np.random.default_rng(1)
+    for bits in (1, 5, 8, 11, 16):
+        codes = rng.integers(0, 1 << bits, (3, 77)).astype(np.uint32)
+        streams = [pack_codes(c, bits) for c in codes]
+        data = np.frombuffer(b"xx" + b"".join(streams), np.uint8)
+        starts = 2 + np.arange(3) * len(streams[0])
+        np.testing.assert_array_equal(unpack_streams(data, starts, 77, bits), codes)

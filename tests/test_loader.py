@@ -166,3 +166,12 @@ def test_stream_from_s3_with_cache_limit(tmp_path, s3_bucket, s3_server, fitted_
     cached = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
                  os.walk(tmp_path / "s3cache") for f in fs if ".mds" in f)
     assert cached <= 64 * 1024  # streaming evicted shards to stay within the limit
+
+
+def test_example_train_loop_runs(dataset_dir):
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "train_loop.py")
+    spec = importlib.util.spec_from_file_location("train_loop", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(data=dataset_dir, steps=2, batch_size=4, size=32)

@@ -23,6 +23,9 @@ def add_convert_arguments(p) -> None:
     p.add_argument("--l1-colour", type=float, default=0.0, help="the paper's L1 colour term")
     p.add_argument("--codec", default="gsformat.planar",
                    help="codec id, 'raw', or a numcodecs JSON config list")
+    p.add_argument("--quantize-aware", action="store_true",
+                   help="with a lossy codec: fit through its quantiser for the last 10%% of "
+                        "iterations (straight-through), so stored splats are what was optimised")
     p.add_argument("--compression", default="zstd", help="shard compression ('none' for none)")
     p.add_argument("--batch", type=int, default=8, help="images fitted together")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")

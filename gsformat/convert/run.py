@@ -38,6 +38,7 @@ def settings_of(args) -> dict:
             "l1_colour": args.l1_colour, "codecs": parse_codecs(args.codec),
             "compression": args.compression, "keep_image": args.keep_image,
             "limit": args.limit, "chunk_size": args.chunk_size, "seed": args.seed,
+            "quantize_aware": args.quantize_aware,
             "world_size": args.world_size}
 
 
@@ -98,6 +99,8 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
                  budget: list[int]) -> dict:
     """Convert one unit into ``part_dir``; returns its part.json content."""
     codecs = parse_codecs(args.codec)
+    lossy = next((c for c in codecs if c.get("id") == "gsformat.quantize"), None) \
+        if args.quantize_aware else None
     backend = {"auto": "auto", "cpu": "numpy", "gpu": "cupy"}[args.device]
     compression = None if args.compression in ("none", "") else args.compression
     columns = columns_of(source, args)
@@ -123,7 +126,7 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
         seed = args.seed + zlib.crc32(f"{unit.name}/{batch[0][0].key}".encode())
         result = fit_images(images, args.splats, args.iters, backend=backend, init=args.init,
                             prune_threshold=args.prune_threshold, prune_at=args.prune_at,
-                            l1_colour=args.l1_colour, seed=seed)
+                            l1_colour=args.l1_colour, seed=seed, quantize=lossy)
         stats["fit_seconds"] += result.seconds
         for (item, image, nbytes), splats in zip(batch, result.splats):
             record_size = write_sample(writer, item, splats,

@@ -45,6 +45,9 @@ class FitOptions:
     seed: int = 0
     backend: str = "auto"          # "auto" | "numpy" | "cupy"
     engine: str = "window"         # "window" (fast path) | "dense-torch" (reference baseline)
+    quantize: dict | None = None   # a lossy codec config (gsformat.quantize): fit through it
+    quantize_at: float = 0.9       # fraction of iters after which the straight-through phase
+                                   # starts (0: from the first iteration, e.g. a warm re-fit)
     batch_size: int | None = None  # images per fitting batch (None: as many as memory allows)
     threads: int | None = None     # NumPy: threads over splat ranges (None: the usable cores)
     memory_limit: int = DEFAULT_MEMORY_LIMIT
@@ -140,12 +143,18 @@ def to_pixels(params: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
                progress: Callable[[int, int, float], None] | None = None,
-               history: bool = False, **options) -> FitResult:
+               history: bool = False, init_splats: list[SplatSet] | None = None,
+               **options) -> FitResult:
     """Fit ``n_splats`` Gaussians to each image of a batch.
 
     images: ``[B, H, W(, C)]`` (uint8, uint16, bool or float; see `gsformat.fitting.images`).
     options: any field of `FitOptions` (learning rates, init, pruning τ, L1 colour term, seed,
     backend, …). ``progress(step, iters, mean_loss)`` is called every few iterations.
+    init_splats: one `SplatSet` per image to start from (a warm re-fit) instead of ``init``.
+    quantize: a lossy codec config; from ``quantize_at·iters`` on, the forward pass sees
+    decode(encode(params)) and the gradient passes straight through to the float parameters, so
+    what is stored and decoded is what was optimised. The returned splats and PSNR are then the
+    decoded ones.
     Returns a `FitResult` with one `SplatSet` per image (splats in spec units, FP16).
     """
     opts = FitOptions(n_splats=n_splats, iters=iters, **options)
@@ -161,9 +170,12 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
     batch = opts.batch_size or max(1, opts.memory_limit // per_image)
     start = time.perf_counter()
     parts = []
+    if init_splats is not None and len(init_splats) != b_total:
+        raise ValueError(f"init_splats has {len(init_splats)} entries for {b_total} images")
     for first in range(0, b_total, batch):
+        warm = init_splats[first:first + batch] if init_splats is not None else None
         parts.append(_fit_batch(target_all[first:first + batch], opts, progress, history,
-                                seed_offset=first))
+                                seed_offset=first, init_splats=warm))
     splats = [s for part in parts for s in part[0]]
     hist = np.concatenate([p[3] for p in parts], axis=1) if history else None
     return FitResult(splats, np.concatenate([p[1] for p in parts]),
@@ -171,17 +183,50 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
                      opts)
 
 
-def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=0):
+def _quantized(params_px, codec, height: int, width: int, xp):
+    """decode(encode(params)) per image, back in pixel units (the straight-through forward)."""
+    host = to_numpy(params_px)
+    out = np.empty_like(host)
+    for i in range(len(host)):
+        fp16 = to_normalised(host[i], height, width).astype(np.float16)
+        decoded = np.asarray(codec.decode(codec.encode(fp16))).reshape(fp16.shape)
+        out[i] = to_pixels(decoded.astype(np.float32), height, width)
+    return xp.asarray(out)
+
+
+def _warm_params(splats: list[SplatSet], n: int, height: int, width: int) -> np.ndarray:
+    params = np.zeros((len(splats), n, 8), np.float32)
+    params[..., 2] = params[..., 4] = 1.0
+    for i, s in enumerate(splats):
+        if s.canvas_hw != (height, width) or s.n_splats > n:
+            raise ValueError(f"init_splats[{i}] ({s.n_splats} splats on {s.canvas_hw}) does not "
+                             f"fit {n} splats on {(height, width)}")
+        params[i, :s.n_splats] = to_pixels(s.params.astype(np.float32), height, width)
+    return params
+
+
+def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=0,
+               init_splats=None):
     xp = get_xp(opts.backend) if opts.engine == "window" else np
     batch, height, width, _ = target_np.shape
     n = opts.n_splats
     _, radius, sigma = geometry(n, height, width, opts)
     rng = np.random.default_rng([opts.seed, seed_offset])
     target = xp.asarray(target_np)
-    params = xp.asarray(init_params(opts.init, batch, n, height, width, sigma, rng))
     kernel = _engine(opts, xp, batch, n, height, width, radius)
-    if opts.init == "grid":
-        colour_from_pixels(WindowKernel(xp, batch, n, height, width, radius), params, target)
+    if init_splats is not None:
+        params = xp.asarray(_warm_params(init_splats, n, height, width))
+        clamp_covariance(xp, params, radius)
+    else:
+        params = xp.asarray(init_params(opts.init, batch, n, height, width, sigma, rng))
+        if opts.init == "grid":
+            colour_from_pixels(WindowKernel(xp, batch, n, height, width, radius), params,
+                               target)
+    codec = None
+    if opts.quantize:
+        from ..format.record import get_codec
+        codec = get_codec(opts.quantize)
+    quantize_step = int(opts.quantize_at * opts.iters) if codec else opts.iters + 1
 
     lr_base = xp.asarray([opts.lr_position] * 2 + [opts.lr_covariance] * 3
                          + [opts.lr_colour] * 3, dtype=xp.float32)
@@ -202,7 +247,8 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
             m *= alive[..., None]
             v *= alive[..., None]
             n_pruned = to_numpy((~alive).sum(axis=1))
-        render = kernel.forward(params)
+        seen = _quantized(params, codec, height, width, xp) if step >= quantize_step else params
+        render = kernel.forward(seen)
         residual = render - target  # [B, H, W, 3]
         if keep_history or (progress and step % 10 == 0):
             mse = (residual * residual).reshape(batch, -1).mean(axis=1)
@@ -211,7 +257,7 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
             if progress and step % 10 == 0:
                 progress(step, opts.iters, float(mse.mean()))
         residual *= pixel_scale  # ∂(mean squared error)/∂render
-        grad = kernel.backward(params, residual)
+        grad = kernel.backward(seen, residual)  # straight through: ∂/∂seen applied to params
         if opts.l1_colour:
             grad[..., 5:8] += (opts.l1_colour / n) * xp.sign(params[..., 5:8])
         if prune_step >= 0:
@@ -239,7 +285,9 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
     alive_np = to_numpy(alive)
     splats, stored = [], []
     for i in range(batch):
-        normalised = to_normalised(params_np[i][alive_np[i]], height, width)
+        normalised = to_normalised(params_np[i][alive_np[i]], height, width).astype(np.float16)
+        if codec is not None:  # what a record with this codec decodes to
+            normalised = np.asarray(codec.decode(codec.encode(normalised))).reshape(-1, 8)
         s = SplatSet(normalised.astype(np.float16), height, width)
         splats.append(s)
         stored.append(s)

@@ -1,0 +1,186 @@
+"""Rate–distortion study: splat records against JPEG and WebP on the same photographs.
+
+For 400, 900, 1,600 and 3,136 splats on 224² crops of the bundled scikit-image photographs:
+bytes per image and PSNR for raw FP16, the lossless codec, and each lossy setting with and
+without a quantisation-aware re-fit; JPEG and WebP (Pillow) at qualities 10–95; a BD-rate style
+summary (average byte change against JPEG at equal PSNR over 25–32 dB); decode cost (records/s
+per codec vs raw FP16 and vs Pillow's JPEG decode of the same images). Prints JSON; ``--plot``
+writes the curves as PNG.
+
+    python benchmarks/rd_bench.py --plot benchmarks/results/rd_curves.png   (~35 min, 2 cores)
+    python benchmarks/rd_bench.py --quick
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+
+import numpy as np
+
+from gsformat import SplatSet, decode_record, encode_record
+from gsformat.fitting import fit_images
+from gsformat.fitting.fit import evaluate_psnr
+from gsformat.samples import SKIMAGE_PHOTOS, load_photo
+
+LOSSY = {  # name → bits (position, covariance, colour)
+    "q14-10-8": (14, 10, 8), "q12-8-8": (12, 8, 8), "q12-8-6": (12, 8, 6),
+    "q10-8-6": (10, 8, 6), "q10-6-6": (10, 6, 6)}
+QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+
+
+def quantize_pipeline(bits):
+    return [{"id": "gsformat.quantize", "position_bits": bits[0], "covariance_bits": bits[1],
+             "colour_bits": bits[2]}, {"id": "zstd", "level": 19}]
+
+
+def psnr(a, b) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return 10 * np.log10(1 / max(mse, 1e-12))
+
+
+def pillow_curve(images, fmt: str) -> list[dict]:
+    from PIL import Image
+    points = []
+    for q in QUALITIES:
+        sizes, scores = [], []
+        for image in images:
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, format=fmt, quality=q)
+            decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+            sizes.append(buf.tell())
+            scores.append(psnr(decoded / 255.0, image / 255.0))
+        points.append({"quality": q, "bytes": float(np.mean(sizes)),
+                       "psnr": float(np.mean(scores))})
+    return points
+
+
+def bd_rate(curve: list[dict], anchor: list[dict], lo: float = 25.0, hi: float = 32.0):
+    """Mean log-byte difference at equal PSNR over the overlap of [lo, hi] (in %, <0 = smaller)."""
+    def interp(points):
+        pts = sorted(points, key=lambda p: p["psnr"])
+        return np.array([p["psnr"] for p in pts]), np.log([p["bytes"] for p in pts])
+    x1, y1 = interp(curve)
+    x2, y2 = interp(anchor)
+    a, b = max(lo, x1.min(), x2.min()), min(hi, x1.max(), x2.max())
+    if b <= a:
+        return None
+    grid = np.linspace(a, b, 50)
+    diff = np.interp(grid, x1, y1) - np.interp(grid, x2, y2)
+    return {"percent": round(float(np.expm1(diff.mean()) * 100), 1),
+            "psnr_range": [round(a, 2), round(b, 2)]}
+
+
+def main(quick: bool = False, plot: str | None = None) -> dict:
+    names = list(SKIMAGE_PHOTOS[:2] if quick else SKIMAGE_PHOTOS)
+    size, iters, refit_iters = (96, 150, 30) if quick else (224, 2000, 200)
+    budgets = (100, 400) if quick else (400, 900, 1600, 3136)
+    images = np.stack([load_photo(n, size) for n in names])
+    targets = images / 255.0
+    curves: dict[str, list[dict]] = {}
+    fitted = {}
+    for n in budgets:
+        result = fit_images(images, n, iters, batch_size=1)
+        fitted[n] = result.splats
+        settings = {"raw-fp16": [], "planar": [{"id": "gsformat.planar", "level": 19}]}
+        settings.update({name: quantize_pipeline(bits) for name, bits in LOSSY.items()})
+        for name, pipeline in settings.items():
+            records = [encode_record(SplatSet(s.params, s.height, s.width), pipeline)
+                       for s in result.splats]
+            decoded = [decode_record(r) for r in records]
+            score = evaluate_psnr(decoded, targets, 16) if pipeline[:1] and "quantize" in \
+                pipeline[0]["id"] else result.psnr
+            curves.setdefault(name, []).append({"splats": n, "bytes": float(np.mean(
+                [len(r) for r in records])), "psnr": float(np.mean(score))})
+        for name, bits in LOSSY.items():  # quantisation-aware warm re-fit
+            pipeline = quantize_pipeline(bits)
+            refit = fit_images(images, n, refit_iters, init_splats=result.splats,
+                               quantize=pipeline[0], quantize_at=0.0, lr_position=0.01,
+                               lr_covariance=0.005, lr_colour=0.003, batch_size=1)
+            records = [encode_record(s, pipeline) for s in refit.splats]
+            curves.setdefault(name + "+qat", []).append({
+                "splats": n, "bytes": float(np.mean([len(r) for r in records])),
+                "psnr": float(np.mean(refit.psnr))})
+        print(f"{n} splats done", file=sys.stderr)
+    curves["jpeg"] = pillow_curve(images, "JPEG")
+    curves["webp"] = pillow_curve(images, "WEBP")
+    out = {"images": names, "size": size, "iters": iters, "refit_iters": refit_iters,
+           "curves": curves,
+           "bd_rate_vs_jpeg_25_32db": {k: bd_rate(v, curves["jpeg"]) for k, v in curves.items()
+                                       if k != "jpeg"}}
+    # ---- at 1,600 splats: the best lossy setting within 0.3 dB of the unquantised fit -------
+    n_ref = 1600 if 1600 in budgets else budgets[-1]
+    raw = next(p for p in curves["raw-fp16"] if p["splats"] == n_ref)
+    candidates = [(k, p) for k, v in curves.items() if k not in ("raw-fp16", "planar", "jpeg",
+                                                                  "webp")
+                  for p in v if p["splats"] == n_ref and raw["psnr"] - p["psnr"] <= 0.3]
+    if candidates:
+        name, point = min(candidates, key=lambda kp: kp[1]["bytes"])
+        out["within_0.3db_at_%d" % n_ref] = {
+            "setting": name, "bytes": point["bytes"], "psnr_loss_db": round(raw["psnr"] -
+                                                                           point["psnr"], 3),
+            "smaller_than_raw_fp16": round(raw["bytes"] / point["bytes"], 2)}
+    out["decode_cost"] = decode_cost(fitted[n_ref], images)
+    if plot:
+        write_plot(curves, plot)
+    return out
+
+
+def decode_cost(splats, images) -> dict:
+    """Records per second per codec (one process) vs Pillow decoding the same images as JPEG."""
+    from PIL import Image
+    pipelines = {"raw-fp16": [], "planar": [{"id": "gsformat.planar", "level": 19}],
+                 "q12-8-8": quantize_pipeline((12, 8, 8))}
+    rates = {}
+    for name, pipeline in pipelines.items():
+        records = [encode_record(s, pipeline) for s in splats] * 50
+        start = time.perf_counter()
+        for r in records:
+            decode_record(r)
+        rates[name] = len(records) / (time.perf_counter() - start)
+    jpegs = []
+    for image in images:
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    jpegs = jpegs * 50
+    start = time.perf_counter()
+    for j in jpegs:
+        np.asarray(Image.open(io.BytesIO(j)).convert("RGB"))
+    rates["jpeg_q90_pillow"] = len(jpegs) / (time.perf_counter() - start)
+    out = {f"{k}_records_per_s": round(v, 1) for k, v in rates.items()}
+    out.update({f"{k}_decode_cost_vs_jpeg": round(rates["jpeg_q90_pillow"] / v, 3)
+                for k, v in rates.items() if k != "jpeg_q90_pillow"})
+    return out
+
+
+def write_plot(curves: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, points in curves.items():
+        pts = sorted(points, key=lambda p: p["bytes"])
+        style = "k-o" if name == "jpeg" else "k--s" if name == "webp" else (
+            "-^" if name.endswith("+qat") else ":.")
+        ax.plot([p["bytes"] / 1024 for p in pts], [p["psnr"] for p in pts], style, label=name,
+                markersize=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("KiB per 224² image")
+    ax.set_ylabel("PSNR (dB)")
+    ax.axhspan(25, 32, color="0.92", zorder=0)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("gsformat splat records vs JPEG / WebP (Pillow), same photographs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--plot", default=None)
+    print(json.dumps(main(**vars(parser.parse_args())), indent=2))
