@@ -36,6 +36,20 @@ def quantize_pipeline(bits):
              "colour_bits": bits[2]}, {"id": "zstd", "level": 19}]
 
 
+def entropy_pipeline(bits):
+    return [{"id": "gsformat.entropy", "position_bits": bits[0], "covariance_bits": bits[1],
+             "colour_bits": bits[2], "level": 19}]
+
+
+def lossy_pipelines():
+    """name → pipeline for every lossy setting, quantize+zstd ('q…') and entropy ('e…')."""
+    out = {}
+    for name, bits in LOSSY.items():
+        out[name] = quantize_pipeline(bits)
+        out["e" + name[1:]] = entropy_pipeline(bits)
+    return out
+
+
 def psnr(a, b) -> float:
     mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
     return 10 * np.log10(1 / max(mse, 1e-12))
@@ -85,24 +99,25 @@ def main(quick: bool = False, plot: str | None = None) -> dict:
         result = fit_images(images, n, iters, batch_size=1)
         fitted[n] = result.splats
         settings = {"raw-fp16": [], "planar": [{"id": "gsformat.planar", "level": 19}]}
-        settings.update({name: quantize_pipeline(bits) for name, bits in LOSSY.items()})
+        settings.update(lossy_pipelines())
         for name, pipeline in settings.items():
             records = [encode_record(SplatSet(s.params, s.height, s.width), pipeline)
                        for s in result.splats]
             decoded = [decode_record(r) for r in records]
-            score = evaluate_psnr(decoded, targets, 16) if pipeline[:1] and "quantize" in \
-                pipeline[0]["id"] else result.psnr
+            score = evaluate_psnr(decoded, targets, 16) if pipeline else result.psnr
             curves.setdefault(name, []).append({"splats": n, "bytes": float(np.mean(
                 [len(r) for r in records])), "psnr": float(np.mean(score))})
-        for name, bits in LOSSY.items():  # quantisation-aware warm re-fit
-            pipeline = quantize_pipeline(bits)
-            refit = fit_images(images, n, refit_iters, init_splats=result.splats,
-                               quantize=pipeline[0], quantize_at=0.0, lr_position=0.01,
-                               lr_covariance=0.005, lr_colour=0.003, batch_size=1)
-            records = [encode_record(s, pipeline) for s in refit.splats]
-            curves.setdefault(name + "+qat", []).append({
-                "splats": n, "bytes": float(np.mean([len(r) for r in records])),
-                "psnr": float(np.mean(refit.psnr))})
+        for name, bits in LOSSY.items():  # quantisation-aware warm re-fit (shared by q and e:
+            refit = fit_images(images, n, refit_iters, init_splats=result.splats,  # same values)
+                               quantize=quantize_pipeline(bits)[0], quantize_at=0.0,
+                               lr_position=0.01, lr_covariance=0.005, lr_colour=0.003,
+                               batch_size=1)
+            for label, pipeline in ((name, quantize_pipeline(bits)),
+                                    ("e" + name[1:], entropy_pipeline(bits))):
+                records = [encode_record(s, pipeline) for s in refit.splats]
+                curves.setdefault(label + "+qat", []).append({
+                    "splats": n, "bytes": float(np.mean([len(r) for r in records])),
+                    "psnr": float(np.mean(refit.psnr))})
         print(f"{n} splats done", file=sys.stderr)
     curves["jpeg"] = pillow_curve(images, "JPEG")
     curves["webp"] = pillow_curve(images, "WEBP")
@@ -132,7 +147,7 @@ def decode_cost(splats, images) -> dict:
     """Records per second per codec (one process) vs Pillow decoding the same images as JPEG."""
     from PIL import Image
     pipelines = {"raw-fp16": [], "planar": [{"id": "gsformat.planar", "level": 19}],
-                 "q12-8-8": quantize_pipeline((12, 8, 8))}
+                 "q12-8-8": quantize_pipeline((12, 8, 8)), "e12-8-8": entropy_pipeline((12, 8, 8))}
     rates = {}
     for name, pipeline in pipelines.items():
         records = [encode_record(s, pipeline) for s in splats] * 50
@@ -163,6 +178,8 @@ def write_plot(curves: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for name, points in curves.items():
         pts = sorted(points, key=lambda p: p["bytes"])
+        if name.startswith("q") and not name.endswith("+qat"):
+            continue  # the plot shows entropy-coded lossy curves; JSON has all
         style = "k-o" if name == "jpeg" else "k--s" if name == "webp" else (
             "-^" if name.endswith("+qat") else ":.")
         ax.plot([p["bytes"] / 1024 for p in pts], [p["psnr"] for p in pts], style, label=name,

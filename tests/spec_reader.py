@@ -32,6 +32,38 @@ def _quantize(buf, config):  # SPEC.md § 5.3
     return np.stack(cols, 1).astype("<f2").tobytes() if n else b""
 
 
+def _entropy(buf, config):  # SPEC.md § 5.4
+    bits = [config["position_bits"]] * 2 + [config["covariance_bits"]] * 3 + \
+        [config["colour_bits"]] * 3
+    n = int.from_bytes(buf[:4], "little")
+    if n == 0:
+        return b""
+    lo = np.frombuffer(buf, "<f8", 8, 4)
+    hi = np.frombuffer(buf, "<f8", 8, 68)
+    raw = np.frombuffer(Zstd().decode(buf[132:]), np.uint8)
+
+    def plane_values(offset, nbytes):
+        value = np.zeros(n, np.uint64)
+        for i in range(nbytes):
+            value = (value << np.uint64(8)) | raw[offset + i * n: offset + (i + 1) * n]
+        return value
+
+    morton = np.cumsum(plane_values(0, 4), dtype=np.uint64)
+    codes = [np.zeros(n, np.int64), np.zeros(n, np.int64)]
+    for k in range(16):  # de-interleave bit by bit
+        codes[0] |= ((morton >> np.uint64(2 * k)) & np.uint64(1)).astype(np.int64) << k
+        codes[1] |= ((morton >> np.uint64(2 * k + 1)) & np.uint64(1)).astype(np.int64) << k
+    for i, b in enumerate(bits[2:]):
+        z = plane_values(4 * n + 2 * n * i, 2).astype(np.int64)
+        s = np.where(z % 2 == 0, z // 2, -(z + 1) // 2)
+        codes.append(np.cumsum(s) % (1 << b))
+    cols = []
+    for col, b in enumerate(bits):
+        value = lo[col] + codes[col] * ((hi[col] - lo[col]) / (2 ** b - 1))
+        cols.append(np.exp(value) if col in (2, 4) else value)
+    return np.stack(cols, 1).astype("<f2").tobytes()
+
+
 def spec_decode(record: bytes):
     rec = msgpack.unpackb(record, raw=False)
     assert rec["version"][0] == 1 and rec["layout"] == "gs2d.mu2.chol3.rgb3"
@@ -43,6 +75,8 @@ def spec_decode(record: bytes):
             buf = _planar(buf)
         elif config["id"] == "gsformat.quantize":
             buf = _quantize(buf, config)
+        elif config["id"] == "gsformat.entropy":
+            buf = _entropy(buf, config)
         else:
             raise ValueError(config["id"])
     params = np.frombuffer(buf, "<f2").reshape(rec["n_splats"], 8)

@@ -11,7 +11,9 @@ from strategies import valid_params
 PIPELINES = [[], [{"id": "zstd", "level": 5}], [{"id": "gsformat.planar", "level": 9}],
              [{"id": "gsformat.quantize", "position_bits": 12, "covariance_bits": 10,
                "colour_bits": 8}],
-             [{"id": "gsformat.quantize"}, {"id": "zstd", "level": 3}]]
+             [{"id": "gsformat.quantize"}, {"id": "zstd", "level": 3}],
+             [{"id": "gsformat.entropy", "position_bits": 11, "covariance_bits": 9,
+               "colour_bits": 7, "level": 3}]]
 
 
 @given(params=valid_params(max_splats=64))

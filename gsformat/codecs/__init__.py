@@ -11,10 +11,11 @@ The contract every codec here keeps (SPEC.md § 5):
 """
 from numcodecs import register_codec
 
+from .entropy import Entropy
 from .planar import Planar
 from .quantize import Quantize
 
-for _codec in (Planar, Quantize):
+for _codec in (Planar, Quantize, Entropy):
     register_codec(_codec)
 
-__all__ = ["Planar", "Quantize"]
+__all__ = ["Planar", "Quantize", "Entropy"]

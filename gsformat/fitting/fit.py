@@ -222,10 +222,12 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
         if opts.init == "grid":
             colour_from_pixels(WindowKernel(xp, batch, n, height, width, radius), params,
                                target)
-    codec = None
+    codec = ste_codec = None
     if opts.quantize:
         from ..format.record import get_codec
         codec = get_codec(opts.quantize)
+        # gsformat.entropy reorders splats; its order-keeping twin gives the same values
+        ste_codec = getattr(codec, "_quantize", codec)
     quantize_step = int(opts.quantize_at * opts.iters) if codec else opts.iters + 1
 
     lr_base = xp.asarray([opts.lr_position] * 2 + [opts.lr_covariance] * 3
@@ -247,7 +249,8 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
             m *= alive[..., None]
             v *= alive[..., None]
             n_pruned = to_numpy((~alive).sum(axis=1))
-        seen = _quantized(params, codec, height, width, xp) if step >= quantize_step else params
+        seen = _quantized(params, ste_codec, height, width, xp) if step >= quantize_step \
+            else params
         render = kernel.forward(seen)
         residual = render - target  # [B, H, W, 3]
         if keep_history or (progress and step % 10 == 0):

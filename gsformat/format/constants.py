@@ -7,7 +7,7 @@ from __future__ import annotations
 
 # ---- versions -------------------------------------------------------------------------------
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0  # 1.0: records, datasets, gsformat.planar and gsformat.quantize
+FORMAT_MINOR = 1  # 1.0: records, datasets, gsformat.planar/quantize; 1.1: gsformat.entropy
 FORMAT_VERSION = (FORMAT_MAJOR, FORMAT_MINOR)
 
 # ---- splat parameters -----------------------------------------------------------------------

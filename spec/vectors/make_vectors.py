@@ -54,6 +54,13 @@ def main() -> None:
             fitted, [{"id": "gsformat.quantize", "position_bits": 10, "covariance_bits": 8,
                       "colour_bits": 6}, {"id": "zstd", "level": 3}]),
     }
+    # added with format 1.1 (never regenerate the 1.0 vectors above)
+    records["entropy-12-10-8-fitted48"] = encode_record(
+        fitted, [{"id": "gsformat.entropy", "position_bits": 12, "covariance_bits": 10,
+                  "colour_bits": 8, "level": 19}])
+    records["entropy-10-8-6-fitted48"] = encode_record(
+        fitted, [{"id": "gsformat.entropy", "position_bits": 10, "covariance_bits": 8,
+                  "colour_bits": 6, "level": 3}])
     for name, record in records.items():
         path = os.path.join(HERE, "records", name + ".msgpack")
         if not os.path.exists(path):

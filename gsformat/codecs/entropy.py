@@ -1,0 +1,150 @@
+"""``gsformat.entropy`` — lossy: quantise, order along a Morton curve, delta-code, zstd.
+
+The quantisation is exactly `gsformat.quantize`'s (same coding domains, ranges and codes, so the
+same error bound, SPEC.md § 5.3); the order of splats carries no meaning, so the codec sorts
+them by the Morton (Z-order) code of their quantised position. Positions are then stored as the
+differences of consecutive Morton codes (small: neighbours are close), every other attribute as
+the zig-zag difference from the previous splat's code modulo 2^b (neighbouring splats look
+alike). The streams go through zstd as byte planes.
+
+Encoded layout (little-endian)::
+
+    [n_splats: uint32] [lo: float64 × 8] [hi: float64 × 8]
+    [zstd frame of 16·N bytes:
+        Morton deltas as uint32 byte planes: byte 3 of all N, byte 2, byte 1, byte 0
+        then for attributes 2..7: zig-zag deltas as uint16 byte planes: high bytes, low bytes]
+
+(no frame when N is 0). Decoding yields the splats in Morton order; each decoded row equals the
+row `gsformat.quantize` decodes for the same splat (the test suite checks this, bit for bit).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numcodecs.abc import Codec
+
+from ..format import constants as C
+from ..format.errors import FormatError
+from ._common import as_splat_rows, ndarray_copy, read_u32, zstd_compress, zstd_decompress
+from .quantize import HEADER_BYTES, LOG_COLS, Quantize, to_domain
+
+
+def spread_bits(v: np.ndarray) -> np.ndarray:
+    """16-bit integers → their bits at even positions (uint64)."""
+    v = v.astype(np.uint64) & np.uint64(0xFFFF)
+    for shift, mask in ((8, 0x00FF00FF), (4, 0x0F0F0F0F), (2, 0x33333333), (1, 0x55555555)):
+        v = (v | (v << np.uint64(shift))) & np.uint64(mask)
+    return v
+
+
+def gather_bits(v: np.ndarray) -> np.ndarray:
+    """Inverse of `spread_bits`."""
+    v = v.astype(np.uint64) & np.uint64(0x55555555)
+    for shift, mask in ((1, 0x33333333), (2, 0x0F0F0F0F), (4, 0x00FF00FF), (8, 0x0000FFFF)):
+        v = (v | (v >> np.uint64(shift))) & np.uint64(mask)
+    return v
+
+
+def planes(values: np.ndarray, nbytes: int) -> bytes:
+    """Unsigned integers → byte planes, most significant plane first."""
+    return b"".join(((values >> (8 * k)) & 0xFF).astype(np.uint8).tobytes()
+                    for k in reversed(range(nbytes)))
+
+
+def from_planes(data: np.ndarray, n: int, nbytes: int) -> np.ndarray:
+    out = np.zeros(n, np.uint64)
+    for i, k in enumerate(reversed(range(nbytes))):
+        out |= data[i * n:(i + 1) * n].astype(np.uint64) << np.uint64(8 * k)
+    return out
+
+
+class Entropy(Codec):
+    """Lossy, entropy-coded splat codec (Morton order, delta coding, zstd).
+
+    Parameters
+    ----------
+    position_bits, covariance_bits, colour_bits : int
+        As `gsformat.quantize` (1–16 bits per value).
+    level : int
+        zstd level (1–22).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> params = np.abs(np.random.default_rng(0).random((64, 8))).astype(np.float16) + 0.01
+    >>> codec = Entropy()
+    >>> codec.decode(codec.encode(params)).shape
+    (512,)
+    """
+
+    codec_id = "gsformat.entropy"
+
+    def __init__(self, position_bits: int = 12, covariance_bits: int = 10, colour_bits: int = 8,
+                 level: int = 19):
+        self._quantize = Quantize(position_bits, covariance_bits, colour_bits)
+        if not 1 <= int(level) <= 22:
+            raise ValueError(f"zstd level must be in [1, 22], got {level}")
+        self.position_bits = int(position_bits)
+        self.covariance_bits = int(covariance_bits)
+        self.colour_bits = int(colour_bits)
+        self.level = int(level)
+
+    def get_config(self):
+        return {"id": self.codec_id, "position_bits": self.position_bits,
+                "covariance_bits": self.covariance_bits, "colour_bits": self.colour_bits,
+                "level": self.level}
+
+    def encode(self, buf) -> bytes:
+        values = to_domain(as_splat_rows(buf))  # [N, 8]
+        n = len(values)
+        lo = values.min(axis=0) if n else np.zeros(C.PARAMS_PER_SPLAT)
+        hi = values.max(axis=0) if n else np.zeros(C.PARAMS_PER_SPLAT)
+        step = self._quantize.steps(lo, hi)
+        codes = np.zeros((n, C.PARAMS_PER_SPLAT), np.uint64)
+        for col, bits in enumerate(self._quantize.bits):
+            scale = 0.0 if step[col] == 0 else 1.0 / step[col]
+            codes[:, col] = np.minimum(np.rint((values[:, col] - lo[col]) * scale),
+                                       (1 << bits) - 1)
+        header = np.uint32(n).tobytes() + lo.astype("<f8").tobytes() + hi.astype("<f8").tobytes()
+        if n == 0:
+            return header
+        morton = spread_bits(codes[:, 0]) | (spread_bits(codes[:, 1]) << np.uint64(1))
+        order = np.argsort(morton, kind="stable")
+        codes, morton = codes[order], morton[order]
+        streams = [planes(np.diff(morton, prepend=np.uint64(0)), 4)]
+        for col in range(2, C.PARAMS_PER_SPLAT):
+            modulus = np.int64(1) << self._quantize.bits[col]
+            delta = np.diff(codes[:, col].astype(np.int64), prepend=np.int64(0)) % modulus
+            signed = np.where(delta >= modulus // 2, delta - modulus, delta)  # centred
+            zigzag = (signed << 1) ^ (signed >> 63)  # 0, -1, 1, -2, … → 0, 1, 2, 3, …
+            streams.append(planes(zigzag.astype(np.uint64), 2))
+        return header + zstd_compress(np.frombuffer(b"".join(streams), np.uint8), self.level)
+
+    def decode(self, buf, out=None):
+        data = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
+        n = read_u32(data, 0, "splat count", C.MAX_SPLATS)
+        if data.size < HEADER_BYTES:
+            raise FormatError("truncated header")
+        ranges = data[4:HEADER_BYTES].view("<f8").reshape(2, C.PARAMS_PER_SPLAT)
+        lo, hi = ranges[0].astype(np.float64), ranges[1].astype(np.float64)
+        if not (np.isfinite(ranges).all() and (hi >= lo).all()):
+            raise FormatError("entropy payload has non-finite or inverted ranges")
+        if n == 0:
+            if data.size != HEADER_BYTES:
+                raise FormatError("empty entropy payload has trailing bytes")
+            return ndarray_copy(np.empty(0, np.float16), out)
+        raw = zstd_decompress(data[HEADER_BYTES:], 16 * n)
+        morton = np.cumsum(from_planes(raw, n, 4), dtype=np.uint64)
+        codes = np.empty((C.PARAMS_PER_SPLAT, n), np.float64)
+        codes[0] = gather_bits(morton)
+        codes[1] = gather_bits(morton >> np.uint64(1))
+        for i, col in enumerate(range(2, C.PARAMS_PER_SPLAT)):
+            zigzag = from_planes(raw[4 * n + 2 * i * n:], n, 2).astype(np.int64)
+            signed = (zigzag >> 1) ^ -(zigzag & 1)
+            modulus = np.int64(1) << self._quantize.bits[col]
+            codes[col] = np.cumsum(signed) % modulus
+        limits = (1 << np.array(self._quantize.bits, np.int64)) - 1
+        if (codes > limits[:, None]).any():
+            raise FormatError("entropy payload decodes to codes beyond their bit depth")
+        values = lo[:, None] + codes * self._quantize.steps(lo, hi)[:, None]
+        values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
+        return ndarray_copy(values.T.astype(np.float16).reshape(-1), out)

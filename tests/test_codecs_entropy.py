@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from codec_harness import (check_backwards_compatibility, check_config, check_repr,
+                           write_fixture_once)
+from gsformat import FormatError
+from gsformat.codecs import Entropy, Quantize
+from gsformat.codecs.entropy import gather_bits, spread_bits
+from strategies import valid_params
+
+
+def rows(decoded):
+    """Decoded values as a sorted list of rows (the codec may reorder splats)."""
+    arr = np.asarray(decoded).reshape(-1, 8).view(np.uint16)
+    return sorted(map(tuple, arr.tolist()))
+
+
+@given(params=valid_params(), bits=st.tuples(st.integers(1, 16), st.integers(1, 16),
+                                            st.integers(1, 16)))
+@settings(max_examples=80, deadline=None)
+def test_same_values_as_quantize_twin(params, bits):
+    """Each decoded row equals gsformat.quantize's decoding of the same splat: the same bound."""
+    entropy, quantize = Entropy(*bits, level=3), Quantize(*bits)
+    decoded = entropy.decode(entropy.encode(params))
+    assert rows(decoded) == rows(quantize.decode(quantize.encode(params)))
+
+
+def test_morton_bits_round_trip():
+    v = np.arange(0, 1 << 16, 37, dtype=np.uint64)
+    assert np.array_equal(gather_bits(spread_bits(v)), v)
+
+
+def test_smaller_than_quantize_plus_zstd_on_real_splats(fitted_splats):
+    import numcodecs
+    params = fitted_splats[0].params
+    quantized = numcodecs.Zstd(19).encode(Quantize(12, 10, 8).encode(params))
+    assert len(Entropy(12, 10, 8).encode(params)) < len(quantized)
+
+
+def test_config_and_repr():
+    codec = Entropy(position_bits=13, covariance_bits=9, colour_bits=7, level=5)
+    check_config(codec)
+    assert codec.get_config() == {"id": "gsformat.entropy", "position_bits": 13,
+                                  "covariance_bits": 9, "colour_bits": 7, "level": 5}
+    with pytest.raises(ValueError):
+        Entropy(level=0)
+
+
+def test_golden_fixtures(fitted_splats):
+    write_fixture_once(Entropy(12, 10, 8), "astronaut64-256-12-10-8", fitted_splats[0].params)
+    assert check_backwards_compatibility("gsformat.entropy") >= 1
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda b: b[:100],
+    lambda b: (2**31).to_bytes(4, "little") + b[4:],
+    lambda b: (3).to_bytes(4, "little") + b[4:],
+    lambda b: b[:132] + b"\x00" * (len(b) - 132),
+])
+def test_corrupt_input_is_a_format_error(fitted_splats, mutate):
+    encoded = Entropy().encode(fitted_splats[0].params)
+    with pytest.raises(FormatError):
+        Entropy().decode(mutate(encoded))
+
+
+def test_quantisation_aware_fit_through_entropy_codec():
+    from gsformat import decode_record, encode_record
+    from gsformat.fitting import fit_images
+    from gsformat.fitting.fit import evaluate_psnr
+    from conftest import photo
+    image = photo("coffee", 40)[None]
+    codec = {"id": "gsformat.entropy", "position_bits": 10, "covariance_bits": 7,
+             "colour_bits": 6}
+    result = fit_images(image, 120, 40, backend="numpy", quantize=codec, quantize_at=0.5)
+    stored = decode_record(encode_record(result.splats[0], [codec]))
+    assert evaluate_psnr([stored], image / 255.0, 8)[0] == pytest.approx(result.psnr[0],
+                                                                          abs=0.05)
