@@ -122,7 +122,7 @@ def train(cfg: TrainConfig) -> dict:
                         teacher = model.encode_image(pixels_for(batch, image_size, device))
                     student = model.encode_splats(splats, mask)
                     loss = (student.float() - teacher.float()).pow(2).sum(-1).mean()
-                    extra = {"cos": float((student * teacher).sum(-1).mean())}
+                    extra = {"cos": float((student * teacher).sum(-1).mean().detach())}
                 else:
                     if cfg.input == "rgb":
                         images = model.encode_image(pixels_for(batch, image_size, device))
