@@ -52,8 +52,11 @@ def run(argv: list[str]) -> None:
         raise SystemExit(f"failed: gsformat {' '.join(argv)}")
 
 
-def main(out: str = "runs/digits", quick: bool = False) -> dict:
-    limit, steps, iters, batch = (400, 60, 60, 32) if quick else (None, 600, 300, 64)
+def main(out: str = "runs/digits", quick: bool = False, limit: int | None = None,
+         steps: int | None = None, iters: int | None = None, batch: int | None = None) -> dict:
+    q_limit, q_steps, q_iters, q_batch = (400, 60, 60, 32) if quick else (None, 600, 300, 64)
+    limit, steps = limit or q_limit, steps or q_steps
+    iters, batch = iters or q_iters, batch or q_batch
     counts = build_folders(os.path.join(out, "images"), limit)
     templates = os.path.join(out, "templates.txt")
     with open(templates, "w") as f:
