@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "di
 @pytest.mark.slow
 def test_digits_student_far_above_chance(tmp_path):
     from run import main
-    results = main(str(tmp_path / "digits"), limit=600, steps=200, iters=100, batch=48)
+    results = main(str(tmp_path / "digits"), limit=600, steps=200, iters=100, batch=48,
+                   ablation=False)
     assert results["teacher_rgb"] > 0.6
     assert results["student_gs"] > 0.5  # chance is 0.1 on ten classes

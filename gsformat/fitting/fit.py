@@ -49,7 +49,8 @@ class FitOptions:
     quantize_at: float = 0.9       # fraction of iters after which the straight-through phase
                                    # starts (0: from the first iteration, e.g. a warm re-fit)
     batch_size: int | None = None  # images per fitting batch (None: as many as memory allows)
-    threads: int | None = None     # NumPy: threads over splat ranges (None: the usable cores)
+    threads: int | None = None     # NumPy: threads over splat ranges (None: $GSFORMAT_THREADS,
+                                   # else the usable cores)
     memory_limit: int = DEFAULT_MEMORY_LIMIT
 
 
@@ -92,7 +93,8 @@ def usable_cores() -> int:
 
 def _engine(opts: FitOptions, xp, batch: int, n: int, height: int, width: int, radius: int):
     if opts.engine == "window":
-        threads = opts.threads or min(usable_cores(), 8)
+        threads = opts.threads or int(os.environ.get("GSFORMAT_THREADS", 0)) or \
+            min(usable_cores(), 8)
         if xp is np and threads > 1 and n >= 64 * threads:
             return ThreadedKernel(xp, batch, n, height, width, radius, threads)
         return WindowKernel(xp, batch, n, height, width, radius)
