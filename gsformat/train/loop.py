@@ -130,7 +130,7 @@ def train(cfg: TrainConfig) -> dict:
                         images = model.encode_splats(splats, mask)
                     texts = model.encode_text(tokenizer(batch["caption"]).to(device))
                     loss = clip_loss(images, texts, model.clip.logit_scale.exp())
-                    extra = {"logit_scale": float(model.clip.logit_scale.exp())}
+                    extra = {"logit_scale": float(model.clip.logit_scale.exp().detach())}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
