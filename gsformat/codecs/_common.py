@@ -7,9 +7,7 @@ from numcodecs.zstd import Zstd
 
 from ..format import constants as C
 from ..format.errors import FormatError
-from ..format.zstd_frame import zstd_content_size
-
-_ZSTD = Zstd()  # decoding needs no parameters; one instance avoids per-call set-up
+from ..format.zstd_frame import decompress_exact
 
 __all__ = ["as_splat_rows", "read_u32", "zstd_compress", "zstd_decompress", "ndarray_copy"]
 
@@ -41,14 +39,4 @@ def zstd_compress(raw: bytes | np.ndarray, level: int) -> bytes:
 
 def zstd_decompress(frame, expected_nbytes: int) -> np.ndarray:
     """Decompress one zstd frame whose header must claim exactly ``expected_nbytes``."""
-    claimed = zstd_content_size(frame)
-    if claimed != expected_nbytes:
-        raise FormatError(f"zstd frame claims {claimed} bytes, header says {expected_nbytes}")
-    try:
-        raw = _ZSTD.decode(frame)
-    except Exception as exc:
-        raise FormatError(f"corrupt zstd frame: {exc}") from None
-    raw = np.frombuffer(ensure_contiguous_ndarray(raw), dtype=np.uint8)
-    if raw.size != expected_nbytes:
-        raise FormatError(f"zstd frame decoded to {raw.size} bytes, expected {expected_nbytes}")
-    return raw
+    return np.frombuffer(decompress_exact(frame, expected_nbytes), dtype=np.uint8)

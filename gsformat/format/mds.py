@@ -18,7 +18,7 @@ import json
 import numpy as np
 
 from .errors import FormatError
-from .zstd_frame import zstd_content_size
+from .zstd_frame import decompress_exact
 
 MAX_SHARD_BYTES = (1 << 32) - 1  # MDS offsets are uint32
 FIXED_SIZES = {"int": 8, "int8": 1, "int16": 2, "int32": 4, "int64": 8, "uint8": 1,
@@ -33,17 +33,7 @@ def decompress(data: bytes, compression: str | None, raw_size: int) -> bytes:
     algo = compression.split(":")[0]
     if algo != "zstd":
         raise FormatError(f"unsupported shard compression {compression!r} (validator reads zstd)")
-    claimed = zstd_content_size(data)
-    if claimed != raw_size:
-        raise FormatError(f"zstd frame claims {claimed} bytes, index says {raw_size}")
-    import zstd
-    try:
-        raw = zstd.decompress(data)
-    except Exception as exc:
-        raise FormatError(f"corrupt zstd data: {exc}") from None
-    if len(raw) != raw_size:
-        raise FormatError(f"decompressed to {len(raw)} bytes, index says {raw_size}")
-    return raw
+    return decompress_exact(data, raw_size, source="index")
 
 
 def sample_spans(shard: bytes) -> list[tuple[int, int]]:

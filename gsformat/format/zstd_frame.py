@@ -30,3 +30,20 @@ def zstd_content_size(buf) -> int:
         raise FormatError("zstd stage: truncated frame header")
     size = int.from_bytes(head[pos:pos + size_len], "little")
     return size + 256 if size_len == 2 else size
+
+
+def decompress_exact(frame, expected_nbytes: int, source: str = "header") -> bytes:
+    """Decompress one zstd frame whose header must claim exactly ``expected_nbytes`` (what
+    ``source`` — a codec header, an MDS index — says); checked before anything is allocated."""
+    from numcodecs.zstd import Zstd
+    claimed = zstd_content_size(frame)
+    if claimed != expected_nbytes:
+        raise FormatError(f"zstd frame claims {claimed} bytes, {source} says {expected_nbytes}")
+    try:
+        raw = bytes(Zstd().decode(frame))
+    except Exception as exc:
+        raise FormatError(f"corrupt zstd data: {exc}") from None
+    if len(raw) != expected_nbytes:
+        raise FormatError(f"zstd frame decoded to {len(raw)} bytes, {source} says "
+                          f"{expected_nbytes}")
+    return raw
