@@ -1,0 +1,56 @@
+"""CLI paths not covered elsewhere: inspect, render, codec options, resize modes."""
+import json
+
+import numpy as np
+from PIL import Image
+
+from gsformat import decode_record
+from gsformat.cli import main
+from gsformat.format.dataset import iter_dataset
+from gsformat.format.validate import validate_dataset
+from conftest import write_image_folder
+
+TINY = ["--splats", "24", "--iters", "6", "--size", "16", "--no-progress"]
+
+
+def test_inspect_and_render(tmp_path, capsys):
+    write_image_folder(tmp_path / "src")
+    out = str(tmp_path / "out")
+    assert main(["convert", str(tmp_path / "src"), out, "--keep-image", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["inspect", out]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["index"]["n_samples"] == 5 and info["manifest"]["fit"]["splats"] == 24
+    png = str(tmp_path / "r.png")
+    assert main(["render", out, "--index", "1", "--count", "2", "--size", "32", "-o", png]) == 0
+    assert Image.open(png).size == (64, 2 * 32 + 4)  # [stored | splats] per row
+    assert main(["render", out, "--index", "99", "-o", png]) == 2  # a clear error, no trace
+
+
+def test_lossy_codec_json_and_quantize_aware(tmp_path):
+    write_image_folder(tmp_path / "src")
+    out = str(tmp_path / "out")
+    codec = '[{"id": "gsformat.entropy", "position_bits": 10, "covariance_bits": 7, ' \
+            '"colour_bits": 6}]'
+    assert main(["convert", str(tmp_path / "src"), out, "--codec", codec, "--quantize-aware",
+                 *TINY]) == 0
+    assert validate_dataset(out).valid
+    for sample in iter_dataset(out, decode=False):
+        import msgpack
+        record = msgpack.unpackb(sample["splats"])
+        assert record["codecs"][0]["id"] == "gsformat.entropy"
+        assert record["version"] == [1, 1]
+        assert decode_record(sample["splats"]).n_splats == 24
+
+
+def test_resize_pad_keeps_the_whole_image(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    wide = np.zeros((10, 40, 3), np.uint8)
+    wide[:, :, 0] = 255
+    Image.fromarray(wide).save(src / "wide.png")
+    out = str(tmp_path / "out")
+    assert main(["convert", str(src), out, "--resize", "pad", "--keep-image", *TINY]) == 0
+    image = np.asarray(next(iter_dataset(out))["image"])
+    assert image.shape == (16, 16, 3)
+    assert image[0, :, 0].max() < 40 and image[8, :, 0].min() > 200  # black bars, red middle
