@@ -8,7 +8,7 @@ import numpy as np
 from ..format import storage
 from ..format.dataset import make_manifest, read_index, write_manifest
 
-CONVERT_JSON, PART_JSON, REJECTS = "convert.json", "part.json", "rejects.jsonl"
+from .run import CONVERT_JSON, PART_JSON, REJECTS
 
 
 def find_parts(root: str, digest: str | None) -> list[tuple[str, dict]]:

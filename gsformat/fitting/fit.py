@@ -288,15 +288,13 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
     # what is stored is FP16 in spec units: measure PSNR on exactly that
     params_np = to_numpy(params)
     alive_np = to_numpy(alive)
-    splats, stored = [], []
+    splats = []
     for i in range(batch):
         normalised = to_normalised(params_np[i][alive_np[i]], height, width).astype(np.float16)
         if codec is not None:  # what a record with this codec decodes to
             normalised = np.asarray(codec.decode(codec.encode(normalised))).reshape(-1, 8)
-        s = SplatSet(normalised.astype(np.float16), height, width)
-        splats.append(s)
-        stored.append(s)
-    scores = evaluate_psnr(stored, target_np, radius, backend=opts.backend)
+        splats.append(SplatSet(normalised.astype(np.float16), height, width))
+    scores = evaluate_psnr(splats, target_np, radius, backend=opts.backend)
     for s, score in zip(splats, scores):
         s.meta.update(psnr=round(float(score), 3), iters=opts.iters)
     return splats, scores, n_pruned, losses

@@ -15,7 +15,6 @@ what to do:
 from __future__ import annotations
 
 import io
-import zlib
 
 import numpy as np
 import torch
