@@ -142,6 +142,45 @@ def test_multiple_workers(dataset_dir, tmp_path):
     assert sorted(keys) == [f"k{i:03d}" for i in range(N_SAMPLES)]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fast_iteration_matches_streaming_order(dataset_dir, tmp_path, workers):
+    """The shard-by-shard iterator yields streaming's samples in streaming's order, every epoch,
+    and after a mid-epoch resumption."""
+    from streaming import StreamingDataLoader
+
+    def epochs(fast, name, state=None, n_epochs=2):
+        ds = make(dataset_dir, tmp_path, f"{name}{int(fast)}", shuffle=True, shuffle_seed=5,
+                  batch_size=4, fast_iteration=fast, num_canonical_nodes=2)
+        loader = StreamingDataLoader(ds, batch_size=4, num_workers=workers,
+                                     collate_fn=collate_splats)
+        if state is not None:
+            loader.load_state_dict(state)
+        return [[k for batch in loader for k in batch["key"]] for _ in range(n_epochs)]
+
+    fast, slow = epochs(True, "e"), epochs(False, "e")
+    assert fast == slow and fast[0] != fast[1]
+    assert sorted(fast[0]) == [f"k{i:03d}" for i in range(N_SAMPLES)]
+    ds = make(dataset_dir, tmp_path, "st", shuffle=True, shuffle_seed=5, batch_size=4,
+              num_canonical_nodes=2)
+    loader = StreamingDataLoader(ds, batch_size=4, collate_fn=collate_splats)
+    for step, _ in enumerate(loader):
+        if step == 1:
+            state = loader.state_dict()
+            break
+    resumed = epochs(True, "s", state, 1)[0]
+    assert resumed == epochs(False, "s", state, 1)[0] == slow[0][8:]
+
+
+def test_new_epoch_while_previous_unfinished(dataset_dir, tmp_path):
+    """Abandoning an epoch part-way and starting the next must neither hang nor mix epochs."""
+    ds = make(dataset_dir, tmp_path, "abandon", shuffle=True, batch_size=4)
+    first = iter(ds)
+    [next(first) for _ in range(5)]
+    keys = [s["key"] for s in ds]
+    assert sorted(keys) == [f"k{i:03d}" for i in range(N_SAMPLES)]
+    assert list(first) == []  # the abandoned epoch stops rather than resuming
+
+
 def test_corrupt_shard_is_named_not_silent(dataset_dir, tmp_path):
     name = sorted(n for n in os.listdir(dataset_dir) if n.endswith(".zstd"))[1]
     path = os.path.join(dataset_dir, name)
@@ -152,6 +191,8 @@ def test_corrupt_shard_is_named_not_silent(dataset_dir, tmp_path):
     with pytest.raises(Exception, match=name.replace(".", r"\.")):
         for i in range(len(ds)):
             ds[i]
+    with pytest.raises(Exception, match=name.replace(".", r"\.")):  # while iterating, too
+        list(make(dataset_dir, tmp_path, "bad-iter", batch_size=4))
 
 
 def test_stream_from_s3_with_cache_limit(tmp_path, s3_bucket, s3_server, fitted_splats):
@@ -163,6 +204,10 @@ def test_stream_from_s3_with_cache_limit(tmp_path, s3_bucket, s3_server, fitted_
                       cache_limit="64kb", batch_size=4)
     keys = [s["key"] for s in ds]
     assert sorted(keys) == [f"k{i:03d}" for i in range(N_SAMPLES)]
+    # shuffled: shards are evicted and fetched again mid-epoch
+    shuffled = SplatDataset(remote=url, local=str(tmp_path / "s3cache2"), shuffle=True,
+                            shuffle_block_size=N_SAMPLES, cache_limit="64kb", batch_size=4)
+    assert sorted(s["key"] for s in shuffled) == sorted(keys)
     cached = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
                  os.walk(tmp_path / "s3cache") for f in fs if ".mds" in f)
     assert cached <= 64 * 1024  # streaming evicted shards to stay within the limit

@@ -22,12 +22,17 @@ def collate_splats(batch: list[dict], pad_to: int | None = None) -> dict:
     if max(counts) > width:
         raise ValueError(f"a sample has {max(counts)} splats, more than pad_to={pad_to}; "
                          f"use SplatDataset(max_splats=...) to cap them")
-    first = torch.as_tensor(batch[0]["splats"])
-    splats = torch.tensor(PAD_SPLAT, dtype=first.dtype).repeat(len(batch), width, 1)
-    mask = torch.zeros(len(batch), width, dtype=torch.bool)
-    for i, (sample, n) in enumerate(zip(batch, counts)):
-        splats[i, :n] = torch.as_tensor(sample["splats"])
-        mask[i, :n] = True
+    tensors = [torch.as_tensor(sample["splats"]) for sample in batch]
+    splats = torch.empty(len(batch), width, 8, dtype=tensors[0].dtype)
+    mask = torch.ones(len(batch), width, dtype=torch.bool)
+    if all(n == width for n in counts):  # the common case: one copy, no padding
+        torch.stack(tensors, out=splats)
+    else:
+        pad = torch.tensor(PAD_SPLAT, dtype=splats.dtype)
+        for i, (tensor, n) in enumerate(zip(tensors, counts)):
+            splats[i, :n] = tensor
+            splats[i, n:] = pad
+            mask[i, n:] = False
     rest = [{k: v for k, v in sample.items() if k != "splats"} for sample in batch]
     out = default_collate(rest) if rest[0] else {}
     out["splats"] = splats
