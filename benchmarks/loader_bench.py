@@ -4,13 +4,16 @@ The same real photographs are written twice: as splat shards (lossless and lossy
 an MDS dataset with a ``jpeg`` column (quality 90, 224²). Samples/s of (a) SplatDataset decode +
 collate_splats and (b) the JPEG column decoded by Pillow into a ``[3, 224, 224]`` tensor +
 default collate, single-process and with 2 workers; bytes per sample on disk; samples/s with
-``render=(224, 224)`` on the CPU. Prints JSON.
+``render=(224, 224)`` on the CPU. To separate the format from the iterator, also: the splats
+behind streaming's own iterator and the JPEG pipeline behind gsformat's shard-by-shard one; and
+float16 samples converted to float32 once per batch. Prints JSON.
 
     python benchmarks/loader_bench.py [--quick]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -60,19 +63,27 @@ def disk_bytes(path: str) -> int:
 
 
 class JPEGDataset:
-    """The RGB pipeline: streaming's jpeg column → Pillow decode → float tensor [3, 224, 224]."""
+    """The RGB pipeline: streaming's jpeg column → Pillow decode → float tensor [3, 224, 224].
+
+    ``fast_iteration=True`` walks the epoch with gsformat's `ShardwiseIteration` (the iterator
+    SplatDataset uses), so that the comparison of decoding alone is like for like."""
 
     @staticmethod
-    def make(remote, local):
+    def make(remote, local, fast_iteration=False):
         from streaming import StreamingDataset
+        from gsformat.loaders import ShardwiseIteration
 
-        class _JPEG(StreamingDataset):
+        class _JPEG(ShardwiseIteration, StreamingDataset):
             def __getitem__(self, idx):
-                row = super().__getitem__(idx)
+                return self._sample(super().__getitem__(idx), idx)
+
+            def _sample(self, row, idx):
                 array = np.asarray(row["jpeg"].convert("RGB"))
                 return {"key": row["key"],
                         "image": torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255}
-        return _JPEG(remote=remote, local=local, shuffle=False, batch_size=64)
+        dataset = _JPEG(remote=remote, local=local, shuffle=False, batch_size=64)
+        dataset.fast_iteration = fast_iteration
+        return dataset
 
 
 def samples_per_second(make_dataset, collate, workers: int, limit: int | None = None) -> float:
@@ -117,6 +128,7 @@ def main(quick: bool = False) -> dict:
                                     batch_size=64, **kw)
 
     jpeg_ds = lambda: JPEGDataset.make(paths["jpeg"], local())  # noqa: E731
+    jpeg_fast_ds = lambda: JPEGDataset.make(paths["jpeg"], local(), True)  # noqa: E731
     out = {"n_samples": n_samples, "splats_per_image": 1600, "image_size": 224,
            "bytes_per_sample": {k: round(disk_bytes(p) / n_samples, 1) for k, p in paths.items()}}
     rates = {}
@@ -126,11 +138,19 @@ def main(quick: bool = False) -> dict:
             rates[f"splats_{name}_workers{workers}"] = samples_per_second(
                 splat_ds(name), collate_splats, workers)
         print(rates, file=sys.stderr)
-    # the same splat decoding behind streaming's own per-sample iterator (fast_iteration=False):
-    # how much of the gain is the shard-by-shard iterator rather than the format
+    # how much of the gain is the iterator rather than the format: the splats behind streaming's
+    # own iterator, and the JPEG pipeline behind gsformat's shard-by-shard one
     for name in ("raw", "planar"):
         rates[f"splats_{name}_streaming_iterator_workers0"] = samples_per_second(
             splat_ds(name, fast_iteration=False), collate_splats, 0)
+    rates["jpeg_shardwise_iterator_workers0"] = samples_per_second(jpeg_fast_ds, default_collate,
+                                                                   0)
+    # samples kept in the stored float16, converted to float32 once per batch by the collate
+    # (the same float32 batch as the default)
+    to_fp32 = functools.partial(collate_splats, dtype=torch.float32)
+    for name in ("raw", "planar"):
+        rates[f"splats_{name}_fp16_samples_workers0"] = samples_per_second(
+            splat_ds(name, dtype=torch.float16), to_fp32, 0)
     render_limit = 128 if quick else 512
     rates["splats_planar_render224_workers0"] = samples_per_second(
         splat_ds("planar", render=(224, 224)), default_collate, 0, limit=render_limit)
@@ -140,10 +160,15 @@ def main(quick: bool = False) -> dict:
         f"{name}_workers{w}": round(rates[f"splats_{name}_workers{w}"] / rates[f"jpeg_workers{w}"],
                                     1)
         for name in ("raw", "planar", "quantize") for w in (0, 2)}
-    out["speedup_vs_jpeg"].update({
-        f"{name}_streaming_iterator_workers0": round(
-            rates[f"splats_{name}_streaming_iterator_workers0"] / rates["jpeg_workers0"], 1)
-        for name in ("raw", "planar")})
+    for name in ("raw", "planar"):
+        for variant in ("streaming_iterator", "fp16_samples"):
+            key = f"{name}_{variant}_workers0"
+            out["speedup_vs_jpeg"][key] = round(rates["splats_" + key] / rates["jpeg_workers0"],
+                                                1)
+    out["speedup_vs_jpeg_shardwise_iterator"] = {
+        key: round(rates["splats_" + key] / rates["jpeg_shardwise_iterator_workers0"], 1)
+        for key in ("raw_workers0", "planar_workers0", "raw_fp16_samples_workers0",
+                    "planar_fp16_samples_workers0")}
     out["bytes_ratio_vs_jpeg"] = {
         name: round(out["bytes_per_sample"][name] / out["bytes_per_sample"]["jpeg"], 2)
         for name in ("raw", "planar", "quantize")}

@@ -1,0 +1,197 @@
+"""Shard-by-shard iteration for any `streaming.StreamingDataset` subclass.
+
+streaming's iterator runs two helper threads that each take a file lock and touch shared memory
+for every *sample*, and that sleep in 7 ms ticks whenever they are ``predownload`` samples ahead
+or behind; with 4,096 small samples it delivered ~900 samples/s here whatever the decoding cost.
+`ShardwiseIteration` keeps every decision streaming makes — the partition over nodes, ranks and
+workers, the shuffle, resumption (``_resume_incr_epoch``, ``_get_work``) and the cache
+(``prepare_shard``, ``get_item``, eviction) — and only changes how the epoch is walked: a prefetch
+thread prepares each shard ``predownload`` samples before its first use, the loop checks a shard's
+state only when the shard changes, and rows are read from memory-mapped shards. The samples and
+their order are streaming's (`tests/test_loader.py` compares them, with workers and after a
+resumption). It uses streaming's private epoch state, so it is tied to the streaming releases in
+``pyproject.toml`` and falls back to streaming's iterator when that state is missing.
+
+Use: ``class MyDataset(ShardwiseIteration, StreamingDataset)``; override ``_sample(row, idx)`` to
+turn a decoded MDS row into a sample (``__getitem__`` should do the same through ``get_item``).
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from concurrent.futures import ThreadPoolExecutor
+from threading import Event
+from time import sleep, time_ns
+
+import numpy as np
+
+from ..format.errors import FormatError
+
+try:  # streaming's epoch state; without it, streaming's own iterator is used
+    from streaming.base.dataset import TICK, _Iterator, _IterState, _ShardState
+except ImportError:  # pragma: no cover - a streaming release that moved them
+    _Iterator = None
+
+
+class ShardwiseIteration:
+    """Mixin: put it before `StreamingDataset` in the bases. ``fast_iteration = False`` on an
+    instance selects streaming's iterator."""
+
+    fast_iteration = True
+
+    def _sample(self, row: dict, idx: int):
+        """A decoded MDS row → the sample (default: the row itself)."""
+        return row
+
+    def __iter__(self):
+        """This worker's samples for the epoch, in exactly streaming's order (module docstring)."""
+        if not getattr(self, "fast_iteration", True) or _Iterator is None:
+            yield from super().__iter__()
+            return
+        if hasattr(self, "_iterator"):  # a previous epoch still running: stop it first
+            self._iterator.exit()
+        if not hasattr(self, "_executor"):
+            self._executor = ThreadPoolExecutor()
+        if not hasattr(self, "_event"):
+            self._event = Event()
+        elif self._event.is_set():
+            raise RuntimeError("Background thread failed. Check other traceback.")
+        self._unique_worker_world = self._unique_rank_world.detect_workers()
+        self._parallel_worker_world = self._parallel_rank_world.detect_workers()
+        epoch, sample_in_epoch = self._resume_incr_epoch()
+        sample_ids = self._get_work(epoch, sample_in_epoch)  # [n] int64, -1 = padding
+        if not len(sample_ids):
+            return
+        shard_ids = np.searchsorted(self.sample_offset_per_shard, sample_ids, side="right") - 1
+        self._iterator = it = _ShardRunIterator(sample_ids)
+        future = self._executor.submit(self._prefetch_shards, it, sample_ids, shard_ids)
+        future.add_done_callback(self.on_exception)
+        local, iterating = _ShardState.LOCAL, _IterState.ITERATING
+        previous_shard = -1
+        rows = _MappedRows(self)
+        try:
+            for pos, (sample_id, shard_id) in enumerate(zip(sample_ids.tolist(),
+                                                            shard_ids.tolist())):
+                if self._event.is_set():
+                    _raise_prefetch_failure(future)
+                    raise RuntimeError("Background thread failed. Check other traceback.")
+                if it._state != iterating:  # a new epoch started on this dataset (a lock-free
+                    break                     # read of it.should_exit(); once per sample)
+                if sample_id != -1:
+                    try:
+                        if shard_id != previous_shard and self._shard_states[shard_id] != local:
+                            # blocks until downloaded; get_item re-prepares a shard evicted again
+                            self.prepare_shard(shard_id)
+                        if shard_id != previous_shard:
+                            self._shard_access_times[shard_id] = time_ns()  # for eviction
+                        previous_shard = shard_id
+                        row = rows.read(shard_id, sample_id)
+                        sample = self[sample_id] if row is None else self._sample(row, sample_id)
+                    except Exception:
+                        if self._event.is_set():  # the prefetcher's error names the shard
+                            _raise_prefetch_failure(future)
+                        raise
+                    yield sample
+                it.yield_index = pos + 1
+        finally:
+            rows.close()
+            it.on_exit()
+
+    def _prefetch_shards(self, it, sample_ids: np.ndarray, shard_ids: np.ndarray) -> None:
+        """Prepare each shard, in order of first use, ``predownload`` samples ahead."""
+        try:
+            valid = sample_ids != -1
+            first_use = np.unique(shard_ids[valid], return_index=True)
+            positions = np.flatnonzero(valid)[first_use[1]]
+            for pos, shard_id in sorted(zip(positions.tolist(), first_use[0].tolist())):
+                while (self.predownload is not None and pos - it.yield_index > self.predownload
+                       and not it.should_exit() and not self._event.is_set()):
+                    sleep(TICK)
+                if it.should_exit() or self._event.is_set():
+                    break
+                self.prepare_shard(shard_id, False)
+        finally:
+            it.on_exit()
+
+
+class _MappedRows:
+    """MDS rows read from memory maps of the shards (a few kept open), instead of streaming's
+    open–seek–read–close per sample. ``read`` returns None whenever streaming's own path is needed
+    (a shard not on disk yet, or not an MDS shard), so `get_item`'s download and retry logic stays
+    in charge of the cache. A mapping outlives an eviction of its file (the data stays valid).
+    The ``splats`` column comes as a memoryview of the mapping (the record decoder copies what it
+    keeps); every other column is decoded by streaming's MDS decoders.
+    """
+
+    def __init__(self, dataset, keep: int = 4):
+        from streaming.base.format.mds.encodings import mds_decode
+        self.dataset, self.keep, self.decode = dataset, keep, mds_decode
+        self.open: dict[int, tuple] = {}  # shard id → (mmap, offsets, columns, name)
+
+    def _map(self, shard_id: int):
+        shard = self.dataset.shards[shard_id]
+        names = getattr(shard, "column_names", None)
+        if names is None or not hasattr(shard, "raw_data"):
+            return None
+        path = os.path.join(shard.dirname, shard.split, shard.raw_data.basename)
+        try:
+            with open(path, "rb") as f:
+                # MAP_POPULATE (Linux): map every page now, in one call, instead of one page
+                # fault per 4 KiB on first touch (~7 per 25 KB record)
+                mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ,
+                                   flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        except (FileNotFoundError, ValueError):  # not there (yet), or empty
+            return None
+        num = int.from_bytes(mapped[:4], "little")
+        if 4 + 4 * (num + 1) > len(mapped) or num != shard.samples:
+            mapped.close()
+            raise FormatError(f"header claims {num} samples ({shard.samples} in the index) in a "
+                              f"{len(mapped)}-byte shard", shard.raw_data.basename)
+        offsets = np.frombuffer(mapped[4:8 + 4 * num], "<u4").tolist()
+        if offsets != sorted(offsets) or offsets[0] < 8 + 4 * num or offsets[-1] > len(mapped):
+            mapped.close()
+            raise FormatError("sample offsets are inconsistent", shard.raw_data.basename)
+        columns = list(zip(names, shard.column_encodings, shard.column_sizes))
+        n_var = sum(1 for _, _, size in columns if not size)
+        first = int(self.dataset.sample_offset_per_shard[shard_id])
+        if len(self.open) >= self.keep:
+            self.open.pop(next(iter(self.open)))  # unmapped when no row views it any more
+        self.open[shard_id] = (mapped, offsets, columns, n_var, first, shard.raw_data.basename)
+        return self.open[shard_id]
+
+    def read(self, shard_id: int, sample_id: int) -> dict | None:
+        entry = self.open.get(shard_id) or self._map(shard_id)
+        if entry is None:
+            return None
+        mapped, offsets, columns, n_var, first, name = entry
+        local = sample_id - first
+        begin, end = offsets[local], offsets[local + 1]  # checked when the shard was mapped
+        data = memoryview(mapped)[begin:end]  # no copy: msgpack reads the record in place
+        sizes = iter(np.frombuffer(data, "<u4", n_var).tolist())
+        pos, row = 4 * n_var, {}
+        for column, encoding, size in columns:
+            size = size or next(sizes)
+            if pos + size > len(data):
+                raise FormatError(f"column {column!r} runs past the end of the sample",
+                                  f"{name}, sample {local}")
+            value = data[pos:pos + size]
+            row[column] = value if column == "splats" else self.decode(encoding, bytes(value))
+            pos += size
+        return row
+
+    def close(self) -> None:
+        self.open.clear()  # a mapping is unmapped once the last row viewing it is gone
+
+
+def _raise_prefetch_failure(future) -> None:
+    """Raise the prefetch thread's error (it names the shard), if that is what failed."""
+    failure = future.exception() if future.done() else None
+    if failure is not None:
+        raise RuntimeError(f"shard prefetch failed: {failure}") from failure
+
+
+if _Iterator is not None:
+    class _ShardRunIterator(_Iterator):
+        """streaming's per-epoch iterator state, with one helper thread (the prefetcher) to wait
+        for on exit instead of streaming's two."""
+        _num_threads_to_exit = 1
