@@ -76,3 +76,13 @@ def test_quantisation_aware_fit_through_entropy_codec():
     stored = decode_record(encode_record(result.splats[0], [codec]))
     assert evaluate_psnr([stored], image / 255.0, 8)[0] == pytest.approx(result.psnr[0],
                                                                           abs=0.05)
+
+
+@given(params=valid_params(), bits=st.tuples(st.integers(1, 16), st.integers(1, 16),
+                                            st.integers(1, 16)))
+@settings(max_examples=60, deadline=None)
+def test_vectorised_decode_matches_reference_twin(params, bits):
+    codec = Entropy(*bits, level=1)
+    encoded = codec.encode(params)
+    assert np.array_equal(np.asarray(codec.decode(encoded)).view(np.uint16),
+                          np.asarray(codec._decode_reference(encoded)).view(np.uint16))

@@ -120,6 +120,30 @@ class Entropy(Codec):
         return header + zstd_compress(np.frombuffer(b"".join(streams), np.uint8), self.level)
 
     def decode(self, buf, out=None):
+        """The layout above, every step vectorised over attributes (the tests compare it with
+        `_decode_reference`, bit for bit)."""
+        data, n, lo, hi = self._header(buf)
+        if n == 0:
+            return ndarray_copy(np.empty(0, np.float16), out)
+        raw = zstd_decompress(data[HEADER_BYTES:], 16 * n)
+        # byte planes (most significant first) → big-endian words: one transpose each
+        morton_delta = np.ascontiguousarray(raw[:4 * n].reshape(4, n).T).view(">u4")[:, 0]
+        words = raw[4 * n:].reshape(6, 2, n).transpose(0, 2, 1)  # [attr, splat, hi/lo]
+        zigzag = np.ascontiguousarray(words).view(">u2")[..., 0].astype(np.int64)  # [6, N]
+        morton = np.cumsum(morton_delta, dtype=np.uint64)
+        codes = np.empty((C.PARAMS_PER_SPLAT, n), np.float64)
+        codes[:2] = gather_bits(np.stack([morton, morton >> np.uint64(1)]))
+        bits = np.array(self._quantize.bits, np.int64)
+        signed = (zigzag >> 1) ^ -(zigzag & 1)
+        codes[2:] = np.cumsum(signed, axis=1) % (np.int64(1) << bits[2:, None])
+        if (codes > ((1 << bits) - 1)[:, None]).any():
+            raise FormatError("entropy payload decodes to codes beyond their bit depth")
+        values = lo[:, None] + codes * self._quantize.steps(lo, hi)[:, None]
+        values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
+        return ndarray_copy(values.T.astype(np.float16).reshape(-1), out)
+
+    def _header(self, buf):
+        """(bytes, n_splats, lo, hi) after the checks both decoders share."""
         data = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
         n = read_u32(data, 0, "splat count", C.MAX_SPLATS)
         if data.size < HEADER_BYTES:
@@ -128,9 +152,15 @@ class Entropy(Codec):
         lo, hi = ranges[0].astype(np.float64), ranges[1].astype(np.float64)
         if not (np.isfinite(ranges).all() and (hi >= lo).all()):
             raise FormatError("entropy payload has non-finite or inverted ranges")
+        if n == 0 and data.size != HEADER_BYTES:
+            raise FormatError("empty entropy payload has trailing bytes")
+        return data, n, lo, hi
+
+    def _decode_reference(self, buf, out=None):
+        """Reference twin of `decode`: one attribute and one byte plane at a time, as the
+        layout reads."""
+        data, n, lo, hi = self._header(buf)
         if n == 0:
-            if data.size != HEADER_BYTES:
-                raise FormatError("empty entropy payload has trailing bytes")
             return ndarray_copy(np.empty(0, np.float16), out)
         raw = zstd_decompress(data[HEADER_BYTES:], 16 * n)
         morton = np.cumsum(from_planes(raw, n, 4), dtype=np.uint64)

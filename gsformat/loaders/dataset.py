@@ -112,7 +112,9 @@ class SplatDataset(ShardwiseIteration, StreamingDataset):
                 sample[name] = row[name]
         if self.load_source_image and "image" in row:
             sample["source_image"] = _image_tensor(row["image"])
-        tensor = torch.from_numpy(np.ascontiguousarray(params)).to(self.splat_dtype)
+        tensor = torch.from_numpy(np.ascontiguousarray(params))  # float16, as stored
+        if self.splat_dtype != torch.float16:
+            tensor = tensor.to(self.splat_dtype)
         if self.render_hw is not None:
             from ..render import render_splats
             sample["image"] = render_splats(tensor, height=self.render_hw[0],
