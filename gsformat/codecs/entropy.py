@@ -127,15 +127,18 @@ class Entropy(Codec):
             return ndarray_copy(np.empty(0, np.float16), out)
         raw = zstd_decompress(data[HEADER_BYTES:], 16 * n)
         # byte planes (most significant first) → big-endian words: one transpose each
-        morton_delta = np.ascontiguousarray(raw[:4 * n].reshape(4, n).T).view(">u4")[:, 0]
-        words = raw[4 * n:].reshape(6, 2, n).transpose(0, 2, 1)  # [attr, splat, hi/lo]
-        zigzag = np.ascontiguousarray(words).view(">u2")[..., 0].astype(np.int64)  # [6, N]
+        # (planes reversed so that the words are native little-endian: arithmetic on a ">u4"
+        # view byte-swaps on every operation)
+        morton_delta = np.ascontiguousarray(raw[:4 * n].reshape(4, n)[::-1].T).view("<u4")[:, 0]
+        words = raw[4 * n:].reshape(6, 2, n)[:, ::-1].transpose(0, 2, 1)  # [attr, splat, lo/hi]
+        zigzag = np.ascontiguousarray(words).view("<u2")[..., 0].astype(np.int64)  # [6, N]
         morton = np.cumsum(morton_delta, dtype=np.uint64)
         codes = np.empty((C.PARAMS_PER_SPLAT, n), np.float64)
         codes[:2] = gather_bits(np.stack([morton, morton >> np.uint64(1)]))
         bits = np.array(self._quantize.bits, np.int64)
         signed = (zigzag >> 1) ^ -(zigzag & 1)
-        codes[2:] = np.cumsum(signed, axis=1) % (np.int64(1) << bits[2:, None])
+        # mod 2^b as a mask (two's complement: the same non-negative residue, 5× cheaper)
+        codes[2:] = np.cumsum(signed, axis=1) & ((np.int64(1) << bits[2:, None]) - 1)
         if (codes > ((1 << bits) - 1)[:, None]).any():
             raise FormatError("entropy payload decodes to codes beyond their bit depth")
         values = lo[:, None] + codes * self._quantize.steps(lo, hi)[:, None]
