@@ -175,7 +175,7 @@ def read_header(buf: bytes | memoryview) -> dict:
         raise FormatError(f"record is missing required keys {missing}")
     version = record[C.KEY_VERSION]
     # `type(v) is int` rather than isinstance: bools are ints to isinstance (and this runs per
-    # sample in the loader, where the generator-based spelling cost a few µs)
+    # sample in the loader, so no generator)
     if type(version) is not list or len(version) != 2 or not (
             type(version[0]) is int and type(version[1]) is int):
         raise FormatError(f"version must be [major, minor], got {version!r}")

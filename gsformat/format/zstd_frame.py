@@ -35,15 +35,25 @@ def zstd_content_size(buf) -> int:
 def decompress_exact(frame, expected_nbytes: int, source: str = "header") -> bytes:
     """Decompress one zstd frame whose header must claim exactly ``expected_nbytes`` (what
     ``source`` — a codec header, an MDS index — says); checked before anything is allocated."""
-    from numcodecs.zstd import Zstd
     claimed = zstd_content_size(frame)
     if claimed != expected_nbytes:
         raise FormatError(f"zstd frame claims {claimed} bytes, {source} says {expected_nbytes}")
     try:
-        raw = bytes(Zstd().decode(frame))
+        raw = bytes(_zstd().decode(frame))
     except Exception as exc:
         raise FormatError(f"corrupt zstd data: {exc}") from None
     if len(raw) != expected_nbytes:
         raise FormatError(f"zstd frame decoded to {len(raw)} bytes, {source} says "
                           f"{expected_nbytes}")
     return raw
+
+
+_ZSTD = []
+
+
+def _zstd():
+    """One numcodecs Zstd instance (decoding needs no parameters), imported on first use."""
+    if not _ZSTD:
+        from numcodecs.zstd import Zstd
+        _ZSTD.append(Zstd())
+    return _ZSTD[0]

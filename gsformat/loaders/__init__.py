@@ -13,5 +13,5 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["SplatDataset", "ShardwiseIteration", "collate_splats", "SplatAugment", "hflip", "keep_strongest",
-           "splat_strength"]
+__all__ = ["SplatDataset", "ShardwiseIteration", "collate_splats", "SplatAugment", "hflip",
+           "keep_strongest", "splat_strength"]

@@ -45,7 +45,7 @@ class ShardwiseIteration:
 
     def __iter__(self):
         """This worker's samples for the epoch, in exactly streaming's order (module docstring)."""
-        if not getattr(self, "fast_iteration", True) or _Iterator is None:
+        if not self.fast_iteration or _Iterator is None:
             yield from super().__iter__()
             return
         if hasattr(self, "_iterator"):  # a previous epoch still running: stop it first
@@ -79,12 +79,13 @@ class ShardwiseIteration:
                     break                     # read of it.should_exit(); once per sample)
                 if sample_id != -1:
                     try:
-                        if shard_id != previous_shard and self._shard_states[shard_id] != local:
-                            # blocks until downloaded; get_item re-prepares a shard evicted again
-                            self.prepare_shard(shard_id)
                         if shard_id != previous_shard:
+                            if self._shard_states[shard_id] != local:
+                                # blocks until downloaded; get_item re-prepares a shard that
+                                # is evicted again before its rows are read
+                                self.prepare_shard(shard_id)
                             self._shard_access_times[shard_id] = time_ns()  # for eviction
-                        previous_shard = shard_id
+                            previous_shard = shard_id
                         row = rows.read(shard_id, sample_id)
                         sample = self[sample_id] if row is None else self._sample(row, sample_id)
                     except Exception:
