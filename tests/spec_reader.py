@@ -64,6 +64,41 @@ def _entropy(buf, config):  # SPEC.md § 5.4
     return np.stack(cols, 1).astype("<f2").tobytes()
 
 
+def _lattice(buf, config):  # SPEC.md § 5.5
+    n = int.from_bytes(buf[:4], "little")
+    if n == 0:
+        return b""
+    width = int.from_bytes(buf[4:8], "little")
+    code_min = np.frombuffer(buf, "<i4", 8, 8).astype(np.int64)
+    planes = list(buf[40:48])
+    sizes = np.frombuffer(buf, "<u4", sum(planes), 48)
+    pos = 48 + 4 * sum(planes)
+    frames = []
+    for size in sizes:
+        frames.append(np.frombuffer(Zstd().decode(buf[pos:pos + int(size)]), np.uint8))
+        pos += int(size)
+    streams = {}
+    for slot in (0, 2, 3, 4, 5, 6, 7):
+        value = np.zeros(n, np.int64)
+        for _ in range(planes[slot]):
+            value = value * 256 + frames.pop(0)
+        streams[slot] = value if slot == 0 else value + code_min[slot]
+    key = np.cumsum(streams[0])
+    cx, cy = key % width + code_min[0], key // width + code_min[1]
+    y, co, cg = streams[5], streams[6], streams[7]  # YCoCg-R, inverted on integers
+    t = y - np.floor_divide(cg, 2)
+    g = cg + t
+    b = t - np.floor_divide(co, 2)
+    r = b + co
+    p, s, h, c = (config.get(k, d) for k, d in (("position_step", 1 / 2048),
+                                                 ("scale_step", 0.05), ("shear_step", 0.05),
+                                                 ("colour_step", 0.022)))
+    l22 = np.exp(streams[4] * s)
+    cols = [cx * p, cy * p, np.exp(streams[2] * s), (streams[3] * h) * l22, l22,
+            r * c, g * c, b * c]
+    return np.stack(cols, 1).astype("<f2").tobytes()
+
+
 def spec_decode(record: bytes):
     rec = msgpack.unpackb(record, raw=False)
     assert rec["version"][0] == 1 and rec["layout"] == "gs2d.mu2.chol3.rgb3"
@@ -77,6 +112,8 @@ def spec_decode(record: bytes):
             buf = _quantize(buf, config)
         elif config["id"] == "gsformat.entropy":
             buf = _entropy(buf, config)
+        elif config["id"] == "gsformat.lattice":
+            buf = _lattice(buf, config)
         else:
             raise ValueError(config["id"])
     params = np.frombuffer(buf, "<f2").reshape(rec["n_splats"], 8)

@@ -12,10 +12,11 @@ The contract every codec here keeps (SPEC.md § 5):
 from numcodecs import register_codec
 
 from .entropy import Entropy
+from .lattice import Lattice
 from .planar import Planar
 from .quantize import Quantize
 
-for _codec in (Planar, Quantize, Entropy):
+for _codec in (Planar, Quantize, Entropy, Lattice):
     register_codec(_codec)
 
-__all__ = ["Planar", "Quantize", "Entropy"]
+__all__ = ["Planar", "Quantize", "Entropy", "Lattice"]

@@ -32,7 +32,7 @@ MIN_SIDE = 4
 
 def settings_of(args) -> dict:
     """Everything that decides the output; resuming requires the same settings."""
-    return {"src": args.src, "source_format": args.source_format, "splats": args.splats,
+    settings = {"src": args.src, "source_format": args.source_format, "splats": args.splats,
             "iters": args.iters, "size": args.size, "resize": args.resize, "init": args.init,
             "prune_threshold": args.prune_threshold, "prune_at": args.prune_at,
             "l1_colour": args.l1_colour, "codecs": parse_codecs(args.codec),
@@ -40,6 +40,9 @@ def settings_of(args) -> dict:
             "limit": args.limit, "chunk_size": args.chunk_size, "seed": args.seed,
             "quantize_aware": args.quantize_aware,
             "world_size": args.world_size}
+    if args.quantize_aware:  # (absent otherwise: older outputs keep resuming)
+        settings["quantize_method"] = args.quantize_method
+    return settings
 
 
 def settings_hash(settings: dict) -> str:
@@ -95,11 +98,14 @@ class Progress:
         self.bar.close()
 
 
+LOSSY_CODECS = ("gsformat.quantize", "gsformat.entropy", "gsformat.lattice")
+
+
 def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progress,
                  budget: list[int]) -> dict:
     """Convert one unit into ``part_dir``; returns its part.json content."""
     codecs = parse_codecs(args.codec)
-    lossy = next((c for c in codecs if c.get("id") == "gsformat.quantize"), None) \
+    lossy = next((c for c in codecs if c.get("id") in LOSSY_CODECS), None) \
         if args.quantize_aware else None
     backend = {"auto": "auto", "cpu": "numpy", "gpu": "cupy"}[args.device]
     compression = None if args.compression in ("none", "") else args.compression
@@ -126,7 +132,8 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
         seed = args.seed + zlib.crc32(f"{unit.name}/{batch[0][0].key}".encode())
         result = fit_images(images, args.splats, args.iters, backend=backend, init=args.init,
                             prune_threshold=args.prune_threshold, prune_at=args.prune_at,
-                            l1_colour=args.l1_colour, seed=seed, quantize=lossy)
+                            l1_colour=args.l1_colour, seed=seed, quantize=lossy,
+                            quantize_method=args.quantize_method)
         stats["fit_seconds"] += result.seconds
         for (item, image, nbytes), splats in zip(batch, result.splats):
             record_size = write_sample(writer, item, splats,

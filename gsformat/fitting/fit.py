@@ -20,6 +20,7 @@ from .backend import get_xp, to_numpy
 from .images import as_float_rgb
 from .init import colour_from_pixels, init_params
 from .kernel import ThreadedKernel, WindowKernel
+from .solve import requantize
 
 BT709 = (0.2126, 0.7152, 0.0722)
 MIN_SIGMA = 0.3  # pixels: narrower splats alias and stop receiving useful gradients
@@ -46,8 +47,11 @@ class FitOptions:
     backend: str = "auto"          # "auto" | "numpy" | "cupy"
     engine: str = "window"         # "window" (fast path) | "dense-torch" (reference baseline)
     quantize: dict | None = None   # a lossy codec config (gsformat.quantize): fit through it
-    quantize_at: float = 0.9       # fraction of iters after which the straight-through phase
-                                   # starts (0: from the first iteration, e.g. a warm re-fit)
+    quantize_method: str = "solve"  # "solve": after the fit, quantise the geometry, solve the
+                                   # colours by least squares, round them with error feedback
+                                   # (solve.py); "ste": fit through the quantiser (straight-through)
+    quantize_at: float = 0.9       # "ste": fraction of iters after which the straight-through
+                                   # phase starts (0: from the first iteration, a warm re-fit)
     batch_size: int | None = None  # images per fitting batch (None: as many as memory allows)
     threads: int | None = None     # NumPy: threads over splat ranges (None: $GSFORMAT_THREADS,
                                    # else the usable cores)
@@ -153,10 +157,12 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
     options: any field of `FitOptions` (learning rates, init, pruning τ, L1 colour term, seed,
     backend, …). ``progress(step, iters, mean_loss)`` is called every few iterations.
     init_splats: one `SplatSet` per image to start from (a warm re-fit) instead of ``init``.
-    quantize: a lossy codec config; from ``quantize_at·iters`` on, the forward pass sees
-    decode(encode(params)) and the gradient passes straight through to the float parameters, so
-    what is stored and decoded is what was optimised. The returned splats and PSNR are then the
-    decoded ones.
+    quantize: a lossy codec config; what is stored and decoded is then what was optimised, and
+    the returned splats and PSNR are the decoded ones. ``quantize_method="solve"`` (default):
+    after the fit, the geometry is quantised, the colours solved by least squares for it and
+    rounded onto the codec's lattice with error feedback (`gsformat.fitting.solve`).
+    ``"ste"``: from ``quantize_at·iters`` on, the forward pass sees the quantised parameters and
+    the gradient passes straight through to the float ones.
     Returns a `FitResult` with one `SplatSet` per image (splats in spec units, FP16).
     """
     opts = FitOptions(n_splats=n_splats, iters=iters, **options)
@@ -185,14 +191,24 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
                      opts)
 
 
-def _quantized(params_px, codec, height: int, width: int, xp):
-    """decode(encode(params)) per image, back in pixel units (the straight-through forward)."""
+def quantizer(codec):
+    """float16 rows ``[N, 8]`` → what a record with ``codec`` decodes them to, in the same order.
+
+    Codecs that reorder splats say so with a ``quantize_rows`` method (or, for
+    `gsformat.entropy`, an order-keeping twin); for the others it is decode(encode(·))."""
+    if hasattr(codec, "quantize_rows"):
+        return codec.quantize_rows
+    twin = getattr(codec, "_quantize", codec)
+    return lambda rows: np.asarray(twin.decode(twin.encode(rows))).reshape(rows.shape)
+
+
+def _quantized(params_px, quantize_rows, height: int, width: int, xp):
+    """The codec's quantisation per image, back in pixel units (the straight-through forward)."""
     host = to_numpy(params_px)
     out = np.empty_like(host)
     for i in range(len(host)):
         fp16 = to_normalised(host[i], height, width).astype(np.float16)
-        decoded = np.asarray(codec.decode(codec.encode(fp16))).reshape(fp16.shape)
-        out[i] = to_pixels(decoded.astype(np.float32), height, width)
+        out[i] = to_pixels(quantize_rows(fp16).astype(np.float32), height, width)
     return xp.asarray(out)
 
 
@@ -228,9 +244,11 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
     if opts.quantize:
         from ..format.record import get_codec
         codec = get_codec(opts.quantize)
-        # gsformat.entropy reorders splats; its order-keeping twin gives the same values
-        ste_codec = getattr(codec, "_quantize", codec)
-    quantize_step = int(opts.quantize_at * opts.iters) if codec else opts.iters + 1
+        ste_codec = quantizer(codec)
+    if opts.quantize_method not in ("solve", "ste"):
+        raise ValueError(f"quantize_method must be 'solve' or 'ste', got {opts.quantize_method!r}")
+    ste = codec is not None and opts.quantize_method == "ste"
+    quantize_step = int(opts.quantize_at * opts.iters) if ste else opts.iters + 1
 
     lr_base = xp.asarray([opts.lr_position] * 2 + [opts.lr_covariance] * 3
                          + [opts.lr_colour] * 3, dtype=xp.float32)
@@ -291,9 +309,13 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
     splats = []
     for i in range(batch):
         normalised = to_normalised(params_np[i][alive_np[i]], height, width).astype(np.float16)
-        if codec is not None:  # what a record with this codec decodes to
-            normalised = np.asarray(codec.decode(codec.encode(normalised))).reshape(-1, 8)
-        splats.append(SplatSet(normalised.astype(np.float16), height, width))
+        fitted = SplatSet(normalised, height, width)
+        if codec is not None and opts.quantize_method == "solve":
+            fitted = requantize(fitted, target_np[i], codec, 2 * radius)
+        elif codec is not None:  # what a record with this codec decodes to
+            decoded = np.asarray(codec.decode(codec.encode(normalised))).reshape(-1, 8)
+            fitted = SplatSet(decoded.astype(np.float16), height, width)
+        splats.append(fitted)
     scores = evaluate_psnr(splats, target_np, radius, backend=opts.backend)
     for s, score in zip(splats, scores):
         s.meta.update(psnr=round(float(score), 3), iters=opts.iters)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 # ---- versions -------------------------------------------------------------------------------
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1  # 1.0: records, datasets, gsformat.planar/quantize; 1.1: gsformat.entropy
+FORMAT_MINOR = 2  # 1.0: records, datasets, gsformat.planar/quantize; 1.1: gsformat.entropy;
+                  # 1.2: gsformat.lattice
 FORMAT_VERSION = (FORMAT_MAJOR, FORMAT_MINOR)
 
 # ---- splat parameters -----------------------------------------------------------------------

@@ -61,6 +61,11 @@ def main() -> None:
     records["entropy-10-8-6-fitted48"] = encode_record(
         fitted, [{"id": "gsformat.entropy", "position_bits": 10, "covariance_bits": 8,
                   "colour_bits": 6, "level": 3}])
+    # added with format 1.2
+    records["lattice-default-fitted48"] = encode_record(fitted, [{"id": "gsformat.lattice"}])
+    records["lattice-fine-fitted48"] = encode_record(
+        fitted, [{"id": "gsformat.lattice", "position_step": 2.0 ** -12, "scale_step": 0.02,
+                  "shear_step": 0.02, "colour_step": 0.01, "level": 3}])
     for name, record in records.items():
         path = os.path.join(HERE, "records", name + ".msgpack")
         if not os.path.exists(path):
@@ -75,6 +80,10 @@ def main() -> None:
         "unknown-codec": ({**base, "codecs": [{"id": "gsformat.future"}]}, "unknown codec"),
         "unknown-layout": ({**base, "layout": "gs3d"}, "unknown parameter layout"),
     }
+    lattice = msgpack.unpackb(records["lattice-default-fitted48"], raw=False)  # added in 1.2
+    payload = bytearray(lattice["payload"])
+    payload[40] = 5  # five byte planes of key gaps: at most four exist
+    invalid["lattice-bad-planes"] = ({**lattice, "payload": bytes(payload)}, "plane counts")
     for name, (record, message) in invalid.items():
         path = os.path.join(HERE, "invalid", name + ".msgpack")
         if not os.path.exists(path):

@@ -1,0 +1,279 @@
+"""``gsformat.lattice`` — lossy: fixed-step quantisation on lattices anchored at zero, raster
+order, exact integer colour decorrelation, one zstd frame per byte plane.
+
+Unlike `gsformat.quantize` (a fixed bit depth spread over each record's range), every attribute
+here has a fixed *step*: the code of a value v is ``round(v / step)`` in its coding domain. The
+grid does not depend on the record, so quantisation is idempotent and a quantisation-aware fit
+sees the same grid at every step; the entropy coder, not a bit depth, decides what a code costs
+(rare outliers cost a few bits, not a coarser grid for everybody).
+
+Coding domains and codes (per splat, int64)::
+
+    cx = round(x / position_step)            cy = round(y / position_step)
+    s1 = round(ln l11 / scale_step)          s2 = round(ln l22 / scale_step)
+    k  = round((l21 / l22) / shear_step)     (the shear: l21 relative to l22)
+    R, G, B = round(r / colour_step), …      then YCoCg-R on the integers (lossless lifting):
+        Co = R − B;  t = B + (Co >> 1);  Cg = G − t;  Y = t + (Cg >> 1)
+
+Splats are sorted by their raster key ``(cy − min cy) · Wc + (cx − min cx)`` (Wc = the cx range
++ 1; stable, so equal keys keep their input order) and the key is stored as gaps between
+consecutive keys. Each stream holds codes minus their minimum, as byte planes, most significant
+first; each plane is its own zstd frame, so each gets its own entropy table.
+
+Encoded layout (little-endian)::
+
+    [n_splats: uint32] [Wc: uint32] [code_min: int32 × 8] [planes: uint8 × 8]
+    [frame_bytes: uint32 × P]  (P = Σ planes)  [P zstd frames, each of content size n_splats]
+
+    attribute slots:   0: key gaps (1–4 planes; code_min[0] = min cx)   1: — (0 planes;
+    code_min[1] = min cy)   2: s1   3: k   4: s2   5: Y   6: Co   7: Cg   (1–4 planes each)
+
+With N = 0 the payload is the 48-byte header, all zero after n_splats. Decoding yields splats in
+raster order; every row equals `Lattice.quantize_rows` of the input row (tests check this bit for
+bit). Error bound (before the one rounding to FP16, ≤ 2⁻¹¹ relative): |x̂ − x| ≤ position_step/2,
+|ln l̂ − ln l| ≤ scale_step/2, |l̂21/l̂22 − l21/l22| ≤ shear_step/2 (l21 is decoded as
+k·shear_step·l̂22), |ĉ − c| ≤ colour_step/2 per channel (YCoCg-R is exact on integers).
+"""
+from __future__ import annotations
+
+import numpy as np
+import zstd
+from numcodecs.abc import Codec
+
+from ..format import constants as C
+from ..format.errors import FormatError
+from ..format.zstd_frame import zstd_content_size
+from ._common import as_splat_rows, ndarray_copy, read_u32, zstd_compress
+
+HEADER_BYTES = 4 + 4 + 4 * 8 + 8  # n, Wc, code_min, planes
+MAX_CODE = (1 << 31) - 1  # |code| and code_min fit int32
+MAX_PLANES = (4, 0, 4, 4, 4, 4, 4, 4)  # per attribute slot
+
+
+def ycocg_r(rgb):
+    """Integer RGB codes ``[3, N]`` → Y, Co, Cg ``[3, N]`` (lossless lifting)."""
+    r, g, b = rgb
+    co = r - b
+    t = b + (co >> 1)
+    cg = g - t
+    return np.stack([t + (cg >> 1), co, cg])
+
+
+def ycocg_r_inverse(ycc):
+    """Y, Co, Cg ``[3, N]`` → integer RGB codes ``[3, N]``."""
+    y, co, cg = ycc
+    t = y - (cg >> 1)
+    g = cg + t
+    b = t - (co >> 1)
+    return np.stack([b + co, g, b])
+
+
+class Lattice(Codec):
+    """Lossy splat codec: fixed-step lattices, raster order, YCoCg-R colour, per-plane zstd.
+
+    Parameters
+    ----------
+    position_step : float
+        Lattice step of the mean, in canvas units (the spec's normalised coordinates).
+    scale_step : float
+        Step of ln l11 and ln l22 (relative size precision).
+    shear_step : float
+        Step of l21 / l22.
+    colour_step : float
+        Step of r, g and b (colour units, 1.0 = full scale).
+    level : int
+        zstd level (1–22), encoder only.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> params = np.abs(np.random.default_rng(0).random((64, 8))).astype(np.float16) + 0.01
+    >>> codec = Lattice()
+    >>> codec.decode(codec.encode(params)).shape
+    (512,)
+    """
+
+    codec_id = "gsformat.lattice"
+
+    def __init__(self, position_step: float = 1 / 2048, scale_step: float = 0.05,
+                 shear_step: float = 0.05, colour_step: float = 0.022, level: int = 19):
+        for name, step in (("position_step", position_step), ("scale_step", scale_step),
+                           ("shear_step", shear_step), ("colour_step", colour_step)):
+            if not (np.isfinite(step) and 0 < float(step) <= 1):
+                raise ValueError(f"{name} must be in (0, 1], got {step}")
+        if not 1 <= int(level) <= 22:
+            raise ValueError(f"zstd level must be in [1, 22], got {level}")
+        self.position_step = float(position_step)
+        self.scale_step = float(scale_step)
+        self.shear_step = float(shear_step)
+        self.colour_step = float(colour_step)
+        self.level = int(level)
+        # step per attribute slot of the decoded codes (x, y, s1, k, s2, r, g, b)
+        self._steps = np.array([self.position_step] * 2 + [self.scale_step, self.shear_step,
+                               self.scale_step] + [self.colour_step] * 3)
+
+    def get_config(self):
+        return {"id": self.codec_id, "position_step": self.position_step,
+                "scale_step": self.scale_step, "shear_step": self.shear_step,
+                "colour_step": self.colour_step, "level": self.level}
+
+    def __repr__(self):
+        return (f"Lattice(position_step={self.position_step!r}, scale_step={self.scale_step!r},"
+                f" shear_step={self.shear_step!r}, colour_step={self.colour_step!r}, "
+                f"level={self.level})")
+
+    # ---- quantisation (shared by the encoder and the quantisation-aware fit) -------------
+    def codes(self, rows: np.ndarray) -> np.ndarray:
+        """float16 ``[N, 8]`` → int64 codes ``[8, N]`` (x, y, s1, k, s2, R, G, B)."""
+        values = rows.astype(np.float64).T  # [8, N]
+        if not np.isfinite(values).all():
+            raise ValueError("gsformat.lattice cannot code non-finite splat parameters")
+        if (values[2] <= 0).any() or (values[4] <= 0).any():
+            raise ValueError("gsformat.lattice needs l11 > 0 and l22 > 0")
+        domain = values.copy()
+        domain[3] = values[3] / values[4]
+        domain[2] = np.log(values[2])
+        domain[4] = np.log(values[4])
+        scaled = np.rint(domain / self._steps[:, None])
+        if scaled.size and np.abs(scaled).max() > MAX_CODE // 2:
+            worst = int(np.abs(scaled).max(axis=1).argmax())
+            raise ValueError(f"gsformat.lattice: {C.PARAM_NAMES[worst]} needs codes beyond "
+                             f"±2^30 at its step; use a larger step")
+        return scaled.astype(np.int64)
+
+    def dequantize(self, codes: np.ndarray) -> np.ndarray:
+        """int64 codes ``[8, N]`` → float16 rows ``[N, 8]`` (float64 to the end, one rounding)."""
+        values = codes * self._steps[:, None]  # [8, N] float64
+        np.exp(values[2:5:2], out=values[2:5:2])  # l11, l22
+        values[3] *= values[4]  # l21 = shear · l22
+        return values.T.astype(np.float16)
+
+    def quantize_rows(self, rows) -> np.ndarray:
+        """What decode(encode(rows)) holds, in the input order: float16 ``[N, 8]``."""
+        return self.dequantize(self.codes(as_splat_rows(rows)))
+
+    # ---- encode --------------------------------------------------------------------------
+    def encode(self, buf) -> bytes:
+        codes = self.codes(as_splat_rows(buf))  # [8, N]
+        n = codes.shape[1]
+        if n == 0:
+            return np.uint32(0).tobytes() + bytes(HEADER_BYTES - 4)
+        cx, cy = codes[0], codes[1]
+        width = int(cx.max() - cx.min()) + 1
+        key = (cy - cy.min()) * width + (cx - cx.min())
+        if int(key.max()) >= 1 << 32:
+            raise ValueError("gsformat.lattice: positions span more than 2^32 lattice cells; "
+                             "use a larger position_step")
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        streams = [np.diff(key, prepend=np.int64(0))]  # slot 0: gaps (slot 1 has no stream)
+        streams += [codes[2, order], codes[3, order], codes[4, order]]
+        streams += list(ycocg_r(codes[5:8, order]))
+        code_min = [int(cx.min()), int(cy.min())] + [int(s.min()) for s in streams[1:]]
+        planes, frames = [], []
+        for slot, stream in zip((0, 2, 3, 4, 5, 6, 7), streams):
+            base = 0 if slot == 0 else code_min[slot]
+            offset = stream - base  # ≥ 0
+            span = int(offset.max())
+            count = max(1, (span.bit_length() + 7) // 8)
+            if count > MAX_PLANES[slot]:
+                raise ValueError(f"gsformat.lattice: attribute slot {slot} spans {span + 1} codes "
+                                 f"(more than {1 << (8 * MAX_PLANES[slot])}); use a larger step")
+            planes.append(count)
+            for k in reversed(range(count)):
+                plane = ((offset >> (8 * k)) & 0xFF).astype(np.uint8)
+                frames.append(zstd_compress(plane, self.level))
+        plane_counts = [planes[0], 0] + planes[1:]
+        header = (np.array([n, width], "<u4").tobytes() + np.array(code_min, "<i4").tobytes()
+                  + np.array(plane_counts, np.uint8).tobytes()
+                  + np.array([len(f) for f in frames], "<u4").tobytes())
+        return header + b"".join(frames)
+
+    # ---- decode --------------------------------------------------------------------------
+    def _parse(self, buf):
+        """(n, Wc, code_min, plane counts, list of decoded planes) after every check."""
+        data = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
+        n = read_u32(data, 0, "splat count", C.MAX_SPLATS)
+        if data.size < HEADER_BYTES:
+            raise FormatError("lattice payload: truncated header")
+        width = int(data[4:8].view("<u4")[0])
+        code_min = data[8:40].view("<i4").astype(np.int64)
+        counts = data[40:48].tolist()
+        if n == 0:
+            if data.size != HEADER_BYTES or data[4:].any():
+                raise FormatError("lattice payload: an empty record has a non-zero header")
+            return 0, width, code_min, counts, []
+        if width == 0 or not all(1 <= c <= m for c, m in zip(counts, MAX_PLANES) if m) \
+                or counts[1]:
+            raise FormatError(f"lattice payload: bad key width {width} or plane counts {counts}")
+        n_planes = sum(counts)
+        start = HEADER_BYTES + 4 * n_planes
+        if data.size < start:
+            raise FormatError("lattice payload: truncated frame table")
+        sizes = data[HEADER_BYTES:start].view("<u4").tolist()
+        if sum(sizes) != data.size - start:
+            raise FormatError(f"lattice payload: frames claim {sum(sizes)} bytes, "
+                              f"{data.size - start} present")
+        decoded, pos = [], start
+        for size in sizes:
+            frame = data[pos:pos + size]
+            if zstd_content_size(frame) != n:  # checked before anything is allocated
+                raise FormatError(f"lattice payload: a plane's frame does not decode to {n} "
+                                  f"bytes")
+            try:
+                decoded.append(zstd.decompress(frame))
+            except Exception as exc:
+                raise FormatError(f"lattice payload: corrupt zstd frame: {exc}") from None
+            pos += size
+        return n, width, code_min, counts, decoded
+
+    def decode(self, buf, out=None):
+        """The layout above, with few whole-array operations (the tests compare it with
+        `_decode_reference`, bit for bit)."""
+        n, width, code_min, counts, frames = self._parse(buf)
+        if n == 0:
+            return ndarray_copy(np.empty(0, np.float16), out)
+        raw = np.frombuffer(b"".join(frames), np.uint8)
+        if raw.size != n * len(frames):
+            raise FormatError("lattice payload: a plane decoded to the wrong size")
+        raw = raw.reshape(-1, n)  # [P, N] planes, most significant first per attribute
+        gap_words = np.zeros((n, 4), np.uint8)  # little-endian uint32 gaps
+        gap_words[:, :counts[0]] = raw[counts[0] - 1::-1].T
+        key = np.cumsum(gap_words.view("<u4")[:, 0], dtype=np.int64)
+        codes = np.empty((8, n), np.int64)
+        codes[1], codes[0] = np.divmod(key, width)
+        row = counts[0]
+        for slot in range(2, 8):  # usually one or two planes each
+            count = counts[slot]
+            if count == 1:
+                codes[slot] = raw[row]
+            elif count == 2:
+                codes[slot] = (raw[row].astype(np.int64) << 8) | raw[row + 1]
+            else:
+                codes[slot] = 0
+                for plane in raw[row:row + count]:
+                    codes[slot] = (codes[slot] << 8) | plane
+            row += count
+        codes += code_min[:, None]
+        codes[5:8] = ycocg_r_inverse(codes[5:8])
+        return ndarray_copy(self.dequantize(codes).reshape(-1), out)
+
+    def _decode_reference(self, buf, out=None):
+        """Reference twin of `decode`: one stream at a time, as the layout reads."""
+        n, width, code_min, counts, frames = self._parse(buf)
+        if n == 0:
+            return ndarray_copy(np.empty(0, np.float16), out)
+        planes = iter(np.frombuffer(f, np.uint8) for f in frames)
+        streams = {}
+        for slot in (0, 2, 3, 4, 5, 6, 7):
+            value = np.zeros(n, np.int64)
+            for _ in range(counts[slot]):
+                value = value * 256 + next(planes)
+            streams[slot] = value
+        key = np.cumsum(streams[0])
+        cx = key % width + code_min[0]
+        cy = key // width + code_min[1]
+        ycc = np.stack([streams[s] + code_min[s] for s in (5, 6, 7)])
+        codes = np.stack([cx, cy] + [streams[s] + code_min[s] for s in (2, 3, 4)]
+                         + list(ycocg_r_inverse(ycc)))
+        return ndarray_copy(self.dequantize(codes).reshape(-1), out)
