@@ -4,10 +4,12 @@ For 400, 900, 1,600 and 3,136 splats on 224² crops of the bundled scikit-image 
 bytes per image and PSNR for raw FP16, the lossless codec, and each lossy setting with and
 without a quantisation-aware re-fit; JPEG and WebP (Pillow) at qualities 10–95; a BD-rate style
 summary (average byte change against JPEG at equal PSNR over 25–32 dB); decode cost (records/s
-per codec vs raw FP16 and vs Pillow's JPEG decode of the same images). Prints JSON; ``--plot``
+per codec vs raw FP16 and vs Pillow's JPEG decode of the same images); the L1 colour term's
+effect at 1,600 splats. "+qat": a 200-iteration straight-through warm re-fit; "+solve": the
+geometry quantised, the colours solved by least squares and (lattice) rounded with feedback. Prints JSON; ``--plot``
 writes the curves as PNG.
 
-    python benchmarks/rd_bench.py --plot benchmarks/results/rd_curves.png   (~35 min, 2 cores)
+    python benchmarks/rd_bench.py --plot benchmarks/results/rd_curves.png   (~45 min, 2 cores)
     python benchmarks/rd_bench.py --quick
 """
 from __future__ import annotations
@@ -28,7 +30,16 @@ from gsformat.samples import SKIMAGE_PHOTOS, load_photo
 LOSSY = {  # name → bits (position, covariance, colour)
     "q14-10-8": (14, 10, 8), "q12-8-8": (12, 8, 8), "q12-8-6": (12, 8, 6),
     "q10-8-6": (10, 8, 6), "q10-6-6": (10, 6, 6)}
+LATTICE = {  # name → steps (position, ln scale, shear, colour) of gsformat.lattice
+    "l-fine": (2.0 ** -12, 0.03, 0.03, 0.015), "l-mid": (2.0 ** -11, 0.05, 0.05, 0.022),
+    "l-lean": (2.0 ** -11, 0.06, 0.08, 0.03), "l-coarse": (2.0 ** -10, 0.08, 0.1, 0.045)}
 QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+L1_WEIGHTS = (1e-3, 1e-2)  # the paper's L1 colour term, measured at 1,600 splats with l-mid
+
+
+def lattice_pipeline(steps):
+    return [{"id": "gsformat.lattice", "position_step": steps[0], "scale_step": steps[1],
+             "shear_step": steps[2], "colour_step": steps[3], "level": 19}]
 
 
 def quantize_pipeline(bits):
@@ -42,11 +53,13 @@ def entropy_pipeline(bits):
 
 
 def lossy_pipelines():
-    """name → pipeline for every lossy setting, quantize+zstd ('q…') and entropy ('e…')."""
+    """name → pipeline for every lossy setting: quantize+zstd ('q…'), entropy ('e…'), lattice
+    ('l-…')."""
     out = {}
     for name, bits in LOSSY.items():
         out[name] = quantize_pipeline(bits)
         out["e" + name[1:]] = entropy_pipeline(bits)
+    out.update({name: lattice_pipeline(steps) for name, steps in LATTICE.items()})
     return out
 
 
@@ -107,18 +120,23 @@ def main(quick: bool = False, plot: str | None = None) -> dict:
             score = evaluate_psnr(decoded, targets, 16) if pipeline else result.psnr
             curves.setdefault(name, []).append({"splats": n, "bytes": float(np.mean(
                 [len(r) for r in records])), "psnr": float(np.mean(score))})
-        for name, bits in LOSSY.items():  # quantisation-aware warm re-fit (shared by q and e:
-            refit = fit_images(images, n, refit_iters, init_splats=result.splats,  # same values)
-                               quantize=quantize_pipeline(bits)[0], quantize_at=0.0,
-                               lr_position=0.01, lr_covariance=0.005, lr_colour=0.003,
-                               batch_size=1)
-            for label, pipeline in ((name, quantize_pipeline(bits)),
-                                    ("e" + name[1:], entropy_pipeline(bits))):
-                records = [encode_record(s, pipeline) for s in refit.splats]
-                curves.setdefault(label + "+qat", []).append({
-                    "splats": n, "bytes": float(np.mean([len(r) for r in records])),
-                    "psnr": float(np.mean(refit.psnr))})
+        for name, bits in LOSSY.items():
+            # "+qat": a straight-through warm re-fit (shared by q and e: same values);
+            # "+solve": geometry quantised, colours solved by least squares (gsformat.fitting.solve)
+            for suffix, method, its in (("+qat", "ste", refit_iters), ("+solve", "solve", 0)):
+                refit = fit_images(images, n, its, init_splats=result.splats,
+                                   quantize=quantize_pipeline(bits)[0], quantize_at=0.0,
+                                   quantize_method=method, lr_position=0.01,
+                                   lr_covariance=0.005, lr_colour=0.003, batch_size=1)
+                for label, pipeline in ((name, quantize_pipeline(bits)),
+                                        ("e" + name[1:], entropy_pipeline(bits))):
+                    add_point(curves, label + suffix, n, refit, pipeline)
+        for name, steps in LATTICE.items():  # + colours solved and rounded with feedback
+            refit = fit_images(images, n, 0, init_splats=result.splats,
+                               quantize=lattice_pipeline(steps)[0], batch_size=1)
+            add_point(curves, name + "+solve", n, refit, lattice_pipeline(steps))
         print(f"{n} splats done", file=sys.stderr)
+    curves["splat-envelope"] = envelope([p for k, v in curves.items() for p in v])
     curves["jpeg"] = pillow_curve(images, "JPEG")
     curves["webp"] = pillow_curve(images, "WEBP")
     out = {"images": names, "size": size, "iters": iters, "refit_iters": refit_iters,
@@ -129,7 +147,7 @@ def main(quick: bool = False, plot: str | None = None) -> dict:
     n_ref = 1600 if 1600 in budgets else budgets[-1]
     raw = next(p for p in curves["raw-fp16"] if p["splats"] == n_ref)
     candidates = [(k, p) for k, v in curves.items() if k not in ("raw-fp16", "planar", "jpeg",
-                                                                  "webp")
+                                                                  "webp", "splat-envelope")
                   for p in v if p["splats"] == n_ref and raw["psnr"] - p["psnr"] <= 0.3]
     if candidates:
         name, point = min(candidates, key=lambda kp: kp[1]["bytes"])
@@ -137,17 +155,50 @@ def main(quick: bool = False, plot: str | None = None) -> dict:
             "setting": name, "bytes": point["bytes"], "psnr_loss_db": round(raw["psnr"] -
                                                                            point["psnr"], 3),
             "smaller_than_raw_fp16": round(raw["bytes"] / point["bytes"], 2)}
+    out["l1_colour_at_%d" % n_ref] = l1_study(images, n_ref, iters)
     out["decode_cost"] = decode_cost(fitted[n_ref], images)
     if plot:
         write_plot(curves, plot)
     return out
 
 
+def add_point(curves, label, n, result, pipeline) -> None:
+    """Record the mean bytes and PSNR of ``result``'s splats stored with ``pipeline`` (their
+    values are what the records decode to)."""
+    records = [encode_record(s, pipeline) for s in result.splats]
+    curves.setdefault(label, []).append({"splats": n, "bytes": float(np.mean(
+        [len(r) for r in records])), "psnr": float(np.mean(result.psnr))})
+
+
+def envelope(points: list[dict]) -> list[dict]:
+    """The lower envelope of splat points: every point no cheaper point beats in PSNR (what an
+    encoder choosing the budget and the setting per target quality reaches)."""
+    best, out = -np.inf, []
+    for p in sorted(points, key=lambda p: (p["bytes"], -p["psnr"])):
+        if p["psnr"] > best:
+            out.append(p)
+            best = p["psnr"]
+    return out
+
+
+def l1_study(images, n: int, iters: int) -> list[dict]:
+    """The paper's L1 colour term: its effect on PSNR and on l-mid bytes (+solve)."""
+    rows = []
+    for weight in (0.0,) + L1_WEIGHTS:
+        result = fit_images(images, n, iters, batch_size=1, l1_colour=weight,
+                            quantize=lattice_pipeline(LATTICE["l-mid"])[0])
+        records = [encode_record(s, lattice_pipeline(LATTICE["l-mid"])) for s in result.splats]
+        rows.append({"l1_colour": weight, "psnr": round(float(np.mean(result.psnr)), 3),
+                     "bytes": round(float(np.mean([len(r) for r in records])), 1)})
+    return rows
+
+
 def decode_cost(splats, images) -> dict:
     """Records per second per codec (one process) vs Pillow decoding the same images as JPEG."""
     from PIL import Image
     pipelines = {"raw-fp16": [], "planar": [{"id": "gsformat.planar", "level": 19}],
-                 "q12-8-8": quantize_pipeline((12, 8, 8)), "e12-8-8": entropy_pipeline((12, 8, 8))}
+                 "q12-8-8": quantize_pipeline((12, 8, 8)), "e12-8-8": entropy_pipeline((12, 8, 8)),
+                 "l-mid": lattice_pipeline(LATTICE["l-mid"])}
     rates = {}
     for name, pipeline in pipelines.items():
         records = [encode_record(s, pipeline) for s in splats] * 50
@@ -178,10 +229,11 @@ def write_plot(curves: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for name, points in curves.items():
         pts = sorted(points, key=lambda p: p["bytes"])
-        if name.startswith("q") and not name.endswith("+qat"):
-            continue  # the plot shows entropy-coded lossy curves; JSON has all
+        if name.startswith("q") or (name.startswith("e") and name != "e10-6-6+solve") \
+                or name in ("raw-fp16",) or (name.startswith("l-") and "+" not in name):
+            continue  # the plot shows the lattice curves and the best earlier one; JSON has all
         style = "k-o" if name == "jpeg" else "k--s" if name == "webp" else (
-            "-^" if name.endswith("+qat") else ":.")
+            "r-" if name == "splat-envelope" else "-^" if "+" in name else ":.")
         ax.plot([p["bytes"] / 1024 for p in pts], [p["psnr"] for p in pts], style, label=name,
                 markersize=4)
     ax.set_xscale("log")
