@@ -43,6 +43,25 @@ def test_lossy_codec_json_and_quantize_aware(tmp_path):
         assert decode_record(sample["splats"]).n_splats == 24
 
 
+def test_lattice_codec_with_solved_colours(tmp_path):
+    """--quantize-aware with gsformat.lattice: the stored PSNR is the decoded records' PSNR."""
+    write_image_folder(tmp_path / "src")
+    out = str(tmp_path / "out")
+    codec = '[{"id": "gsformat.lattice", "colour_step": 0.03}]'
+    assert main(["convert", str(tmp_path / "src"), out, "--codec", codec, "--quantize-aware",
+                 "--quantize-method", "solve", "--keep-image", *TINY]) == 0
+    assert validate_dataset(out).valid
+    for sample in iter_dataset(out):
+        splats = sample["splats"]
+        image = np.asarray(sample["image"].convert("RGB")) / 255.0
+        assert splats.meta["psnr"] > 10
+        assert splats.params.dtype == np.float16 and splats.n_splats == 24
+        assert np.allclose(np.rint(splats.params[:, 5:].astype(np.float64) / 0.03) * 0.03,
+                           splats.params[:, 5:], atol=2e-3)  # colours on the lattice
+        assert image.shape == (16, 16, 3)
+        break
+
+
 def test_resize_pad_keeps_the_whole_image(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -255,7 +255,13 @@ class Lattice(Codec):
                     codes[slot] = (codes[slot] << 8) | plane
             row += count
         codes += code_min[:, None]
-        codes[5:8] = ycocg_r_inverse(codes[5:8])
+        y, co, cg = codes[5], codes[6], codes[7]  # YCoCg-R inverse, in place (rows → R, G, B)
+        t = y - (cg >> 1)
+        cg += t            # G
+        t -= co >> 1       # B
+        co += t            # R
+        codes[5:8] = codes[[6, 7, 5]]
+        codes[7] = t
         return ndarray_copy(self.dequantize(codes).reshape(-1), out)
 
     def _decode_reference(self, buf, out=None):
