@@ -66,9 +66,11 @@ def get_codec(config: Codec | dict) -> Codec:
         return config
     try:
         key = tuple(sorted(config.items()))
-        return _CODECS[key]
-    except (KeyError, TypeError):  # not cached yet, or unhashable values
-        key = None
+        codec = _CODECS.get(key)
+    except TypeError:  # unhashable values (a list in a config): not cached
+        key = codec = None
+    if codec is not None:
+        return codec
     codec = _codec_from_json(json.dumps(_codec_config(config), sort_keys=True))
     if key is not None and len(_CODECS) < 256:
         _CODECS[key] = codec
