@@ -96,7 +96,7 @@ def _lattice(buf, config):  # SPEC.md § 5.5
     l22 = np.exp(streams[4] * s)
     cols = [cx * p, cy * p, np.exp(streams[2] * s), (streams[3] * h) * l22, l22,
             r * c, g * c, b * c]
-    return np.stack(cols, 1).astype("<f2").tobytes()
+    return np.stack(cols, 1).astype("<f4").astype("<f2").tobytes()  # float64 → float32 → FP16
 
 
 def spec_decode(record: bytes):

@@ -30,7 +30,8 @@ Encoded layout (little-endian)::
 
 With N = 0 the payload is the 48-byte header, all zero after n_splats. Decoding yields splats in
 raster order; every row equals `Lattice.quantize_rows` of the input row (tests check this bit for
-bit). Error bound (before the one rounding to FP16, ≤ 2⁻¹¹ relative): |x̂ − x| ≤ position_step/2,
+bit). Values are computed in float64, rounded to float32, then to FP16. Error bound (before the
+rounding to FP16, ≤ 2⁻¹¹ relative): |x̂ − x| ≤ position_step/2,
 |ln l̂ − ln l| ≤ scale_step/2, |l̂21/l̂22 − l21/l22| ≤ shear_step/2 (l21 is decoded as
 k·shear_step·l̂22), |ĉ − c| ≤ colour_step/2 per channel (YCoCg-R is exact on integers).
 """
