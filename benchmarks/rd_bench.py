@@ -6,8 +6,8 @@ without a quantisation-aware re-fit; JPEG and WebP (Pillow) at qualities 10–95
 summary (average byte change against JPEG at equal PSNR over 25–32 dB); decode cost (records/s
 per codec vs raw FP16 and vs Pillow's JPEG decode of the same images); the L1 colour term's
 effect at 1,600 splats. "+qat": a 200-iteration straight-through warm re-fit; "+solve": the
-geometry quantised, the colours solved by least squares and (lattice) rounded with feedback. Prints JSON; ``--plot``
-writes the curves as PNG.
+geometry quantised, the colours solved by least squares and (lattice) rounded with feedback.
+Prints JSON; ``--plot`` writes the curves as PNG.
 
     python benchmarks/rd_bench.py --plot benchmarks/results/rd_curves.png   (~45 min, 2 cores)
     python benchmarks/rd_bench.py --quick

@@ -25,6 +25,13 @@ def check_encode_decode(codec, params: np.ndarray, atol=None) -> bytes:
     return encoded
 
 
+def check_reference_twin(codec, params: np.ndarray) -> None:
+    """The fast decoder and its ``_decode_reference`` twin give the same bits."""
+    encoded = codec.encode(params)
+    assert np.array_equal(np.asarray(codec.decode(encoded)).view(np.uint16),
+                          np.asarray(codec._decode_reference(encoded)).view(np.uint16))
+
+
 def check_config(codec) -> None:
     config = codec.get_config()
     assert json.loads(json.dumps(config)) == config  # JSON-only

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from codec_harness import (check_backwards_compatibility, check_config, check_repr,
-                           write_fixture_once)
+from codec_harness import (check_backwards_compatibility, check_config, check_reference_twin,
+                           check_repr, write_fixture_once)
 from gsformat import FormatError
 from gsformat.codecs import Entropy, Quantize
 from gsformat.codecs.entropy import gather_bits, spread_bits
@@ -82,7 +82,4 @@ def test_quantisation_aware_fit_through_entropy_codec():
                                             st.integers(1, 16)))
 @settings(max_examples=60, deadline=None)
 def test_vectorised_decode_matches_reference_twin(params, bits):
-    codec = Entropy(*bits, level=1)
-    encoded = codec.encode(params)
-    assert np.array_equal(np.asarray(codec.decode(encoded)).view(np.uint16),
-                          np.asarray(codec._decode_reference(encoded)).view(np.uint16))
+    check_reference_twin(Entropy(*bits, level=1), params)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from codec_harness import (check_backwards_compatibility, check_config, check_repr,
-                           write_fixture_once)
+from codec_harness import (check_backwards_compatibility, check_config, check_reference_twin,
+                           check_repr, write_fixture_once)
 from gsformat import FormatError
 from gsformat.codecs import Entropy, Lattice
 from gsformat.codecs.lattice import ycocg_r, ycocg_r_inverse
@@ -41,10 +41,7 @@ def test_decodes_what_quantize_rows_gives(params, step):
 @given(params=valid_params(), step=steps)
 @settings(max_examples=60, deadline=None)
 def test_fast_decode_matches_reference_twin(params, step):
-    codec = Lattice(*step, level=1)
-    encoded = codec.encode(params)
-    assert np.array_equal(np.asarray(codec.decode(encoded)).view(np.uint16),
-                          np.asarray(codec._decode_reference(encoded)).view(np.uint16))
+    check_reference_twin(Lattice(*step, level=1), params)
 
 
 @given(st.lists(st.tuples(st.integers(-2 ** 20, 2 ** 20), st.integers(-2 ** 20, 2 ** 20),

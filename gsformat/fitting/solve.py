@@ -70,7 +70,8 @@ def round_with_feedback(colours: np.ndarray, hessian: np.ndarray, step: float) -
 
 def _round_with_feedback_reference(colours, hessian, step) -> np.ndarray:
     """Reference twin: after fixing splat i at its rounded colour, the free colours F move to the
-    minimiser of (c − c*)ᵀ H (c − c*) with the fixed ones held: c_F = c*_F − H_FF⁻¹ H_FX (c_X − c*_X)."""
+    minimiser of (c − c*)ᵀ H (c − c*) with the fixed ones X held:
+    c_F = c*_F − H_FF⁻¹ H_FX (c_X − c*_X)."""
     h = _damped(hessian)
     target = np.array(colours, np.float64)
     work = target.copy()
