@@ -131,3 +131,17 @@ def test_corrupt_input_is_a_format_error(fitted_splats, mutate):
 def test_empty_record_with_trailing_bytes_is_refused():
     with pytest.raises(FormatError):
         Lattice().decode(bytes(48) + b"x")
+
+
+def test_float16_rounding_without_torch_is_the_same(fitted_splats, monkeypatch):
+    """The vectorised (PyTorch) and NumPy FP16 conversions give the same bits."""
+    import gsformat.codecs.lattice as lattice
+    codec = Lattice()
+    encoded = codec.encode(fitted_splats[1].params)
+    with_torch = np.asarray(codec.decode(encoded)).view(np.uint16)
+    monkeypatch.setattr(lattice, "_TORCH", [None])
+    assert np.array_equal(np.asarray(codec.decode(encoded)).view(np.uint16), with_torch)
+    values = np.random.default_rng(0).normal(0, 100, 100_000).astype(np.float32)
+    monkeypatch.setattr(lattice, "_TORCH", [])
+    assert np.array_equal(lattice.to_float16(values).view(np.uint16),
+                          values.astype(np.float16).view(np.uint16))

@@ -61,7 +61,7 @@ def to_float16(single: np.ndarray) -> np.ndarray:
         try:
             import torch
             _TORCH.append(torch)
-        except ImportError:
+        except Exception:  # not installed, or a broken install: NumPy gives the same values
             _TORCH.append(None)
     torch = _TORCH[0]
     if torch is None:
