@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from codec_harness import (check_backwards_compatibility, check_config, check_reference_twin,
-                           check_repr, write_fixture_once)
+                           write_fixture_once)
 from gsformat import FormatError
 from gsformat.codecs import Entropy, Quantize
 from gsformat.codecs.entropy import gather_bits, spread_bits
