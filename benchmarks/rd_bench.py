@@ -221,6 +221,7 @@ def write_plot(curves: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for name, points in curves.items():
         pts = sorted(points, key=lambda p: p["bytes"])
@@ -232,6 +233,8 @@ def write_plot(curves: dict, path: str) -> None:
         ax.plot([p["bytes"] / 1024 for p in pts], [p["psnr"] for p in pts], style, label=name,
                 markersize=4)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel("KiB per 224² image")
     ax.set_ylabel("PSNR (dB)")
     ax.axhspan(25, 32, color="0.92", zorder=0)
@@ -247,4 +250,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--plot", default=None)
-    print(json.dumps(main(**vars(parser.parse_args())), indent=2))
+    parser.add_argument("--replot", metavar="JSON", default=None,
+                        help="only draw --plot from the curves of an earlier run's JSON")
+    args = parser.parse_args()
+    if args.replot:
+        with open(args.replot) as f:
+            write_plot(json.load(f)["curves"], args.plot or "rd_curves.png")
+    else:
+        print(json.dumps(main(quick=args.quick, plot=args.plot), indent=2))
