@@ -161,23 +161,26 @@ def main(quick: bool = False, plot: str | None = None) -> dict:
     return out
 
 
+def mean_bytes(splats, pipeline) -> float:
+    """Mean record size of ``splats`` stored with ``pipeline``."""
+    return float(np.mean([len(encode_record(s, pipeline)) for s in splats]))
+
+
 def add_point(curves, label, n, result, pipeline) -> None:
     """Record the mean bytes and PSNR of ``result``'s splats stored with ``pipeline`` (their
     values are what the records decode to)."""
-    records = [encode_record(s, pipeline) for s in result.splats]
-    curves.setdefault(label, []).append({"splats": n, "bytes": float(np.mean(
-        [len(r) for r in records])), "psnr": float(np.mean(result.psnr))})
+    curves.setdefault(label, []).append({"splats": n, "bytes": mean_bytes(result.splats, pipeline),
+                                         "psnr": float(np.mean(result.psnr))})
 
 
 def l1_study(images, n: int, iters: int) -> list[dict]:
     """The paper's L1 colour term: its effect on PSNR and on l-mid bytes (+solve)."""
-    rows = []
-    for weight in (0.0,) + L1_WEIGHTS:
+    pipeline, rows = lattice_pipeline(LATTICE["l-mid"]), []
+    for weight in (0.0,) + L1_WEIGHTS:  # 0: the baseline through the same path
         result = fit_images(images, n, iters, batch_size=1, l1_colour=weight,
-                            quantize=lattice_pipeline(LATTICE["l-mid"])[0])
-        records = [encode_record(s, lattice_pipeline(LATTICE["l-mid"])) for s in result.splats]
+                            quantize=pipeline[0])
         rows.append({"l1_colour": weight, "psnr": round(float(np.mean(result.psnr)), 3),
-                     "bytes": round(float(np.mean([len(r) for r in records])), 1)})
+                     "bytes": round(mean_bytes(result.splats, pipeline), 1)})
     return rows
 
 

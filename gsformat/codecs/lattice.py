@@ -38,12 +38,11 @@ k·shear_step·l̂22), |ĉ − c| ≤ colour_step/2 per channel (YCoCg-R is exac
 from __future__ import annotations
 
 import numpy as np
-import zstd
 from numcodecs.abc import Codec
 
 from ..format import constants as C
 from ..format.errors import FormatError
-from ..format.zstd_frame import zstd_content_size
+from ..format.zstd_frame import decompress_exact
 from ._common import as_splat_rows, ndarray_copy, read_u32, zstd_compress
 
 HEADER_BYTES = 4 + 4 + 4 * 8 + 8  # n, Wc, code_min, planes
@@ -144,15 +143,13 @@ class Lattice(Codec):
     # ---- quantisation (shared by the encoder and the quantisation-aware fit) -------------
     def codes(self, rows: np.ndarray) -> np.ndarray:
         """float16 ``[N, 8]`` → int64 codes ``[8, N]`` (x, y, s1, k, s2, R, G, B)."""
-        values = rows.astype(np.float64).T  # [8, N]
-        if not np.isfinite(values).all():
+        domain = rows.astype(np.float64).T  # [8, N], a fresh array: coded in place
+        if not np.isfinite(domain).all():
             raise ValueError("gsformat.lattice cannot code non-finite splat parameters")
-        if (values[2] <= 0).any() or (values[4] <= 0).any():
+        if (domain[2] <= 0).any() or (domain[4] <= 0).any():
             raise ValueError("gsformat.lattice needs l11 > 0 and l22 > 0")
-        domain = values.copy()
-        domain[3] = values[3] / values[4]
-        domain[2] = np.log(values[2])
-        domain[4] = np.log(values[4])
+        domain[3] /= domain[4]  # shear l21 / l22, before l22 goes to the log domain
+        np.log(domain[2:5:2], out=domain[2:5:2])
         scaled = np.rint(domain / self._steps[:, None])
         if scaled.size and np.abs(scaled).max() > MAX_CODE // 2:
             worst = int(np.abs(scaled).max(axis=1).argmax())
@@ -238,15 +235,8 @@ class Lattice(Codec):
             raise FormatError(f"lattice payload: frames claim {sum(sizes)} bytes, "
                               f"{data.size - start} present")
         decoded, pos = [], start
-        for size in sizes:
-            frame = data[pos:pos + size]
-            if zstd_content_size(frame) != n:  # checked before anything is allocated
-                raise FormatError(f"lattice payload: a plane's frame does not decode to {n} "
-                                  f"bytes")
-            try:
-                decoded.append(zstd.decompress(frame))
-            except Exception as exc:
-                raise FormatError(f"lattice payload: corrupt zstd frame: {exc}") from None
+        for size in sizes:  # each frame's claimed size is checked before it is allocated
+            decoded.append(decompress_exact(data[pos:pos + size], n, "the lattice header"))
             pos += size
         return n, width, code_min, counts, decoded
 
@@ -256,10 +246,8 @@ class Lattice(Codec):
         n, width, code_min, counts, frames = self._parse(buf)
         if n == 0:
             return ndarray_copy(np.empty(0, np.float16), out)
-        raw = np.frombuffer(b"".join(frames), np.uint8)
-        if raw.size != n * len(frames):
-            raise FormatError("lattice payload: a plane decoded to the wrong size")
-        raw = raw.reshape(-1, n)  # [P, N] planes, most significant first per attribute
+        raw = np.frombuffer(b"".join(frames), np.uint8).reshape(-1, n)  # [P, N] planes, most
+        # significant first per attribute (each exactly N bytes: `decompress_exact`)
         gap_words = np.zeros((n, 4), np.uint8)  # little-endian uint32 gaps
         gap_words[:, :counts[0]] = raw[counts[0] - 1::-1].T
         key = np.cumsum(gap_words.view("<u4")[:, 0], dtype=np.int64)

@@ -8,6 +8,8 @@ descriptor bits 7-6: content-size flag, bit 5: single segment, bits 1-0: diction
 """
 from __future__ import annotations
 
+import zstd
+
 from .errors import FormatError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -39,7 +41,10 @@ def decompress_exact(frame, expected_nbytes: int, source: str = "header") -> byt
     if claimed != expected_nbytes:
         raise FormatError(f"zstd frame claims {claimed} bytes, {source} says {expected_nbytes}")
     try:
-        raw = bytes(_zstd().decode(frame))
+        try:
+            raw = zstd.decompress(frame)
+        except TypeError:  # a buffer it does not take (a memoryview): as bytes
+            raw = zstd.decompress(bytes(frame))
     except Exception as exc:
         raise FormatError(f"corrupt zstd data: {exc}") from None
     if len(raw) != expected_nbytes:
@@ -47,13 +52,3 @@ def decompress_exact(frame, expected_nbytes: int, source: str = "header") -> byt
                           f"{expected_nbytes}")
     return raw
 
-
-_ZSTD = []
-
-
-def _zstd():
-    """One numcodecs Zstd instance (decoding needs no parameters), imported on first use."""
-    if not _ZSTD:
-        from numcodecs.zstd import Zstd
-        _ZSTD.append(Zstd())
-    return _ZSTD[0]
