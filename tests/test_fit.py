@@ -5,7 +5,7 @@ import pytest
 from gsformat import SplatSet
 from gsformat.fitting import fit_images, fit_memory_bytes, render_splatsets
 from gsformat.fitting.reference import _render_dense
-from gsformat.fitting.fit import to_pixels
+from gsformat.fitting.fit import FitOptions, geometry, to_pixels
 from conftest import photo
 
 
@@ -80,6 +80,30 @@ def test_render_splatsets_matches_dense(photos):
     image = render_splatsets([splats])[0]
     dense = _render_dense(to_pixels(splats.params.astype(np.float32), 48, 48), 48, 48)
     np.testing.assert_allclose(image, dense, atol=1e-4)
+
+
+def test_batches_split_below_the_int32_window_limit(photos, monkeypatch):
+    """cuSPARSE indexes the window matrix with int32 (a 1,024 × 1,600-splat render at 224² failed
+    on an H200): fits and renders split their batches below the limit, with the same results."""
+    from gsformat.fitting import kernel
+    whole = fit_images(photos[:2], 64, 20, backend="numpy")
+    image = render_splatsets(whole.splats, radius=geometry(64, 48, 48, FitOptions())[1])
+    # room for one image's windows only: the fit runs as two batches, the render as two chunks
+    _, radius, _ = geometry(64, 48, 48, FitOptions())
+    monkeypatch.setattr(kernel, "MAX_WINDOW_ENTRIES", kernel.window_entries(64, 48, 48, radius))
+    batches = []
+
+    class Counted(kernel.WindowKernel):
+        def __init__(self, xp, batch, *args):
+            batches.append(batch)
+            super().__init__(xp, batch, *args)
+    monkeypatch.setattr("gsformat.fitting.fit.WindowKernel", Counted)
+    split = fit_images(photos[:2], 64, 20, backend="numpy")
+    assert set(batches) == {1}
+    np.testing.assert_array_equal(split.psnr, whole.psnr)
+    batches.clear()
+    np.testing.assert_array_equal(render_splatsets(whole.splats, radius=radius), image)
+    assert batches == [1, 1]
 
 
 def test_memory_estimate_is_bounded():

@@ -19,7 +19,8 @@ from ..format.splatset import SplatSet
 from .backend import get_xp, to_numpy
 from .images import as_float_rgb
 from .init import colour_from_pixels, init_params
-from .kernel import ThreadedKernel, WindowKernel
+from . import kernel as kernel_mod
+from .kernel import ThreadedKernel, WindowKernel, window_entries
 from .solve import requantize
 
 BT709 = (0.2126, 0.7152, 0.0722)
@@ -52,7 +53,8 @@ class FitOptions:
                                    # (solve.py); "ste": fit through the quantiser (straight-through)
     quantize_at: float = 0.9       # "ste": fraction of iters after which the straight-through
                                    # phase starts (0: from the first iteration, a warm re-fit)
-    batch_size: int | None = None  # images per fitting batch (None: as many as memory allows)
+    batch_size: int | None = None  # images per fitting batch (None: as many as memory allows;
+                                   # never more than cuSPARSE's int32 window indices allow)
     threads: int | None = None     # NumPy: threads over splat ranges (None: $GSFORMAT_THREADS,
                                    # else the usable cores)
     memory_limit: int = DEFAULT_MEMORY_LIMIT
@@ -176,6 +178,11 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
     per_image = fit_memory_bytes(1, n_splats, height, width, opts.window_scale,
                                  opts.min_radius)
     batch = opts.batch_size or max(1, opts.memory_limit // per_image)
+    _, radius, _ = geometry(n_splats, height, width, opts)
+    # a batch's window matrix must stay within cuSPARSE's int32 indices (the final PSNR render
+    # uses a 2R window and splits itself, see render_splatsets)
+    batch = min(batch, max(1, kernel_mod.MAX_WINDOW_ENTRIES
+                           // window_entries(n_splats, height, width, radius)))
     start = time.perf_counter()
     parts = []
     if init_splats is not None and len(init_splats) != b_total:
@@ -339,8 +346,14 @@ def render_splatsets(splats: list[SplatSet], radius: int | None = None,
         scale = np.array([width, height], np.float32)
         lam = np.linalg.eigvalsh(cov * np.outer(scale, scale)).max() if len(cov) else 1.0
         radius = max(2, math.ceil(6 * math.sqrt(max(lam, 1e-6))))
-    kernel = WindowKernel(xp, len(splats), n, height, width, radius)
-    return to_numpy(kernel.forward(xp.asarray(params)))
+    # in chunks of images whose window matrix fits cuSPARSE's int32 indices
+    chunk = max(1, kernel_mod.MAX_WINDOW_ENTRIES // window_entries(n, height, width, radius))
+    parts = []
+    for first in range(0, len(splats), chunk):
+        part = params[first:first + chunk]
+        kernel = WindowKernel(xp, len(part), n, height, width, radius)
+        parts.append(to_numpy(kernel.forward(xp.asarray(part))))
+    return np.concatenate(parts)
 
 
 def evaluate_psnr(splats: list[SplatSet], target_np: np.ndarray, radius: int,

@@ -21,6 +21,14 @@ from __future__ import annotations
 import math
 
 SQRT_HALF = math.sqrt(0.5)
+# cuSPARSE (CuPy's sparse products) indexes the window matrix with int32: a batch must hold fewer
+# window entries (images × splats × ky·kx) than this, or the product fails inside cuSPARSE
+MAX_WINDOW_ENTRIES = 2**31 - 1
+
+
+def window_entries(n_splats: int, height: int, width: int, radius: int) -> int:
+    """Window entries (splats × ky·kx) one image adds to a batch."""
+    return n_splats * min(2 * radius + 1, height) * min(2 * radius + 1, width)
 
 
 def sparse_module(xp):
