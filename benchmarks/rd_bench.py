@@ -11,6 +11,7 @@ Prints JSON; ``--plot`` writes the curves as PNG.
 
     python benchmarks/rd_bench.py --plot benchmarks/results/rd_curves.png   (~45 min, 2 cores)
     python benchmarks/rd_bench.py --quick
+    python benchmarks/rd_bench.py --decode-only   (decode cost alone, 1,600 splats: ~4 min)
 """
 from __future__ import annotations
 
@@ -184,8 +185,22 @@ def l1_study(images, n: int, iters: int) -> list[dict]:
     return rows
 
 
+def without_native(decode):
+    """``decode`` with gsformat.lattice's C decoder switched off (its NumPy decoder instead)."""
+    from gsformat.codecs import lattice
+
+    def run(item):
+        saved, lattice._NATIVE = lattice._NATIVE, None
+        try:
+            return decode(item)
+        finally:
+            lattice._NATIVE = saved
+    return run
+
+
 def decode_cost(splats, images, rounds: int = 7, repeat: int = 10) -> dict:
     """Records per second per codec (one process) vs Pillow decoding the same images as JPEG.
+    "l-mid" uses the C decoder where it is built ("l-mid-numpy": the NumPy one, same values).
 
     The machine is noisy, so the decoders take turns: each round times every decoder (and the
     JPEG decode) over the same images ``repeat`` times, and each rate is the median over rounds
@@ -196,6 +211,7 @@ def decode_cost(splats, images, rounds: int = 7, repeat: int = 10) -> dict:
                  "l-mid": lattice_pipeline(LATTICE["l-mid"])}
     work = {name: (decode_record, [encode_record(s, p) for s in splats])
             for name, p in pipelines.items()}
+    work["l-mid-numpy"] = (without_native(decode_record), work["l-mid"][1])
     jpegs = []
     for image in images:
         buf = io.BytesIO()
@@ -255,8 +271,15 @@ if __name__ == "__main__":
     parser.add_argument("--plot", default=None)
     parser.add_argument("--replot", metavar="JSON", default=None,
                         help="only draw --plot from the curves of an earlier run's JSON")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only the decode cost, on the photographs fitted with 1,600 splats")
     args = parser.parse_args()
-    if args.replot:
+    if args.decode_only:
+        photos = np.stack([load_photo(n, 224) for n in SKIMAGE_PHOTOS])
+        fitted = fit_images(photos, 1600, 2000, batch_size=1).splats
+        print(json.dumps({"images": list(SKIMAGE_PHOTOS), "splats": 1600,
+                          "decode_cost": decode_cost(fitted, photos, rounds=15)}, indent=2))
+    elif args.replot:
         with open(args.replot) as f:
             write_plot(json.load(f)["curves"], args.plot or "rd_curves.png")
     else:

@@ -37,6 +37,8 @@ k·shear_step·l̂22), |ĉ − c| ≤ colour_step/2 per channel (YCoCg-R is exac
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numcodecs.abc import Codec
 
@@ -48,6 +50,13 @@ from ._common import as_splat_rows, ndarray_copy, read_u32, zstd_compress
 HEADER_BYTES = 4 + 4 + 4 * 8 + 8  # n, Wc, code_min, planes
 MAX_CODE = (1 << 31) - 1  # |code| and code_min fit int32
 MAX_PLANES = (4, 0, 4, 4, 4, 4, 4, 4)  # per attribute slot
+
+try:  # the C decoder (setup.py builds it where a compiler and libzstd are found)
+    from . import _lattice_native as _NATIVE
+except ImportError:
+    _NATIVE = None
+if os.environ.get("GSFORMAT_NO_NATIVE"):  # force the NumPy decoder (benchmarks, debugging)
+    _NATIVE = None
 
 
 _TORCH = []
@@ -241,8 +250,35 @@ class Lattice(Codec):
         return n, width, code_min, counts, decoded
 
     def decode(self, buf, out=None):
-        """The layout above, with few whole-array operations (the tests compare it with
-        `_decode_reference`, bit for bit)."""
+        """The layout above: the C decoder where it is built, else `_decode_numpy` (the tests
+        compare both with `_decode_reference`, bit for bit)."""
+        if _NATIVE is not None:
+            decoded = self._decode_native(buf)
+            if decoded is not None:
+                return ndarray_copy(decoded, out)
+        return self._decode_numpy(buf, out)
+
+    def _decode_native(self, buf):
+        """float16 ``[8N]`` from `_lattice_native`, or None where it declines: a malformed
+        payload (then `_decode_numpy` raises the error that names the fault), an empty record, a
+        value beyond FP16's finite range, a buffer it cannot read."""
+        try:
+            data = memoryview(buf).cast("B")
+        except TypeError:  # not a contiguous buffer
+            return None
+        if len(data) < HEADER_BYTES:
+            return None
+        n = int.from_bytes(data[:4], "little")
+        if not 0 < n <= C.MAX_SPLATS:
+            return None
+        decoded = np.empty(8 * n, np.float16)
+        if _NATIVE.decode(data, decoded, self.position_step, self.scale_step, self.shear_step,
+                          self.colour_step, C.MAX_SPLATS):
+            return decoded
+        return None
+
+    def _decode_numpy(self, buf, out=None):
+        """The layout above, with few whole-array operations."""
         n, width, code_min, counts, frames = self._parse(buf)
         if n == 0:
             return ndarray_copy(np.empty(0, np.float16), out)

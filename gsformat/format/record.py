@@ -122,7 +122,10 @@ def decode_payload(payload: bytes, configs: list, n_splats: int) -> np.ndarray:
     if raw.nbytes != expected:
         raise FormatError(f"decoded payload has {raw.nbytes} bytes, expected {expected} "
                           f"for {n_splats} splats")
-    return raw.view(C.STORAGE_DTYPE).reshape(n_splats, C.PARAMS_PER_SPLAT).astype(np.float16)
+    params = raw.view(C.STORAGE_DTYPE).reshape(n_splats, C.PARAMS_PER_SPLAT)
+    # a codec's fresh native float16 array is used as it is; a view of the payload is copied
+    return params if params.flags.writeable and params.dtype == np.float16 else \
+        params.astype(np.float16)
 
 
 def encode_record(splats: SplatSet, codecs: Iterable[Codec | dict] = (),
