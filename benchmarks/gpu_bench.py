@@ -12,10 +12,12 @@ What it measures, all on scikit-image's bundled photographs at 224², the defaul
    per-image PSNR next to the CPU figures in benchmarks/results/fit_bench.json (same init and
    optimiser, so they should agree to float32 summation order);
 2. speed: steady-state milliseconds per iteration, (t(long) − t(short)) / (long − short), for
-   batches of 64, 256 and 1,024 images at 400 and 1,600 splats, turned into images per second for
-   a 2,000-iteration fit; one full 2,000-iteration batch timed end to end to check the estimate;
+   batches of 64 to 4,096 images at 400 and 1,600 splats (fused CUDA kernels), turned into
+   images per second for a 2,000-iteration fit; the array-code twin (cuSPARSE) at one size for
+   comparison; one full 2,000-iteration batch timed end to end to check the estimate;
 3. the baseline: the NumPy path on this machine's CPU cores, same formula;
-4. where the GPU time goes: forward and backward of one batch, timed with device syncs.
+4. where the GPU time goes: forward and backward of one batch, timed with device syncs, for
+   both kernels.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import time
 import numpy as np
 
 from gsformat.fitting import fit_images
-from gsformat.fitting.fit import FitOptions, geometry
+from gsformat.fitting.fit import FitOptions, geometry, window_kernel
 from gsformat.fitting.init import init_params
 from gsformat.fitting.kernel import WindowKernel
 from gsformat.samples import SKIMAGE_PHOTOS, load_photo
@@ -46,23 +48,24 @@ def sync(xp):
         xp.cuda.Device().synchronize()
 
 
-def timed_fit(images, n, iters, backend, batch):
+def timed_fit(images, n, iters, backend, batch, engine="window"):
     start = time.perf_counter()
-    fit_images(images, n, iters, backend=backend, batch_size=batch)  # ends on host arrays
-    return time.perf_counter() - start
+    fit_images(images, n, iters, backend=backend, batch_size=batch, engine=engine)  # ends on
+    return time.perf_counter() - start                                            # host arrays
 
 
-def ms_per_iter(images, n, backend, batch, short, long):
-    t_short = min(timed_fit(images, n, short, backend, batch) for _ in range(2))
-    t_long = min(timed_fit(images, n, long, backend, batch) for _ in range(2))
+def ms_per_iter(images, n, backend, batch, short, long, engine="window"):
+    t_short = min(timed_fit(images, n, short, backend, batch, engine) for _ in range(2))
+    t_long = min(timed_fit(images, n, long, backend, batch, engine) for _ in range(2))
     return 1000 * (t_long - t_short) / (long - short), t_short
 
 
-def phases(xp, images, n, repeats=5):
+def phases(xp, images, n, engine="window", repeats=5):
     """Forward and backward milliseconds of one batch (device-synchronised)."""
     batch, height, width, _ = images.shape
     _, radius, sigma = geometry(n, height, width, FitOptions())
-    kernel = WindowKernel(xp, batch, n, height, width, radius)
+    kernel = window_kernel(xp, batch, n, height, width, radius) if engine == "window" else \
+        WindowKernel(xp, batch, n, height, width, radius)
     params = xp.asarray(init_params("grid", batch, n, height, width, sigma,
                                     np.random.default_rng(0)))
     params[..., 5:8] = 0.5
@@ -81,7 +84,7 @@ def phases(xp, images, n, repeats=5):
     return {"forward_ms": round(1000 * min(fwd), 2), "backward_ms": round(1000 * min(bwd), 2)}
 
 
-def main(dry_run: bool = False) -> dict:
+def main(dry_run: bool = False, out_path: str | None = None, budget_s: float = 330) -> dict:
     backend = "numpy" if dry_run else "cupy"
     if dry_run:
         xp = np
@@ -100,6 +103,12 @@ def main(dry_run: bool = False) -> dict:
         out["machine"].update(gpu=props["name"].decode(), cupy=xp.__version__,
                               gpu_memory_gib=round(props["totalGlobalMem"] / 2**30, 1))
     log(out["machine"])
+    started = time.perf_counter()
+
+    def save():  # after every section: a run cut short still leaves its figures
+        if out_path:
+            with open(out_path, "w") as f:
+                json.dump(out, f, indent=2)
 
     # warm-up: CuPy compiles its kernels on first use
     fit_images(photos[:2], 100, 5, backend=backend)
@@ -118,13 +127,24 @@ def main(dry_run: bool = False) -> dict:
         quality["cpu_psnr_mean_from_fit_bench"] = cpu["psnr_mean"]
     out["quality"] = quality
     log("quality", quality)
+    save()
 
-    # 2. GPU speed; 3. the CPU baseline on this machine
+    # 2. GPU speed (fused kernels; the array-code twin on cuSPARSE for comparison); 3. the CPU
+    # baseline on this machine
     budgets = (400, 1600) if not dry_run else (100,)
-    batches = (64, 256, 1024) if not dry_run else (2, 4)
+    batches = (64, 256, 1024, 4096) if not dry_run else (2, 4)
+    twin_batch = 256 if not dry_run else 2
+    images = photos[np.arange(twin_batch) % len(names)]
+    twin_ms, _ = ms_per_iter(images, budgets[-1], backend, twin_batch, short, long, "window-xp")
+    out["array_twin_ms_per_iter"] = {f"{budgets[-1]}_splats_batch_{twin_batch}":
+                                     round(twin_ms, 2)}
+    log("array twin", out["array_twin_ms_per_iter"])
     speed = {}
     for n in budgets:
         for batch in batches:
+            if time.perf_counter() - started > budget_s * 0.6:
+                log("time budget: skipping", n, batch)
+                continue
             images = photos[np.arange(batch) % len(names)]
             ms, t_short = ms_per_iter(images, n, backend, batch, short, long)
             fixed = max(t_short - short * ms / 1000, 0.0)  # init + final render + transfers
@@ -133,7 +153,10 @@ def main(dry_run: bool = False) -> dict:
                 "ms_per_iter": round(ms, 2), "fixed_seconds": round(fixed, 2),
                 "images_per_second": round(batch / seconds, 1)}
             log(n, batch, speed[f"{n}_splats_batch_{batch}"])
-    out["gpu" if not dry_run else "numpy_as_gpu"] = speed
+            out["gpu" if not dry_run else "numpy_as_gpu"] = speed
+            save()
+    key = f"{budgets[-1]}_splats_batch_{twin_batch}"
+    out["fused_over_array_twin"] = round(twin_ms / speed[key]["ms_per_iter"], 1)
     best = max(speed, key=lambda k: speed[k]["images_per_second"])
     n_best, batch_best = int(best.split("_")[0]), int(best.split("_")[-1])
     images = photos[np.arange(batch_best) % len(names)]
@@ -141,6 +164,7 @@ def main(dry_run: bool = False) -> dict:
     out["end_to_end_check"] = {"config": best, "iters": iters, "seconds": round(seconds, 2),
                                "images_per_second": round(batch_best / seconds, 1)}
     log("end to end", out["end_to_end_check"])
+    save()
 
     cpu = {}
     for n in budgets:
@@ -159,8 +183,11 @@ def main(dry_run: bool = False) -> dict:
     log("cpu", cpu)
 
     # 4. where the time goes
-    out["phases_batch_256_1600" if not dry_run else "phases"] = phases(
-        xp, photos[np.arange(256 if not dry_run else 2) % len(names)], budgets[-1])
+    for engine in ("window", "window-xp"):
+        out[f"phases_{engine}_{key}"] = phases(
+            xp, photos[np.arange(twin_batch) % len(names)], budgets[-1], engine)
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    save()
     return out
 
 
@@ -169,4 +196,8 @@ if __name__ == "__main__":
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true",
                         help="NumPy backend, toy sizes: checks the script without a GPU")
+    parser.add_argument("--out", dest="out_path", default=None,
+                        help="also write the JSON here after every section")
+    parser.add_argument("--budget-s", type=float, default=330,
+                        help="skip the larger speed configurations past 60%% of this")
     print(json.dumps(main(**vars(parser.parse_args())), indent=2))

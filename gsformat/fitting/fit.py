@@ -46,7 +46,9 @@ class FitOptions:
     l1_colour: float = 0.0         # weight of the paper's L1 colour term (mean |colour|)
     seed: int = 0
     backend: str = "auto"          # "auto" | "numpy" | "cupy"
-    engine: str = "window"         # "window" (fast path) | "dense-torch" (reference baseline)
+    engine: str = "window"         # "window" (fast path: threaded NumPy on a CPU, fused CUDA
+                                   # kernels on a GPU) | "window-xp" (the array-code twin, either
+                                   # backend) | "dense-torch" (reference baseline)
     quantize: dict | None = None   # a lossy codec config (gsformat.quantize): fit through it
     quantize_method: str = "solve"  # "solve": after the fit, quantise the geometry, solve the
                                    # colours by least squares, round them with error feedback
@@ -97,17 +99,28 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def window_kernel(xp, batch: int, n: int, height: int, width: int, radius: int):
+    """The windowed renderer for ``xp``: fused CUDA kernels on CuPy, the array code on NumPy."""
+    if xp.__name__ == "cupy":
+        from .cuda_kernel import CudaWindowKernel
+        return CudaWindowKernel(xp, batch, n, height, width, radius)
+    return WindowKernel(xp, batch, n, height, width, radius)
+
+
 def _engine(opts: FitOptions, xp, batch: int, n: int, height: int, width: int, radius: int):
     if opts.engine == "window":
         threads = opts.threads or int(os.environ.get("GSFORMAT_THREADS", 0)) or \
             min(usable_cores(), 8)
         if xp is np and threads > 1 and n >= 64 * threads:
             return ThreadedKernel(xp, batch, n, height, width, radius, threads)
+        return window_kernel(xp, batch, n, height, width, radius)
+    if opts.engine == "window-xp":
         return WindowKernel(xp, batch, n, height, width, radius)
     if opts.engine == "dense-torch":
         from .reference import DenseTorchEngine
         return DenseTorchEngine(xp, batch, n, height, width, radius)
-    raise ValueError(f"engine must be 'window' or 'dense-torch', got {opts.engine!r}")
+    raise ValueError(f"engine must be 'window', 'window-xp' or 'dense-torch', "
+                     f"got {opts.engine!r}")
 
 
 def clamp_covariance(xp, params, radius: int) -> None:
@@ -179,10 +192,11 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
                                  opts.min_radius)
     batch = opts.batch_size or max(1, opts.memory_limit // per_image)
     _, radius, _ = geometry(n_splats, height, width, opts)
-    # a batch's window matrix must stay within cuSPARSE's int32 indices (the final PSNR render
-    # uses a 2R window and splits itself, see render_splatsets)
-    batch = min(batch, max(1, kernel_mod.MAX_WINDOW_ENTRIES
-                           // window_entries(n_splats, height, width, radius)))
+    fused = opts.engine == "window" and get_xp(opts.backend).__name__ == "cupy"
+    if not fused:  # the array code's window matrix must fit cuSPARSE's int32 indices (the
+        # final PSNR render uses a 2R window and splits itself, see render_splatsets)
+        batch = min(batch, max(1, kernel_mod.MAX_WINDOW_ENTRIES
+                               // window_entries(n_splats, height, width, radius)))
     start = time.perf_counter()
     parts = []
     if init_splats is not None and len(init_splats) != b_total:
@@ -232,7 +246,7 @@ def _warm_params(splats: list[SplatSet], n: int, height: int, width: int) -> np.
 
 def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=0,
                init_splats=None):
-    xp = get_xp(opts.backend) if opts.engine == "window" else np
+    xp = get_xp(opts.backend) if opts.engine in ("window", "window-xp") else np
     batch, height, width, _ = target_np.shape
     n = opts.n_splats
     _, radius, sigma = geometry(n, height, width, opts)
@@ -245,7 +259,7 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
     else:
         params = xp.asarray(init_params(opts.init, batch, n, height, width, sigma, rng))
         if opts.init == "grid":
-            colour_from_pixels(WindowKernel(xp, batch, n, height, width, radius), params,
+            colour_from_pixels(window_kernel(xp, batch, n, height, width, radius), params,
                                target)
     codec = ste_codec = None
     if opts.quantize:
@@ -351,7 +365,7 @@ def render_splatsets(splats: list[SplatSet], radius: int | None = None,
     parts = []
     for first in range(0, len(splats), chunk):
         part = params[first:first + chunk]
-        kernel = WindowKernel(xp, len(part), n, height, width, radius)
+        kernel = window_kernel(xp, len(part), n, height, width, radius)
         parts.append(to_numpy(kernel.forward(xp.asarray(part))))
     return np.concatenate(parts)
 
