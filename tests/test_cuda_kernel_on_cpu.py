@@ -2,8 +2,8 @@
 small shim, against the array-code twin `WindowKernel`: values and gradients.
 
 CI has no GPU, so this is where the kernels' arithmetic is checked on every run; the shim runs
-each "block" with one thread (a warp shuffle then adds nothing, so the block reduction is the
-identity). tests/test_gpu.py checks the real thing, threads and atomics included, on a GPU.
+one thread at a time, one "lane" per splat in the backward pass (LANES = 1: the warp reduction
+adds nothing); the float4 atomic is GPU-only (sm_90), its three-float fallback runs here. tests/test_gpu.py checks the real thing, threads and atomics included, on a GPU.
 """
 import ctypes
 import shutil
@@ -17,6 +17,7 @@ from gsformat.fitting.kernel import WindowKernel
 from test_fitting_kernel import make_params
 
 SHIM = r"""
+#define LANES 1  // one "thread" per splat: the warp reduction adds nothing
 #include <math.h>
 #include <stdint.h>
 #define __global__
@@ -32,20 +33,20 @@ static void __syncthreads() {}
 
 DRIVER = r"""
 extern "C" void run_forward(const float* params, float* g, long long* idx, float* image,
-                            long long entries, int n, int H, int W, int R, int ky, int kx) {
+                            long long entries, int n, int H, int W, int R, int ky, int kx,
+                            int mode) {
     blockDim.x = 1; threadIdx.x = 0;
     for (long long t = 0; t < entries; t++) {
         blockIdx.x = (unsigned)t;
-        window_forward(params, g, idx, image, entries, n, H, W, R, ky, kx);
+        window_forward(params, g, idx, image, entries, n, H, W, R, ky, kx, mode);
     }
 }
-extern "C" void run_backward(const float* params, const float* g, const long long* idx,
-                             const float* grad_image, float* grad, long long splats,
-                             int H, int W, int R, int ky, int kx) {
+extern "C" void run_backward(const float* params, const float* grad_image, float* grad,
+                             long long splats, int n, int H, int W, int R, int ky, int kx) {
     blockDim.x = 1; threadIdx.x = 0;
     for (long long s = 0; s < splats; s++) {
         blockIdx.x = (unsigned)s;
-        window_backward(params, g, idx, grad_image, grad, H, W, R, ky, kx);
+        window_backward(params, grad_image, grad, splats, n, H, W, R, ky, kx);
     }
 }
 """
@@ -83,15 +84,21 @@ def test_fused_kernels_match_the_array_twin(cpu_kernels, height, width, n, radiu
     ky, kx = twin.ky, twin.kx
     g = np.empty((batch, n, ky, kx), np.float32)
     idx = np.empty((batch, n, ky * kx), np.int64)
-    fused_image = np.zeros((batch * height * width, 3), np.float32)
-    args = (ctypes.c_int(height), ctypes.c_int(width), ctypes.c_int(radius), ctypes.c_int(ky),
-            ctypes.c_int(kx))
-    cpu_kernels.run_forward(ptr(params), ptr(g), ptr(idx), ptr(fused_image),
-                            ctypes.c_longlong(g.size), ctypes.c_int(n), *args)
+    fused_image = np.zeros((batch * height * width, 4), np.float32)
+    args = (ctypes.c_int(n), ctypes.c_int(height), ctypes.c_int(width), ctypes.c_int(radius),
+            ctypes.c_int(ky), ctypes.c_int(kx))
+    entries = ctypes.c_longlong(g.size)
+    store, add = cuda_kernel.FORWARD_STORE, cuda_kernel.FORWARD_ADD
+    cpu_kernels.run_forward(ptr(params), None, None, ptr(fused_image), entries, *args,
+                            ctypes.c_int(add))
+    cpu_kernels.run_forward(ptr(params), ptr(g), ptr(idx), None, entries, *args,
+                            ctypes.c_int(store))
     fused_grad = np.empty_like(grad)
-    cpu_kernels.run_backward(ptr(params), ptr(g), ptr(idx), ptr(grad_image), ptr(fused_grad),
-                             ctypes.c_longlong(batch * n), *args)
+    cpu_kernels.run_backward(ptr(params), ptr(np.ascontiguousarray(grad_image)),
+                             ptr(fused_grad), ctypes.c_longlong(batch * n), *args)
     np.testing.assert_array_equal(idx, twin.idx)
     np.testing.assert_allclose(g, twin.g, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(fused_image.reshape(image.shape), image, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused_image[:, :3].reshape(image.shape), image, rtol=1e-5,
+                               atol=1e-6)
+    assert not fused_image[:, 3].any()
     np.testing.assert_allclose(fused_grad, grad, rtol=1e-3, atol=1e-7)

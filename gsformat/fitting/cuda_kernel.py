@@ -5,18 +5,24 @@ The same windows and the same gradient as `kernel.WindowKernel`, which stays the
 iteration, two kernels:
 
 - ``window_forward``: one thread per window entry (splat s, cell (i, j) of its ky × kx window):
-  G = exp(−½ (z₁² + z₂²)) with z = L⁻¹ d, stores G and the pixel index for the backward pass, and
-  adds G·colour to the image with atomics (summation order varies between runs: float rounding
-  only);
-- ``window_backward``: one block per splat: every thread walks some of the splat's entries,
-  gathers ∂L/∂I there and accumulates, in float64, the eight sums the gradient needs
-  (Σ G ∂L/∂I_c and the moments of A = G·Σ_c colour_c ∂L/∂I_c in z₁, z₂), then a block reduction.
+  G = exp(−½ (z₁² + z₂²)) with z = L⁻¹ d, added to the pixel as G·colour with one float4 atomic
+  (sm_90 and newer; three float atomics before; summation order varies between runs: float
+  rounding only);
+- ``window_backward``: one warp per splat: each lane walks some of the splat's entries,
+  recomputes G, gathers ∂L/∂I there and accumulates, in float64, the eight sums the gradient
+  needs (Σ G ∂L/∂I_c and the moments of A = G·Σ_c colour_c ∂L/∂I_c in z₁, z₂), then a warp
+  reduction.
 
-Memory per window entry: G (4 B) and the pixel index (8 B), against 32 B for the array version.
+Nothing is stored per window entry (the array version keeps 32 bytes each), so the batch is
+bounded by the images, not the windows.
 """
 from __future__ import annotations
 
 _SOURCE = r"""
+#ifndef LANES
+#define LANES 32  // threads per splat in the backward pass: one warp
+#endif
+
 __device__ __forceinline__ void window_origin(float x, float y, int R, int H, int W, int ky,
                                               int kx, float* x0, float* y0) {
     // as WindowKernel: top-left pixel, clipped so the window stays on the canvas
@@ -24,12 +30,13 @@ __device__ __forceinline__ void window_origin(float x, float y, int R, int H, in
     *y0 = fminf(fmaxf(floorf(y) - R, 0.0f), (float)(H - ky));
 }
 
+// mode bit 0: store G and the pixel index of every entry (g, idx); bit 1: add into image
 extern "C" __global__ void window_forward(
         const float* params,   // [B·N, 8] pixel units
-        float* g,              // [B·N, ky·kx] Gaussian factor G
-        long long* idx,        // [B·N, ky·kx] flat pixel index into the batch
-        float* image,          // [B·H·W, 3], zeroed by the caller
-        long long entries, int n_splats, int H, int W, int R, int ky, int kx) {
+        float* g,              // [B·N, ky·kx] Gaussian factor G (mode & 1)
+        long long* idx,        // [B·N, ky·kx] flat pixel index into the batch (mode & 1)
+        float* image,          // [B·H·W, 4] (r, g, b, unused), zeroed by the caller (mode & 2)
+        long long entries, int n_splats, int H, int W, int R, int ky, int kx, int mode) {
     long long t = (long long)blockDim.x * blockIdx.x + threadIdx.x;
     if (t >= entries) return;
     const int k2 = ky * kx;
@@ -44,33 +51,45 @@ extern "C" __global__ void window_forward(
     const float z2 = (dy - p[3] * z1) / p[4];
     const float G = expf(-0.5f * (z1 * z1 + z2 * z2));
     const long long pixel = (s / n_splats) * H * W + (long long)(y0 + i) * W + (long long)(x0 + j);
-    g[t] = G;
-    idx[t] = pixel;
-    atomicAdd(image + 3 * pixel, G * p[5]);
-    atomicAdd(image + 3 * pixel + 1, G * p[6]);
-    atomicAdd(image + 3 * pixel + 2, G * p[7]);
+    if (mode & 1) {
+        g[t] = G;
+        idx[t] = pixel;
+    }
+    if (mode & 2) {
+        float* out = image + 4 * pixel;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(SCALAR_ATOMICS)
+        atomicAdd((float4*)out, make_float4(G * p[5], G * p[6], G * p[7], 0.0f));  // one op
+#else
+        atomicAdd(out, G * p[5]);
+        atomicAdd(out + 1, G * p[6]);
+        atomicAdd(out + 2, G * p[7]);
+#endif
+    }
 }
 
 extern "C" __global__ void window_backward(
-        const float* params, const float* g, const long long* idx,
+        const float* params,
         const float* grad_image,  // [B·H·W, 3] ∂L/∂I
         float* grad,              // [B·N, 8] ∂L/∂params
-        int H, int W, int R, int ky, int kx) {
-    const long long s = blockIdx.x;
+        long long splats, int n_splats, int H, int W, int R, int ky, int kx) {
+    // one warp (LANES threads) per splat; G and the pixel are recomputed, not stored
+    const long long s = ((long long)blockDim.x * blockIdx.x + threadIdx.x) / LANES;
+    const int lane = threadIdx.x % LANES;
+    if (s >= splats) return;  // whole warps leave together: blockDim.x is a multiple of LANES
     const int k2 = ky * kx;
     const float* p = params + 8 * s;
     const float x = p[0], y = p[1], l11 = p[2], l21 = p[3], l22 = p[4];
     float x0, y0;
     window_origin(x, y, R, H, W, ky, kx, &x0, &y0);
+    const long long base = (s / n_splats) * H * W + (long long)y0 * W + (long long)x0;
     // Σ G·∂L/∂I_r, _g, _b; Σ A z1, Σ A z1², Σ A z2, Σ A z1 z2, Σ A z2²
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int e = threadIdx.x; e < k2; e += blockDim.x) {
+    for (int e = lane; e < k2; e += LANES) {
         const int i = e / kx, j = e - i * kx;
         const float z1 = (x0 + 0.5f + (float)j - x) / l11;
         const float z2 = ((y0 + 0.5f + (float)i - y) - l21 * z1) / l22;
-        const long long t = s * k2 + e;
-        const float G = g[t];
-        const float* gi = grad_image + 3 * idx[t];
+        const float G = expf(-0.5f * (z1 * z1 + z2 * z2));
+        const float* gi = grad_image + 3 * (base + (long long)i * W + j);
         const float a = G * (p[5] * gi[0] + p[6] * gi[1] + p[7] * gi[2]);
         acc[0] += G * gi[0];
         acc[1] += G * gi[1];
@@ -81,79 +100,101 @@ extern "C" __global__ void window_backward(
         acc[6] += a * z1 * z2;
         acc[7] += a * z2 * z2;
     }
-    __shared__ double part[8][32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int k = 0; k < 8; k++) {
-        double v = acc[k];
-        for (int offset = 16; offset > 0; offset >>= 1)
-            v += __shfl_down_sync(0xffffffffu, v, offset);
-        if (lane == 0) part[k][warp] = v;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double r[8];
-        for (int k = 0; k < 8; k++) {
-            r[k] = 0;
-            for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) r[k] += part[k][w];
-        }
+    for (int k = 0; k < 8; k++)
+        for (int offset = LANES / 2; offset > 0; offset >>= 1)
+            acc[k] += __shfl_down_sync(0xffffffffu, acc[k], offset);
+    if (lane == 0) {
         const double shear = (double)l21 / l22;
         float* out = grad + 8 * s;
-        out[0] = (float)((r[3] - shear * r[5]) / l11);
-        out[1] = (float)(r[5] / l22);
-        out[2] = (float)((r[4] - shear * r[6]) / l11);
-        out[3] = (float)(r[6] / l22);
-        out[4] = (float)(r[7] / l22);
-        out[5] = (float)r[0];
-        out[6] = (float)r[1];
-        out[7] = (float)r[2];
+        out[0] = (float)((acc[3] - shear * acc[5]) / l11);
+        out[1] = (float)(acc[5] / l22);
+        out[2] = (float)((acc[4] - shear * acc[6]) / l11);
+        out[3] = (float)(acc[6] / l22);
+        out[4] = (float)(acc[7] / l22);
+        out[5] = (float)acc[0];
+        out[6] = (float)acc[1];
+        out[7] = (float)acc[2];
     }
 }
 """
 _MODULE = []
-THREADS = 256        # forward: threads per block
-BACKWARD_THREADS = 128  # backward: threads per splat (a multiple of 32, at most 1024)
+THREADS = 256  # threads per block, both kernels (a multiple of 32)
+FORWARD_STORE, FORWARD_ADD = 1, 2
 
 
 def _kernels():
     if not _MODULE:
         import cupy
-        _MODULE.append(cupy.RawModule(code=_SOURCE))
+        try:
+            module = cupy.RawModule(code=_SOURCE)
+            module.get_function("window_forward")  # compiles now
+        except cupy.cuda.compiler.CompileException:  # a toolkit without float4 atomicAdd
+            module = cupy.RawModule(code=_SOURCE, options=("-DSCALAR_ATOMICS",))
+        _MODULE.append(module)
     module = _MODULE[0]
     return module.get_function("window_forward"), module.get_function("window_backward")
 
 
 class CudaWindowKernel:
-    """`WindowKernel`'s interface (forward, backward, g, idx) with the fused kernels above."""
+    """`WindowKernel`'s interface (forward, backward, g, idx) with the fused kernels above.
+
+    Nothing per window entry is kept between the passes; `g` and `idx` (what the colour
+    initialisation reads) are filled on first access after a forward."""
 
     def __init__(self, xp, batch: int, n_splats: int, height: int, width: int, radius: int):
         self.xp = xp
         self.B, self.N, self.H, self.W, self.R = batch, n_splats, height, width, radius
         self.ky, self.kx = min(2 * radius + 1, height), min(2 * radius + 1, width)
-        self.g = xp.empty((batch, n_splats, self.ky, self.kx), xp.float32)
-        self.idx = xp.empty((batch, n_splats, self.ky * self.kx), xp.int64)
         self.params = None
+        self._windows = None
+
+    def _launch_forward(self, mode: int, image=None, g=None, idx=None):
+        xp = self.xp
+        entries = self.B * self.N * self.ky * self.kx
+        forward, _ = _kernels()
+        forward(((entries + THREADS - 1) // THREADS,), (THREADS,),
+                (self.params, g, idx, image, xp.int64(entries), xp.int32(self.N),
+                 xp.int32(self.H), xp.int32(self.W), xp.int32(self.R), xp.int32(self.ky),
+                 xp.int32(self.kx), xp.int32(mode)))
 
     def forward(self, params):
         """params ``[B, N, 8]`` float32 (pixel units) → image ``[B, H, W, 3]`` float32."""
         xp = self.xp
         self.params = xp.ascontiguousarray(params, dtype=xp.float32)
-        image = xp.zeros((self.B * self.H * self.W, 3), xp.float32)
-        entries = self.g.size
-        forward, _ = _kernels()
-        forward(((entries + THREADS - 1) // THREADS,), (THREADS,),
-                (self.params, self.g, self.idx, image, xp.int64(entries), xp.int32(self.N),
-                 xp.int32(self.H), xp.int32(self.W), xp.int32(self.R), xp.int32(self.ky),
-                 xp.int32(self.kx)))
-        return image.reshape(self.B, self.H, self.W, 3)
+        self._windows = None
+        image = xp.zeros((self.B * self.H * self.W, 4), xp.float32)  # 4: one vector atomic
+        self._launch_forward(FORWARD_ADD, image=image)
+        return image.reshape(self.B, self.H, self.W, 4)[..., :3]
+
+    def _stored_windows(self):
+        if self._windows is None:
+            xp = self.xp
+            g = xp.empty((self.B, self.N, self.ky, self.kx), xp.float32)
+            idx = xp.empty((self.B, self.N, self.ky * self.kx), xp.int64)
+            self._launch_forward(FORWARD_STORE, g=g, idx=idx)
+            self._windows = g, idx
+        return self._windows
+
+    @property
+    def g(self):
+        """G of every window entry ``[B, N, ky, kx]`` for the last forward's params."""
+        return self._stored_windows()[0]
+
+    @property
+    def idx(self):
+        """Flat pixel index of every window entry ``[B, N, ky·kx]``."""
+        return self._stored_windows()[1]
 
     def backward(self, params, grad_image):
-        """∂L/∂image ``[B, H, W, 3]`` → ∂L/∂params ``[B, N, 8]`` (after `forward` on params)."""
+        """∂L/∂image ``[B, H, W, 3]`` → ∂L/∂params ``[B, N, 8]``."""
         xp = self.xp
         params = xp.ascontiguousarray(params, dtype=xp.float32)
         grad_image = xp.ascontiguousarray(grad_image, dtype=xp.float32)
         grad = xp.empty((self.B, self.N, 8), xp.float32)
+        splats = self.B * self.N
         _, backward = _kernels()
-        backward((self.B * self.N,), (BACKWARD_THREADS,),
-                 (params, self.g, self.idx, grad_image, grad, xp.int32(self.H),
-                  xp.int32(self.W), xp.int32(self.R), xp.int32(self.ky), xp.int32(self.kx)))
+        backward(((splats * 32 + THREADS - 1) // THREADS,), (THREADS,),
+                 (params, grad_image, grad, xp.int64(splats), xp.int32(self.N),
+                  xp.int32(self.H), xp.int32(self.W), xp.int32(self.R), xp.int32(self.ky),
+                  xp.int32(self.kx)))
         return grad
