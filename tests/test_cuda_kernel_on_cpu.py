@@ -33,12 +33,12 @@ static void __syncthreads() {}
 
 DRIVER = r"""
 extern "C" void run_forward(const float* params, float* g, long long* idx, float* image,
-                            long long entries, int n, int H, int W, int R, int ky, int kx,
+                            long long splats, int n, int H, int W, int R, int ky, int kx,
                             int mode) {
     blockDim.x = 1; threadIdx.x = 0;
-    for (long long t = 0; t < entries; t++) {
-        blockIdx.x = (unsigned)t;
-        window_forward(params, g, idx, image, entries, n, H, W, R, ky, kx, mode);
+    for (long long s = 0; s < splats; s++) {
+        blockIdx.x = (unsigned)s;
+        window_forward(params, g, idx, image, splats, n, H, W, R, ky, kx, mode);
     }
 }
 extern "C" void run_backward(const float* params, const float* grad_image, float* grad,
@@ -87,11 +87,11 @@ def test_fused_kernels_match_the_array_twin(cpu_kernels, height, width, n, radiu
     fused_image = np.zeros((batch * height * width, 4), np.float32)
     args = (ctypes.c_int(n), ctypes.c_int(height), ctypes.c_int(width), ctypes.c_int(radius),
             ctypes.c_int(ky), ctypes.c_int(kx))
-    entries = ctypes.c_longlong(g.size)
+    splats = ctypes.c_longlong(batch * n)
     store, add = cuda_kernel.FORWARD_STORE, cuda_kernel.FORWARD_ADD
-    cpu_kernels.run_forward(ptr(params), None, None, ptr(fused_image), entries, *args,
+    cpu_kernels.run_forward(ptr(params), None, None, ptr(fused_image), splats, *args,
                             ctypes.c_int(add))
-    cpu_kernels.run_forward(ptr(params), ptr(g), ptr(idx), None, entries, *args,
+    cpu_kernels.run_forward(ptr(params), ptr(g), ptr(idx), None, splats, *args,
                             ctypes.c_int(store))
     fused_grad = np.empty_like(grad)
     cpu_kernels.run_backward(ptr(params), ptr(np.ascontiguousarray(grad_image)),

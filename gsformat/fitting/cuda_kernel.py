@@ -4,14 +4,16 @@ The same windows and the same gradient as `kernel.WindowKernel`, which stays the
 (tests/test_gpu.py compares values and gradients). Instead of about fifteen array passes per
 iteration, two kernels:
 
-- ``window_forward``: one thread per window entry (splat s, cell (i, j) of its ky × kx window):
-  G = exp(−½ (z₁² + z₂²)) with z = L⁻¹ d, added to the pixel as G·colour with one float4 atomic
-  (sm_90 and newer; three float atomics before; summation order varies between runs: float
-  rounding only);
-- ``window_backward``: one warp per splat: each lane walks some of the splat's entries,
-  recomputes G, gathers ∂L/∂I there and accumulates, in float64, the eight sums the gradient
-  needs (Σ G ∂L/∂I_c and the moments of A = G·Σ_c colour_c ∂L/∂I_c in z₁, z₂), then a warp
-  reduction.
+- ``window_forward``: one warp per splat, each lane walking every 32nd cell (i, j) of its
+  ky × kx window: G = exp(−½ (z₁² + z₂²)) with z = L⁻¹ d, added to the pixel as G·colour with
+  one float4 atomic (sm_90 and newer; three float atomics before; summation order varies
+  between runs: float rounding only);
+- ``window_backward``: one warp per splat: each lane walks the same cells, recomputes G, gathers
+  ∂L/∂I there and accumulates (float per lane, float64 across the warp) the eight sums the
+  gradient needs (Σ G ∂L/∂I_c and the moments of A = G·Σ_c colour_c ∂L/∂I_c in z₁, z₂).
+
+Per-splat values (window origin, 1/l11, 1/l22) are computed once per lane and the cell's row
+and column by a float reciprocal: no 64-bit division per entry.
 
 Nothing is stored per window entry (the array version keeps 32 bytes each), so the batch is
 bounded by the images, not the windows.
@@ -20,50 +22,77 @@ from __future__ import annotations
 
 _SOURCE = r"""
 #ifndef LANES
-#define LANES 32  // threads per splat in the backward pass: one warp
+#define LANES 32  // threads per splat: one warp
 #endif
 
-__device__ __forceinline__ void window_origin(float x, float y, int R, int H, int W, int ky,
-                                              int kx, float* x0, float* y0) {
-    // as WindowKernel: top-left pixel, clipped so the window stays on the canvas
-    *x0 = fminf(fmaxf(floorf(x) - R, 0.0f), (float)(W - kx));
-    *y0 = fminf(fmaxf(floorf(y) - R, 0.0f), (float)(H - ky));
+struct Window {       // one splat's window and what every entry of it needs
+    float x0, y0;     // top-left pixel, clipped so the window stays on the canvas
+    float x, y, inv_l11, l21, inv_l22;
+    long long base;   // flat index of the window's top-left pixel in the batch
+};
+
+__device__ __forceinline__ Window window_of(const float* p, long long s, int n_splats, int H,
+                                            int W, int R, int ky, int kx) {
+    Window w;  // as WindowKernel
+    w.x0 = fminf(fmaxf(floorf(p[0]) - R, 0.0f), (float)(W - kx));
+    w.y0 = fminf(fmaxf(floorf(p[1]) - R, 0.0f), (float)(H - ky));
+    w.x = p[0];
+    w.y = p[1];
+    w.inv_l11 = 1.0f / p[2];
+    w.l21 = p[3];
+    w.inv_l22 = 1.0f / p[4];
+    w.base = (s / n_splats) * H * W + (long long)w.y0 * W + (long long)w.x0;
+    return w;
 }
 
-// mode bit 0: store G and the pixel index of every entry (g, idx); bit 1: add into image
+// entry e of a window → its row i and column j (e < 2²⁰: the float quotient is exact)
+__device__ __forceinline__ void cell(int e, int kx, float inv_kx, int* i, int* j) {
+    *i = (int)(((float)e + 0.5f) * inv_kx);
+    *j = e - *i * kx;
+}
+
+// G = exp(−½ (z₁² + z₂²)) with z = L⁻¹ d at cell (i, j); z₁, z₂ out for the backward pass
+__device__ __forceinline__ float gaussian(const Window& w, int i, int j, float* z1, float* z2) {
+    *z1 = (w.x0 + 0.5f + (float)j - w.x) * w.inv_l11;
+    *z2 = ((w.y0 + 0.5f + (float)i - w.y) - w.l21 * *z1) * w.inv_l22;
+    return expf(-0.5f * (*z1 * *z1 + *z2 * *z2));
+}
+
+// One warp (LANES threads) per splat, each lane walking every LANES-th entry of its window.
+// mode bit 0: store G and the pixel index of every entry (g, idx); bit 1: add into image.
 extern "C" __global__ void window_forward(
         const float* params,   // [B·N, 8] pixel units
         float* g,              // [B·N, ky·kx] Gaussian factor G (mode & 1)
         long long* idx,        // [B·N, ky·kx] flat pixel index into the batch (mode & 1)
         float* image,          // [B·H·W, 4] (r, g, b, unused), zeroed by the caller (mode & 2)
-        long long entries, int n_splats, int H, int W, int R, int ky, int kx, int mode) {
-    long long t = (long long)blockDim.x * blockIdx.x + threadIdx.x;
-    if (t >= entries) return;
-    const int k2 = ky * kx;
-    const long long s = t / k2;
-    const int e = (int)(t - s * k2), i = e / kx, j = e - i * kx;
+        long long splats, int n_splats, int H, int W, int R, int ky, int kx, int mode) {
+    const long long s = ((long long)blockDim.x * blockIdx.x + threadIdx.x) / LANES;
+    const int lane = threadIdx.x % LANES;
+    if (s >= splats) return;
     const float* p = params + 8 * s;
-    float x0, y0;
-    window_origin(p[0], p[1], R, H, W, ky, kx, &x0, &y0);
-    const float dx = x0 + 0.5f + (float)j - p[0];
-    const float dy = y0 + 0.5f + (float)i - p[1];
-    const float z1 = dx / p[2];
-    const float z2 = (dy - p[3] * z1) / p[4];
-    const float G = expf(-0.5f * (z1 * z1 + z2 * z2));
-    const long long pixel = (s / n_splats) * H * W + (long long)(y0 + i) * W + (long long)(x0 + j);
-    if (mode & 1) {
-        g[t] = G;
-        idx[t] = pixel;
-    }
-    if (mode & 2) {
-        float* out = image + 4 * pixel;
+    const Window w = window_of(p, s, n_splats, H, W, R, ky, kx);
+    const float r = p[5], gr = p[6], b = p[7], inv_kx = 1.0f / (float)kx;
+    const int k2 = ky * kx;
+    for (int e = lane; e < k2; e += LANES) {
+        int i, j;
+        float z1, z2;
+        cell(e, kx, inv_kx, &i, &j);
+        const float G = gaussian(w, i, j, &z1, &z2);
+        const long long pixel = w.base + (long long)i * W + j;
+        if (mode & 1) {
+            g[s * k2 + e] = G;
+            idx[s * k2 + e] = pixel;
+        }
+        if (mode & 2) {
+            float* out = image + 4 * pixel;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(SCALAR_ATOMICS)
-        atomicAdd((float4*)out, make_float4(G * p[5], G * p[6], G * p[7], 0.0f));  // one op
+            atomicAdd((float4*)out, make_float4(G * r, G * gr, G * b, 0.0f));  // one op
 #else
-        atomicAdd(out, G * p[5]);
-        atomicAdd(out + 1, G * p[6]);
-        atomicAdd(out + 2, G * p[7]);
+            atomicAdd(out, G * r);
+            atomicAdd(out + 1, G * gr);
+            atomicAdd(out + 2, G * b);
 #endif
+        }
     }
 }
 
@@ -72,24 +101,23 @@ extern "C" __global__ void window_backward(
         const float* grad_image,  // [B·H·W, 3] ∂L/∂I
         float* grad,              // [B·N, 8] ∂L/∂params
         long long splats, int n_splats, int H, int W, int R, int ky, int kx) {
-    // one warp (LANES threads) per splat; G and the pixel are recomputed, not stored
+    // one warp per splat; G and the pixel are recomputed, not stored
     const long long s = ((long long)blockDim.x * blockIdx.x + threadIdx.x) / LANES;
     const int lane = threadIdx.x % LANES;
     if (s >= splats) return;  // whole warps leave together: blockDim.x is a multiple of LANES
-    const int k2 = ky * kx;
     const float* p = params + 8 * s;
-    const float x = p[0], y = p[1], l11 = p[2], l21 = p[3], l22 = p[4];
-    float x0, y0;
-    window_origin(x, y, R, H, W, ky, kx, &x0, &y0);
-    const long long base = (s / n_splats) * H * W + (long long)y0 * W + (long long)x0;
-    // Σ G·∂L/∂I_r, _g, _b; Σ A z1, Σ A z1², Σ A z2, Σ A z1 z2, Σ A z2²
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const Window w = window_of(p, s, n_splats, H, W, R, ky, kx);
+    const float inv_kx = 1.0f / (float)kx;
+    const int k2 = ky * kx;
+    // Σ G·∂L/∂I_r, _g, _b; Σ A z1, Σ A z1², Σ A z2, Σ A z1 z2, Σ A z2² — float per lane (a few
+    // dozen terms), then float64 across the warp
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int e = lane; e < k2; e += LANES) {
-        const int i = e / kx, j = e - i * kx;
-        const float z1 = (x0 + 0.5f + (float)j - x) / l11;
-        const float z2 = ((y0 + 0.5f + (float)i - y) - l21 * z1) / l22;
-        const float G = expf(-0.5f * (z1 * z1 + z2 * z2));
-        const float* gi = grad_image + 3 * (base + (long long)i * W + j);
+        int i, j;
+        float z1, z2;
+        cell(e, kx, inv_kx, &i, &j);
+        const float G = gaussian(w, i, j, &z1, &z2);
+        const float* gi = grad_image + 3 * (w.base + (long long)i * W + j);
         const float a = G * (p[5] * gi[0] + p[6] * gi[1] + p[7] * gi[2]);
         acc[0] += G * gi[0];
         acc[1] += G * gi[1];
@@ -100,20 +128,23 @@ extern "C" __global__ void window_backward(
         acc[6] += a * z1 * z2;
         acc[7] += a * z2 * z2;
     }
-    for (int k = 0; k < 8; k++)
+    double sum[8];
+    for (int k = 0; k < 8; k++) {
+        sum[k] = acc[k];
         for (int offset = LANES / 2; offset > 0; offset >>= 1)
-            acc[k] += __shfl_down_sync(0xffffffffu, acc[k], offset);
+            sum[k] += __shfl_down_sync(0xffffffffu, sum[k], offset);
+    }
     if (lane == 0) {
-        const double shear = (double)l21 / l22;
+        const double l11 = p[2], l22 = p[4], shear = (double)p[3] / l22;
         float* out = grad + 8 * s;
-        out[0] = (float)((acc[3] - shear * acc[5]) / l11);
-        out[1] = (float)(acc[5] / l22);
-        out[2] = (float)((acc[4] - shear * acc[6]) / l11);
-        out[3] = (float)(acc[6] / l22);
-        out[4] = (float)(acc[7] / l22);
-        out[5] = (float)acc[0];
-        out[6] = (float)acc[1];
-        out[7] = (float)acc[2];
+        out[0] = (float)((sum[3] - shear * sum[5]) / l11);
+        out[1] = (float)(sum[5] / l22);
+        out[2] = (float)((sum[4] - shear * sum[6]) / l11);
+        out[3] = (float)(sum[6] / l22);
+        out[4] = (float)(sum[7] / l22);
+        out[5] = (float)sum[0];
+        out[6] = (float)sum[1];
+        out[7] = (float)sum[2];
     }
 }
 """
@@ -150,10 +181,10 @@ class CudaWindowKernel:
 
     def _launch_forward(self, mode: int, image=None, g=None, idx=None):
         xp = self.xp
-        entries = self.B * self.N * self.ky * self.kx
+        splats = self.B * self.N
         forward, _ = _kernels()
-        forward(((entries + THREADS - 1) // THREADS,), (THREADS,),
-                (self.params, g, idx, image, xp.int64(entries), xp.int32(self.N),
+        forward(((splats * 32 + THREADS - 1) // THREADS,), (THREADS,),
+                (self.params, g, idx, image, xp.int64(splats), xp.int32(self.N),
                  xp.int32(self.H), xp.int32(self.W), xp.int32(self.R), xp.int32(self.ky),
                  xp.int32(self.kx), xp.int32(mode)))
 

@@ -99,9 +99,12 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+MAX_CUDA_WINDOW = 1 << 23  # the CUDA kernels find a cell's row by a float reciprocal: exact below
+
+
 def window_kernel(xp, batch: int, n: int, height: int, width: int, radius: int):
     """The windowed renderer for ``xp``: fused CUDA kernels on CuPy, the array code on NumPy."""
-    if xp.__name__ == "cupy":
+    if xp.__name__ == "cupy" and window_entries(1, height, width, radius) < MAX_CUDA_WINDOW:
         from .cuda_kernel import CudaWindowKernel
         return CudaWindowKernel(xp, batch, n, height, width, radius)
     return WindowKernel(xp, batch, n, height, width, radius)
