@@ -4,7 +4,7 @@ measured on the same machine in the same run.
 Prints one JSON object (and progress on stderr). Needs CuPy and a CUDA GPU; ``--dry-run`` runs
 the same steps on the NumPy backend at toy sizes, to check the script itself anywhere.
 
-    python benchmarks/gpu_bench.py                  # ~3 min on one H100/H200
+    python benchmarks/gpu_bench.py                  # ~3–4 min on one H100/H200
     python benchmarks/gpu_bench.py --dry-run        # ~1 min on 2 CPU cores
 
 What it measures, all on scikit-image's bundled photographs at 224², the default FitOptions:
@@ -92,7 +92,7 @@ def main(dry_run: bool = False, out_path: str | None = None, budget_s: float = 3
         import cupy as xp
     size = 64 if dry_run else 224
     iters = 40 if dry_run else ITERS
-    short, long = (5, 15) if dry_run else (20, 70)
+    short, long = (5, 15) if dry_run else (20, 120)
     names = list(SKIMAGE_PHOTOS)
     photos = np.stack([load_photo(name, size) for name in names])
     out = {"dry_run": dry_run, "size": size, "iters": iters,
