@@ -56,7 +56,7 @@ class FitOptions:
     quantize_at: float = 0.9       # "ste": fraction of iters after which the straight-through
                                    # phase starts (0: from the first iteration, a warm re-fit)
     batch_size: int | None = None  # images per fitting batch (None: as many as memory allows;
-                                   # never more than cuSPARSE's int32 window indices allow)
+                                   # the array code: at most what int32 window indices allow)
     threads: int | None = None     # NumPy: threads over splat ranges (None: $GSFORMAT_THREADS,
                                    # else the usable cores)
     memory_limit: int = DEFAULT_MEMORY_LIMIT
@@ -195,7 +195,8 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
                                  opts.min_radius)
     batch = opts.batch_size or max(1, opts.memory_limit // per_image)
     _, radius, _ = geometry(n_splats, height, width, opts)
-    fused = opts.engine == "window" and get_xp(opts.backend).__name__ == "cupy"
+    fused = (opts.engine == "window" and get_xp(opts.backend).__name__ == "cupy"
+             and window_entries(1, height, width, radius) < MAX_CUDA_WINDOW)
     if not fused:  # the array code's window matrix must fit cuSPARSE's int32 indices (the
         # final PSNR render uses a 2R window and splits itself, see render_splatsets)
         batch = min(batch, max(1, kernel_mod.MAX_WINDOW_ENTRIES
