@@ -66,6 +66,15 @@ def test_native_on_real_splats_and_every_buffer_kind(fitted_splats):
         assert np.array_equal(bits(native(codec, buf)), reference)
     out = np.empty(reference.size, np.float16)
     assert codec.decode(payload, out=out) is out and np.array_equal(bits(out), reference)
+    previous = NATIVE.use_simd(False)  # the portable FP16 rounding and SSE2 transpose
+    try:
+        assert np.array_equal(bits(native(codec, payload)), reference)
+        odd = codec.encode(fitted_splats[0].params[:13])  # a tail beyond the 8-splat blocks
+        assert np.array_equal(bits(native(codec, odd)), bits(codec._decode_reference(odd)))
+    finally:
+        NATIVE.use_simd(previous)
+    odd = codec.encode(fitted_splats[0].params[:13])
+    assert np.array_equal(bits(native(codec, odd)), bits(codec._decode_reference(odd)))
     unaligned = np.frombuffer(b"\0" + payload, np.uint8)[1:]
     assert np.array_equal(bits(native(codec, unaligned)), reference)
     strided = np.frombuffer(payload + payload, np.uint8).reshape(2, -1)[:, :len(payload)][0]

@@ -139,6 +139,53 @@ static void transpose_rows(const uint16_t *planes, uint16_t *rows, uint32_t n) {
             rows[8 * (size_t)i + s] = planes[(size_t)s * n + i];
 }
 
+#ifdef HAVE_X86
+/* [8, N] float planes → [N, 8] FP16 rows in one pass: an AVX 8 × 8 transpose of 8 splats, then
+ * F16C on each row */
+__attribute__((target("avx,f16c")))
+static void rows_f16c(const float *planes, uint16_t *rows, uint32_t n) {
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 r[8], t[8], u[8];
+        for (int s = 0; s < 8; s++)
+            r[s] = _mm256_loadu_ps(planes + (size_t)s * n + i);
+        for (int s = 0; s < 8; s += 2) {
+            t[s] = _mm256_unpacklo_ps(r[s], r[s + 1]);
+            t[s + 1] = _mm256_unpackhi_ps(r[s], r[s + 1]);
+        }
+        for (int s = 0; s < 8; s += 4) {
+            u[s] = _mm256_shuffle_ps(t[s], t[s + 2], _MM_SHUFFLE(1, 0, 1, 0));
+            u[s + 1] = _mm256_shuffle_ps(t[s], t[s + 2], _MM_SHUFFLE(3, 2, 3, 2));
+            u[s + 2] = _mm256_shuffle_ps(t[s + 1], t[s + 3], _MM_SHUFFLE(1, 0, 1, 0));
+            u[s + 3] = _mm256_shuffle_ps(t[s + 1], t[s + 3], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+        for (int k = 0; k < 4; k++) {
+            __m256 low = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);  /* splat i + k */
+            __m256 high = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31); /* splat i + k + 4 */
+            _mm_storeu_si128((__m128i *)(rows + 8 * (size_t)(i + k)),
+                             _mm256_cvtps_ph(low, _MM_FROUND_TO_NEAREST_INT));
+            _mm_storeu_si128((__m128i *)(rows + 8 * (size_t)(i + k + 4)),
+                             _mm256_cvtps_ph(high, _MM_FROUND_TO_NEAREST_INT));
+        }
+    }
+    for (; i < n; i++)
+        for (int s = 0; s < 8; s++)
+            rows[8 * (size_t)i + s] = f16_portable(planes[(size_t)s * n + i]);
+}
+#endif
+
+/* [8, N] float planes → [N, 8] FP16 rows; `half` is [8, N] scratch for the portable path */
+static void to_f16_rows(const float *planes, uint16_t *half, uint16_t *rows, uint32_t n) {
+#ifdef HAVE_X86
+    if (use_f16c) {
+        rows_f16c(planes, rows, n);
+        return;
+    }
+#endif
+    to_f16(planes, half, SLOTS * (Py_ssize_t)n, 0);
+    transpose_rows(half, rows, n);
+}
+
 /* ---- the decoder ------------------------------------------------------------------------ */
 static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_ssize_t out_bytes,
                        const double steps[4], uint32_t max_splats) {
@@ -208,9 +255,10 @@ static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_s
             for (uint32_t i = 0; i < n; i++)
                 gap[i] = (gap[i] << 8) | raw[(size_t)k * n + i];
         const uint8_t *plane = raw + (size_t)counts[0] * n;
+        int64_t key;
         {
             const double inv_width = 1.0 / (double)width;
-            int64_t key = 0;
+            key = 0;
             for (uint32_t i = 0; i < n; i++) {
                 key += gap[i];
                 /* key / width: a float estimate (off by at most a few, key < 2⁵³), then exact */
@@ -222,6 +270,7 @@ static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_s
                 py[i] = (float)((double)(cy + code_min[1]) * steps[0]);
             }
         }
+        const int64_t key_last = key; /* the largest key: keys only grow */
         /* slots 2–7: one or two planes → int32 codes */
         for (int s = 2; s < SLOTS; s++) {
             int32_t *dst = code + (size_t)(s - 2) * n;
@@ -248,24 +297,30 @@ static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_s
             pg[i] = (float)((double)g * cstep);
             pb[i] = (float)((double)b * cstep);
         }
-        /* scales: exp of the ln-scale code; a one-plane stream has at most 256 codes, so each
+        /* scales: exp of the ln-scale code. A one-plane stream has at most 256 codes, so each
          * exp is computed once, on first use (the same value as computing it every time) */
         double table[2][256] = {{0}};
+        double l11max = 0.0, l22max = 0.0;
+        int check = counts[2] != 1 || counts[4] != 1; /* 1: bound every value one by one */
         for (uint32_t i = 0; i < n; i++) {
             double l11, l22;
             if (counts[2] == 1) {
                 uint32_t o = (uint32_t)(s1[i] - code_min[2]);
                 l11 = table[0][o];
-                if (l11 == 0.0) /* exp > 0: zero marks an entry not yet computed */
+                if (l11 == 0.0) { /* exp > 0: zero marks an entry not yet computed */
                     l11 = table[0][o] = exp((double)s1[i] * steps[1]);
+                    l11max = l11 > l11max ? l11 : l11max;
+                }
             } else {
                 l11 = exp((double)s1[i] * steps[1]);
             }
             if (counts[4] == 1) {
                 uint32_t o = (uint32_t)(s2[i] - code_min[4]);
                 l22 = table[1][o];
-                if (l22 == 0.0)
+                if (l22 == 0.0) {
                     l22 = table[1][o] = exp((double)s2[i] * steps[1]);
+                    l22max = l22 > l22max ? l22 : l22max;
+                }
             } else {
                 l22 = exp((double)s2[i] * steps[1]);
             }
@@ -273,14 +328,31 @@ static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_s
             pl21[i] = (float)(((double)shear[i] * steps[2]) * l22);
             pl22[i] = (float)l22;
         }
-        int finite = 1; /* every value within FP16's finite range (NaN fails the test) */
-        for (size_t j = 0; j < SLOTS * (size_t)n; j++)
-            finite &= fabsf(single[j]) <= 65504.0f;
-        ok = finite; /* overflow, NaN (exp underflow to 0 × inf): left to the Python decoder */
-        if (ok) {
-            to_f16(single, half, SLOTS * (Py_ssize_t)n, 1);
-            transpose_rows(half, out, n);
+        /* FP16's finite range, bounded per attribute from the header where it can be (the codes
+         * of a slot lie in [min, min + 256^planes)), else value by value */
+        const double limit = 65000.0; /* below 65504 with room for the roundings */
+        double bound[4];
+        bound[0] = fmax(fabs((double)code_min[0]), fabs((double)code_min[0] + width - 1))
+                   * steps[0];
+        int64_t cy_last = key_last / (int64_t)width;
+        bound[1] = fmax(fabs((double)code_min[1]), fabs((double)code_min[1] + cy_last))
+                   * steps[0];
+        double span[SLOTS];
+        for (int s = 2; s < SLOTS; s++)
+            span[s] = fmax(fabs((double)code_min[s]),
+                           fabs((double)code_min[s] + (double)(1u << (8 * counts[s])) - 1));
+        bound[2] = fmax(fmax(l11max, l22max), span[3] * steps[2] * l22max);
+        bound[3] = (span[5] + span[6] + span[7]) * steps[3];
+        for (int k = 0; k < 4; k++)
+            check |= !(bound[k] <= limit);
+        if (check) {
+            int finite = 1; /* NaN fails the test */
+            for (size_t j = 0; j < SLOTS * (size_t)n; j++)
+                finite &= fabsf(single[j]) <= 65504.0f;
+            ok = finite; /* overflow, NaN (0 × inf): left to the Python decoder */
         }
+        if (ok)
+            to_f16_rows(single, half, out, n);
     }
     free(raw);
     free(code);
@@ -323,7 +395,22 @@ static PyObject *py_f32_to_f16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_use_simd(PyObject *self, PyObject *args) {
+    int flag, previous;
+    if (!PyArg_ParseTuple(args, "p", &flag))
+        return NULL;
+#ifdef HAVE_X86
+    previous = use_f16c;
+    use_f16c = flag && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+#else
+    previous = 0;
+#endif
+    return PyBool_FromLong(previous);
+}
+
 static PyMethodDef methods[] = {
+    {"use_simd", py_use_simd, METH_VARARGS,
+     "use_simd(flag) -> bool: F16C/AVX paths on (where the CPU has them) or off; the old setting"},
     {"decode", py_decode, METH_VARARGS,
      "decode(payload, out, position_step, scale_step, shear_step, colour_step, max_splats) -> "
      "bool: a gsformat.lattice payload into out (16·N bytes); False: not decoded here"},

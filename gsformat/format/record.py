@@ -65,7 +65,7 @@ def get_codec(config: Codec | dict) -> Codec:
     if isinstance(config, Codec):
         return config
     try:
-        key = tuple(sorted(config.items()))
+        key = tuple(config.items())  # a record's map keeps its key order: hits without a sort
         codec = _CODECS.get(key)
     except TypeError:  # unhashable values (a list in a config): not cached
         key = codec = None
@@ -117,15 +117,15 @@ def decode_payload(payload: bytes, configs: list, n_splats: int) -> np.ndarray:
             raise
         except Exception as exc:  # a codec library's own error: say which stage failed
             raise FormatError(f"codec {config.get('id')!r} failed to decode: {exc}") from None
+    if isinstance(buf, np.ndarray) and buf.dtype == np.float16 and buf.flags.c_contiguous \
+            and buf.flags.writeable and buf.size == n_splats * C.PARAMS_PER_SPLAT:
+        return buf.reshape(n_splats, C.PARAMS_PER_SPLAT)  # a codec's fresh rows, as they are
     raw = _as_uint8(buf)
     expected = n_splats * C.BYTES_PER_SPLAT
     if raw.nbytes != expected:
         raise FormatError(f"decoded payload has {raw.nbytes} bytes, expected {expected} "
                           f"for {n_splats} splats")
-    params = raw.view(C.STORAGE_DTYPE).reshape(n_splats, C.PARAMS_PER_SPLAT)
-    # a codec's fresh native float16 array is used as it is; a view of the payload is copied
-    return params if params.flags.writeable and params.dtype == np.float16 else \
-        params.astype(np.float16)
+    return raw.view(C.STORAGE_DTYPE).reshape(n_splats, C.PARAMS_PER_SPLAT).astype(np.float16)
 
 
 def encode_record(splats: SplatSet, codecs: Iterable[Codec | dict] = (),
