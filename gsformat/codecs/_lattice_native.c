@@ -12,11 +12,13 @@
  *
  * zstd: the frames are decompressed by the system's libzstd (linked at build time, stable API
  * only; declared here because the machines carry the library but not its header) with one
- * reused decompression context: per frame that is ~1 µs instead of ~5 µs through python-zstd.
+ * reused decompression context. Its cost is per output byte (README: decode cost), not per frame.
  *
- * Arithmetic matches the Python decoder: codes in int64, values in float64 (l21 = (k·shear_step)
- * · l22), rounded to float32, then to FP16 round-to-nearest-even (F16C when the CPU has it, else
- * the portable routine below; `f32_to_f16` exposes both to the tests).
+ * Arithmetic matches the Python decoder: codes exactly as integers (int64 for the key, int32 for
+ * slots 2–7 within the fast path's limit below), values in float64 (l21 = (k·shear_step) · l22),
+ * rounded to float32, then to FP16 round-to-nearest-even (F16C when the CPU has it, else the
+ * portable routine below; `f32_to_f16` exposes that routine to the tests, `use_simd` switches
+ * the F16C path off).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -35,7 +37,6 @@ typedef struct ZSTD_DCtx_s ZSTD_DCtx;
 extern ZSTD_DCtx *ZSTD_createDCtx(void);
 extern size_t ZSTD_decompressDCtx(ZSTD_DCtx *dctx, void *dst, size_t dst_capacity,
                                   const void *src, size_t src_size);
-extern unsigned ZSTD_isError(size_t code);
 extern unsigned long long ZSTD_getFrameContentSize(const void *src, size_t src_size);
 extern size_t ZSTD_findFrameCompressedSize(const void *src, size_t src_size);
 
@@ -80,33 +81,7 @@ static void f16_portable_block(const float *in, uint16_t *out, Py_ssize_t count)
         out[i] = f16_portable(in[i]);
 }
 
-#ifdef HAVE_X86
-__attribute__((target("avx,f16c")))
-static void f16_f16c_block(const float *in, uint16_t *out, Py_ssize_t count) {
-    Py_ssize_t i = 0;
-    for (; i + 8 <= count; i += 8) {
-        __m256 v = _mm256_loadu_ps(in + i);
-        _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-    }
-    for (; i < count; i++) {
-        __m128 v = _mm_set_ss(in[i]);
-        out[i] = (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT), 0);
-    }
-}
-#endif
-
-static int use_f16c = 0;
-
-static void to_f16(const float *in, uint16_t *out, Py_ssize_t count, int simd) {
-#ifdef HAVE_X86
-    if (simd && use_f16c) {
-        f16_f16c_block(in, out, count);
-        return;
-    }
-#endif
-    (void)simd;
-    f16_portable_block(in, out, count);
-}
+static int use_f16c = 0; /* the AVX/F16C path below, where the CPU has it */
 
 /* [8, N] attribute planes → [N, 8] rows (uint16); SSE2 transposes 8 splats at a time */
 static void transpose_rows(const uint16_t *planes, uint16_t *rows, uint32_t n) {
@@ -182,7 +157,7 @@ static void to_f16_rows(const float *planes, uint16_t *half, uint16_t *rows, uin
         return;
     }
 #endif
-    to_f16(planes, half, SLOTS * (Py_ssize_t)n, 0);
+    f16_portable_block(planes, half, SLOTS * (Py_ssize_t)n);
     transpose_rows(half, rows, n);
 }
 
@@ -370,7 +345,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         return NULL;
     int ok = 0;
     if (PyBuffer_IsContiguous(&payload, 'C') && PyBuffer_IsContiguous(&out, 'C')) {
-        /* the GIL stays held: the one decompression context is shared (a record is ~20 µs) */
+        /* the GIL stays held: the one decompression context is shared (a record is ~40 µs) */
         ok = decode_into(payload.buf, payload.len, out.buf, out.len, steps, max_splats);
     }
     PyBuffer_Release(&payload);
@@ -380,8 +355,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
 
 static PyObject *py_f32_to_f16(PyObject *self, PyObject *args) {
     Py_buffer in, out;
-    int simd;
-    if (!PyArg_ParseTuple(args, "y*w*p", &in, &out, &simd))
+    if (!PyArg_ParseTuple(args, "y*w*", &in, &out))
         return NULL;
     if (out.len * 2 != in.len) {
         PyBuffer_Release(&in);
@@ -389,7 +363,7 @@ static PyObject *py_f32_to_f16(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "out must hold one float16 per float32 of in");
         return NULL;
     }
-    to_f16(in.buf, out.buf, in.len / 4, simd);
+    f16_portable_block(in.buf, out.buf, in.len / 4);
     PyBuffer_Release(&in);
     PyBuffer_Release(&out);
     Py_RETURN_NONE;
@@ -415,8 +389,7 @@ static PyMethodDef methods[] = {
      "decode(payload, out, position_step, scale_step, shear_step, colour_step, max_splats) -> "
      "bool: a gsformat.lattice payload into out (16·N bytes); False: not decoded here"},
     {"f32_to_f16", py_f32_to_f16, METH_VARARGS,
-     "f32_to_f16(in, out, simd): float32 → float16 (round to nearest even); simd=False forces "
-     "the portable routine"},
+     "f32_to_f16(in, out): float32 → float16 by the portable routine (round to nearest even)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lattice_native",

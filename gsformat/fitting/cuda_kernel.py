@@ -148,22 +148,28 @@ extern "C" __global__ void window_backward(
     }
 }
 """
-_MODULE = []
-THREADS = 256  # threads per block, both kernels (a multiple of 32)
+_KERNELS = []  # (window_forward, window_backward), compiled on first use
+WARP = 32      # threads per splat (LANES in the source)
+THREADS = 256  # threads per block, both kernels (a multiple of WARP)
 FORWARD_STORE, FORWARD_ADD = 1, 2
+MAX_WINDOW = 1 << 23  # cells per window: a cell's row is found by a float reciprocal, exact below
 
 
 def _kernels():
-    if not _MODULE:
+    if not _KERNELS:
         import cupy
         try:
             module = cupy.RawModule(code=_SOURCE)
             module.get_function("window_forward")  # compiles now
         except cupy.cuda.compiler.CompileException:  # a toolkit without float4 atomicAdd
             module = cupy.RawModule(code=_SOURCE, options=("-DSCALAR_ATOMICS",))
-        _MODULE.append(module)
-    module = _MODULE[0]
-    return module.get_function("window_forward"), module.get_function("window_backward")
+        _KERNELS.extend([module.get_function("window_forward"),
+                         module.get_function("window_backward")])
+    return _KERNELS
+
+
+def _blocks(splats: int) -> int:
+    return (splats * WARP + THREADS - 1) // THREADS
 
 
 class CudaWindowKernel:
@@ -183,7 +189,7 @@ class CudaWindowKernel:
         xp = self.xp
         splats = self.B * self.N
         forward, _ = _kernels()
-        forward(((splats * 32 + THREADS - 1) // THREADS,), (THREADS,),
+        forward((_blocks(splats),), (THREADS,),
                 (self.params, g, idx, image, xp.int64(splats), xp.int32(self.N),
                  xp.int32(self.H), xp.int32(self.W), xp.int32(self.R), xp.int32(self.ky),
                  xp.int32(self.kx), xp.int32(mode)))
@@ -224,7 +230,7 @@ class CudaWindowKernel:
         grad = xp.empty((self.B, self.N, 8), xp.float32)
         splats = self.B * self.N
         _, backward = _kernels()
-        backward(((splats * 32 + THREADS - 1) // THREADS,), (THREADS,),
+        backward((_blocks(splats),), (THREADS,),
                  (params, grad_image, grad, xp.int64(splats), xp.int32(self.N),
                   xp.int32(self.H), xp.int32(self.W), xp.int32(self.R), xp.int32(self.ky),
                   xp.int32(self.kx)))

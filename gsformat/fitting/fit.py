@@ -17,6 +17,7 @@ import numpy as np
 
 from ..format.splatset import SplatSet
 from .backend import get_xp, to_numpy
+from .cuda_kernel import MAX_WINDOW, CudaWindowKernel
 from .images import as_float_rgb
 from .init import colour_from_pixels, init_params
 from . import kernel as kernel_mod
@@ -99,13 +100,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-MAX_CUDA_WINDOW = 1 << 23  # the CUDA kernels find a cell's row by a float reciprocal: exact below
+def _fused(xp, height: int, width: int, radius: int) -> bool:
+    """Whether `window_kernel` gives the fused CUDA kernels (CuPy, windows they handle)."""
+    return xp.__name__ == "cupy" and window_entries(1, height, width, radius) < MAX_WINDOW
 
 
 def window_kernel(xp, batch: int, n: int, height: int, width: int, radius: int):
     """The windowed renderer for ``xp``: fused CUDA kernels on CuPy, the array code on NumPy."""
-    if xp.__name__ == "cupy" and window_entries(1, height, width, radius) < MAX_CUDA_WINDOW:
-        from .cuda_kernel import CudaWindowKernel
+    if _fused(xp, height, width, radius):
         return CudaWindowKernel(xp, batch, n, height, width, radius)
     return WindowKernel(xp, batch, n, height, width, radius)
 
@@ -195,10 +197,9 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
                                  opts.min_radius)
     batch = opts.batch_size or max(1, opts.memory_limit // per_image)
     _, radius, _ = geometry(n_splats, height, width, opts)
-    fused = (opts.engine == "window" and get_xp(opts.backend).__name__ == "cupy"
-             and window_entries(1, height, width, radius) < MAX_CUDA_WINDOW)
-    if not fused:  # the array code's window matrix must fit cuSPARSE's int32 indices (the
-        # final PSNR render uses a 2R window and splits itself, see render_splatsets)
+    # the array code's window matrix must fit cuSPARSE's int32 indices (the final PSNR render
+    # uses a 2R window and splits itself, see render_splatsets)
+    if not (opts.engine == "window" and _fused(get_xp(opts.backend), height, width, radius)):
         batch = min(batch, max(1, kernel_mod.MAX_WINDOW_ENTRIES
                                // window_entries(n_splats, height, width, radius)))
     start = time.perf_counter()
