@@ -8,7 +8,8 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(
     "gsformat.codecs._lattice_native",
-    sources=["gsformat/codecs/_lattice_native.c"],
+    sources=["gsformat/codecs/_lattice_native.c", "gsformat/codecs/_rans.c"],
+    depends=["gsformat/codecs/_rans.h"],
     extra_compile_args=["-O3", "-std=c11", "-Wall"],
     extra_link_args=["-l:libzstd.so.1"],
     optional=True,

@@ -38,9 +38,13 @@ QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 L1_WEIGHTS = (1e-3, 1e-2)  # the paper's L1 colour term, measured at 1,600 splats with l-mid
 
 
-def lattice_pipeline(steps):
-    return [{"id": "gsformat.lattice", "position_step": steps[0], "scale_step": steps[1],
-             "shear_step": steps[2], "colour_step": steps[3], "level": 19}]
+RANS_ID = "gsformat.lattice-rans"
+
+
+def lattice_pipeline(steps, codec_id: str = "gsformat.lattice"):
+    config = {"id": codec_id, "position_step": steps[0], "scale_step": steps[1],
+              "shear_step": steps[2], "colour_step": steps[3]}
+    return [config | ({"level": 19} if codec_id == "gsformat.lattice" else {})]
 
 
 def quantize_pipeline(bits):
@@ -208,10 +212,12 @@ def decode_cost(splats, images, rounds: int = 7, repeat: int = 10) -> dict:
     from PIL import Image
     pipelines = {"raw-fp16": [], "planar": [{"id": "gsformat.planar", "level": 19}],
                  "q12-8-8": quantize_pipeline((12, 8, 8)), "e12-8-8": entropy_pipeline((12, 8, 8)),
-                 "l-mid": lattice_pipeline(LATTICE["l-mid"])}
+                 "l-mid": lattice_pipeline(LATTICE["l-mid"]),
+                 "r-mid": lattice_pipeline(LATTICE["l-mid"], RANS_ID)}
     work = {name: (decode_record, [encode_record(s, p) for s in splats])
             for name, p in pipelines.items()}
     work["l-mid-numpy"] = (without_native(decode_record), work["l-mid"][1])
+    work["r-mid-numpy"] = (without_native(decode_record), work["r-mid"][1])
     jpegs = []
     for image in images:
         buf = io.BytesIO()

@@ -64,19 +64,85 @@ def _entropy(buf, config):  # SPEC.md § 5.4
     return np.stack(cols, 1).astype("<f2").tobytes()
 
 
-def _lattice(buf, config):  # SPEC.md § 5.5
+def _rans_planes(buf, n, count):  # SPEC.md § 5.6, one symbol at a time
+    T = (256, 304, 362, 431)
+    pos, tables = 48, []
+    for _ in range(count):
+        mode = buf[pos]
+        pos += 1
+        if mode == 0x80:
+            tables.append(np.frombuffer(buf, np.uint8, n, pos))
+            pos += n
+            continue
+        k, st, b = mode & 3, ((mode >> 2) & 3) + 2, ((mode >> 4) & 3) + 10
+        max_sym, table_bits = buf[pos], buf[pos + 1:]
+        pos += 1
+        bit = lambda i: (table_bits[i // 8] >> (i % 8)) & 1  # noqa: E731
+        at, q, weights = 0, 0, []
+        for _ in range(max_sym + 1):
+            unary = 0
+            while bit(at):
+                unary, at = unary + 1, at + 1
+            at += 1
+            v = unary << k
+            for j in range(k):
+                v, at = v | bit(at) << j, at + 1
+            q += v // 2 if v % 2 == 0 else -((v + 1) // 2)
+            t = (q - 1) * st
+            weights.append((T[t % 4] << (t // 4)) >> 8 if q > 0 else 0)
+        pos += (at + 7) // 8
+        m, total = 1 << b, sum(weights)
+        f = [max(1, w * m // total) if w else 0 for w in weights]
+        f[f.index(max(f))] += m - sum(f)
+        symbol_of_slot = [s for s, fs in enumerate(f) for _ in range(fs)]
+        cum = [sum(f[:s]) for s in range(len(f))]
+        tables.append((f, cum, b, symbol_of_slot))
+    x = [int(v) for v in np.frombuffer(buf, "<u4", 32, pos)]
+    sizes = [int(v) for v in np.frombuffer(buf, "<u4", 3, pos + 128)]
+    pos += 140
+    sizes.append((len(buf) - pos - 2 * sum(sizes)) // 2)
+    streams = []
+    for size in sizes:
+        streams.append([int(v) for v in np.frombuffer(buf, "<u2", size, pos)])
+        pos += 2 * size
+    read, g, planes = [0, 0, 0, 0], 0, []
+    for table in tables:
+        if isinstance(table, np.ndarray):  # a raw plane
+            planes.append(table)
+            continue
+        f, cum, b, symbol_of_slot = table
+        out = np.empty(n, np.uint8)
+        for i in range(n):
+            lane = g % 32
+            slot = x[lane] % (1 << b)
+            s = symbol_of_slot[slot]
+            x[lane] = f[s] * (x[lane] >> b) + slot - cum[s]
+            if x[lane] < 1 << 16:
+                j = lane // 8
+                x[lane] = (x[lane] << 16) | streams[j][read[j]]
+                read[j] += 1
+            out[i], g = s, g + 1
+        planes.append(out)
+    assert x == [1 << 16] * 32 and read == sizes, "rANS stream does not end in its final state"
+    return planes
+
+
+def _lattice(buf, config):  # SPEC.md § 5.5 (zstd planes) and § 5.6 (rANS planes)
     n = int.from_bytes(buf[:4], "little")
     if n == 0:
         return b""
     width = int.from_bytes(buf[4:8], "little")
     code_min = np.frombuffer(buf, "<i4", 8, 8).astype(np.int64)
     planes = list(buf[40:48])
-    sizes = np.frombuffer(buf, "<u4", sum(planes), 48)
-    pos = 48 + 4 * sum(planes)
-    frames = []
-    for size in sizes:
-        frames.append(np.frombuffer(Zstd().decode(buf[pos:pos + int(size)]), np.uint8))
-        pos += int(size)
+    if config["id"] == "gsformat.lattice-rans":
+        frames = _rans_planes(buf, n, sum(planes))
+    else:
+        sizes = np.frombuffer(buf, "<u4", sum(planes), 48)
+        pos = 48 + 4 * sum(planes)
+        frames = []
+        for size in sizes:
+            frames.append(np.frombuffer(Zstd().decode(buf[pos:pos + int(size)]), np.uint8))
+            pos += int(size)
     streams = {}
     for slot in (0, 2, 3, 4, 5, 6, 7):
         value = np.zeros(n, np.int64)
@@ -112,7 +178,7 @@ def spec_decode(record: bytes):
             buf = _quantize(buf, config)
         elif config["id"] == "gsformat.entropy":
             buf = _entropy(buf, config)
-        elif config["id"] == "gsformat.lattice":
+        elif config["id"] in ("gsformat.lattice", "gsformat.lattice-rans"):
             buf = _lattice(buf, config)
         else:
             raise ValueError(config["id"])

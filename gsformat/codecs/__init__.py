@@ -13,10 +13,11 @@ from numcodecs import register_codec
 
 from .entropy import Entropy
 from .lattice import Lattice
+from .lattice_rans import LatticeRans
 from .planar import Planar
 from .quantize import Quantize
 
-for _codec in (Planar, Quantize, Entropy, Lattice):
+for _codec in (Planar, Quantize, Entropy, Lattice, LatticeRans):
     register_codec(_codec)
 
-__all__ = ["Planar", "Quantize", "Entropy", "Lattice"]
+__all__ = ["Planar", "Quantize", "Entropy", "Lattice", "LatticeRans"]

@@ -1,6 +1,7 @@
 /* gsformat.codecs._lattice_native — the gsformat.lattice decoder in one pass (the fast path).
  *
- * decode(payload, out, position_step, scale_step, shear_step, colour_step, max_splats) -> bool
+ * decode(payload, out, position_step, scale_step, shear_step, colour_step, max_splats,
+ *        coder=0) -> bool   (coder 0: gsformat.lattice, 1: gsformat.lattice-rans)
  *
  * Reads the layout documented in lattice.py (SPEC.md § 5.5) and writes the FP16 rows [N, 8] into
  * `out` (a writable buffer of exactly 16·N bytes). It returns False, writing nothing it promises,
@@ -27,6 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_rans.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define HAVE_X86 1
@@ -41,6 +44,8 @@ extern unsigned long long ZSTD_getFrameContentSize(const void *src, size_t src_s
 extern size_t ZSTD_findFrameCompressedSize(const void *src, size_t src_size);
 
 #define HEADER_BYTES 48
+#define CODER_ZSTD 0 /* gsformat.lattice: one zstd frame per plane */
+#define CODER_RANS 1 /* gsformat.lattice-rans: one rANS stream (_rans.c) */
 #define SLOTS 8
 static const int MAX_PLANES[SLOTS] = {4, 0, 4, 4, 4, 4, 4, 4};
 
@@ -84,13 +89,13 @@ static void f16_portable_block(const float *in, uint16_t *out, Py_ssize_t count)
 static int use_f16c = 0; /* the AVX/F16C path below, where the CPU has it */
 
 /* [8, N] attribute planes → [N, 8] rows (uint16); SSE2 transposes 8 splats at a time */
-static void transpose_rows(const uint16_t *planes, uint16_t *rows, uint32_t n) {
+static void transpose_rows(const uint16_t *planes, uint16_t *rows, uint32_t n, size_t stride) {
     uint32_t i = 0;
 #if defined(__SSE2__)
     for (; i + 8 <= n; i += 8) {
         __m128i a[8], b[8], c[8];
         for (int s = 0; s < 8; s++)
-            a[s] = _mm_loadu_si128((const __m128i *)(planes + (size_t)s * n + i));
+            a[s] = _mm_loadu_si128((const __m128i *)(planes + (size_t)s * stride + i));
         for (int s = 0; s < 4; s++) { /* interleave 16-bit, then 32-bit, then 64-bit lanes */
             b[2 * s] = _mm_unpacklo_epi16(a[2 * s], a[2 * s + 1]);
             b[2 * s + 1] = _mm_unpackhi_epi16(a[2 * s], a[2 * s + 1]);
@@ -111,19 +116,19 @@ static void transpose_rows(const uint16_t *planes, uint16_t *rows, uint32_t n) {
 #endif
     for (; i < n; i++)
         for (int s = 0; s < 8; s++)
-            rows[8 * (size_t)i + s] = planes[(size_t)s * n + i];
+            rows[8 * (size_t)i + s] = planes[(size_t)s * stride + i];
 }
 
 #ifdef HAVE_X86
 /* [8, N] float planes → [N, 8] FP16 rows in one pass: an AVX 8 × 8 transpose of 8 splats, then
  * F16C on each row */
 __attribute__((target("avx,f16c")))
-static void rows_f16c(const float *planes, uint16_t *rows, uint32_t n) {
+static void rows_f16c(const float *planes, uint16_t *rows, uint32_t n, size_t stride) {
     uint32_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 r[8], t[8], u[8];
         for (int s = 0; s < 8; s++)
-            r[s] = _mm256_loadu_ps(planes + (size_t)s * n + i);
+            r[s] = _mm256_loadu_ps(planes + (size_t)s * stride + i);
         for (int s = 0; s < 8; s += 2) {
             t[s] = _mm256_unpacklo_ps(r[s], r[s + 1]);
             t[s + 1] = _mm256_unpackhi_ps(r[s], r[s + 1]);
@@ -145,25 +150,181 @@ static void rows_f16c(const float *planes, uint16_t *rows, uint32_t n) {
     }
     for (; i < n; i++)
         for (int s = 0; s < 8; s++)
-            rows[8 * (size_t)i + s] = f16_portable(planes[(size_t)s * n + i]);
+            rows[8 * (size_t)i + s] = f16_portable(planes[(size_t)s * stride + i]);
 }
 #endif
 
-/* [8, N] float planes → [N, 8] FP16 rows; `half` is [8, N] scratch for the portable path */
-static void to_f16_rows(const float *planes, uint16_t *half, uint16_t *rows, uint32_t n) {
+/* [8, n] float planes (row stride `stride`) → [n, 8] FP16 rows; `half` is [8, stride] scratch
+ * for the portable path */
+static void to_f16_rows(const float *planes, size_t stride, uint16_t *half, uint16_t *rows,
+                        uint32_t n) {
 #ifdef HAVE_X86
     if (use_f16c) {
-        rows_f16c(planes, rows, n);
+        rows_f16c(planes, rows, n, stride);
         return;
     }
 #endif
-    f16_portable_block(planes, half, SLOTS * (Py_ssize_t)n);
-    transpose_rows(half, rows, n);
+    for (int s = 0; s < SLOTS; s++)
+        f16_portable_block(planes + (size_t)s * stride, half + (size_t)s * stride, n);
+    transpose_rows(half, rows, n, stride);
+}
+
+/* ---- codes → values ---------------------------------------------------------------------- */
+#define BLOCK 256 /* splats per pass: the block's codes and values stay in L1 */
+
+/* Byte planes raw [P, N] → FP16 rows out [N, 8], a block of splats at a time; 0 where a value
+ * may leave FP16's finite range (the caller then declines). Compiled twice, for AVX2 and for
+ * the baseline (the loader picks one per CPU): apart from the key's prefix sum no loop carries
+ * state, so they vectorise. */
+__attribute__((target_clones("avx2", "default")))
+static int values_to_rows(const uint8_t *raw, const uint8_t *counts, const int32_t *code_min,
+                          uint32_t n, uint32_t width, const double steps[4], uint16_t *out) {
+    const uint8_t *plane[SLOTS]; /* each slot's first (most significant) plane */
+    for (int s = 0, at = 0; s < SLOTS; at += counts[s], s++)
+        plane[s] = raw + (size_t)at * n;
+    /* the largest key, Σ gaps (for the bounds and the int32 path) */
+    int64_t key_last = 0;
+    for (int k = 0; k < counts[0]; k++) {
+        const uint8_t *p = plane[0] + (size_t)k * n;
+        uint32_t part = 0; /* < 2^8 · 2^20 */
+        for (uint32_t i = 0; i < n; i++)
+            part += p[i];
+        key_last += (int64_t)part << (8 * (counts[0] - 1 - k));
+    }
+    /* scales: exp of the ln-scale code. A one-plane stream has at most 256 codes: exp once per
+     * code in use (the same values as computing it every time), then lookups */
+    const int by_table = counts[2] == 1 && counts[4] == 1;
+    double table[2][256], l11max = 0.0, l22max = 0.0;
+    if (by_table) {
+        uint8_t used[2][256] = {{0}};
+        const uint8_t *p11 = plane[2], *p22 = plane[4]; /* locals: a byte store may alias
+                                                          * plane[], which would be reloaded */
+        for (uint32_t i = 0; i < n; i++)
+            used[0][p11[i]] = 1;
+        for (uint32_t i = 0; i < n; i++)
+            used[1][p22[i]] = 1;
+        for (int o = 0; o < 256; o++) {
+            table[0][o] = used[0][o] ? exp((double)(code_min[2] + o) * steps[1]) : 0.0;
+            table[1][o] = used[1][o] ? exp((double)(code_min[4] + o) * steps[1]) : 0.0;
+            l11max = table[0][o] > l11max ? table[0][o] : l11max;
+            l22max = table[1][o] > l22max ? table[1][o] : l22max;
+        }
+    }
+    /* FP16's finite range, bounded per attribute from the header where it can be (the codes of
+     * a slot lie in [min, min + 256^planes)), else value by value */
+    const double limit = 65000.0; /* below 65504 with room for the roundings */
+    const double x_low = code_min[0], y_low = code_min[1];
+    double bound[4], span[SLOTS];
+    bound[0] = fmax(fabs(x_low), fabs(x_low + width - 1)) * steps[0];
+    bound[1] = fmax(fabs(y_low), fabs(y_low + (double)(key_last / (int64_t)width))) * steps[0];
+    for (int s = 2; s < SLOTS; s++)
+        span[s] = fmax(fabs((double)code_min[s]),
+                       fabs((double)code_min[s] + (double)(1u << (8 * counts[s])) - 1));
+    bound[2] = fmax(fmax(l11max, l22max), span[3] * steps[2] * l22max);
+    bound[3] = (span[5] + span[6] + span[7]) * steps[3];
+    int check = !by_table; /* 1: bound every value one by one */
+    for (int k = 0; k < 4; k++)
+        check |= !(bound[k] <= limit);
+
+    const double inv_width = 1.0 / (double)width, cstep = steps[3], kstep = steps[2];
+    const int small = key_last + width < ((int64_t)1 << 31); /* int32 keys: see below */
+    float value[SLOTS][BLOCK];
+    uint16_t half[SLOTS][BLOCK];
+    int32_t code[SLOTS][BLOCK];
+    int64_t key[BLOCK], sum = 0;
+    for (uint32_t i0 = 0; i0 < n; i0 += BLOCK) {
+        const uint32_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
+        /* key gaps (1–4 planes, most significant first) → keys, their prefix sum */
+        uint32_t *gap = (uint32_t *)code[0];
+        const uint8_t *g0 = plane[0] + i0;
+        for (uint32_t j = 0; j < m; j++)
+            gap[j] = g0[j];
+        for (int k = 1; k < counts[0]; k++) {
+            const uint8_t *gk = plane[0] + (size_t)k * n + i0;
+            for (uint32_t j = 0; j < m; j++)
+                gap[j] = (gap[j] << 8) | gk[j];
+        }
+        for (uint32_t j = 0; j < m; j++)
+            key[j] = sum += gap[j];
+        /* cx = key mod Wc, cy = ⌊key / Wc⌋: a float estimate, then exact */
+        if (small) { /* off by at most one: one step each way, in int32 */
+            const int32_t w = (int32_t)width;
+            for (uint32_t j = 0; j < m; j++) {
+                int32_t k = (int32_t)key[j];
+                int32_t cy = (int32_t)((double)k * inv_width);
+                int32_t cx = k - cy * w;
+                int32_t under = cx < 0, over = cx >= w;
+                cy += over - under;
+                cx += (under - over) * w;
+                value[0][j] = (float)(((double)cx + x_low) * steps[0]);
+                value[1][j] = (float)(((double)cy + y_low) * steps[0]);
+            }
+        } else { /* key < 2^52: off by at most a few */
+            for (uint32_t j = 0; j < m; j++) {
+                int64_t cy = (int64_t)((double)key[j] * inv_width);
+                int64_t cx = key[j] - cy * (int64_t)width;
+                while (cx < 0) { cy -= 1; cx += width; }
+                while (cx >= (int64_t)width) { cy += 1; cx -= width; }
+                value[0][j] = (float)(((double)cx + x_low) * steps[0]);
+                value[1][j] = (float)(((double)cy + y_low) * steps[0]);
+            }
+        }
+        /* slots 2–7: one or two planes → int32 codes */
+        for (int s = 2; s < SLOTS; s++) {
+            const uint8_t *hi = plane[s] + i0, *lo = plane[s] + n + i0;
+            const int32_t low = code_min[s];
+            if (counts[s] == 1)
+                for (uint32_t j = 0; j < m; j++)
+                    code[s][j] = (int32_t)hi[j] + low;
+            else
+                for (uint32_t j = 0; j < m; j++)
+                    code[s][j] = (((int32_t)hi[j] << 8) | lo[j]) + low;
+        }
+        /* YCoCg-R inverse in int32 (>> on a negative int is arithmetic in GCC and Clang, as
+         * NumPy's), then each channel times the colour step in float64, rounded to float32 */
+        for (uint32_t j = 0; j < m; j++) {
+            int32_t t = code[5][j] - (code[7][j] >> 1);
+            int32_t g = code[7][j] + t;
+            int32_t b = t - (code[6][j] >> 1);
+            value[5][j] = (float)((double)(b + code[6][j]) * cstep);
+            value[6][j] = (float)((double)g * cstep);
+            value[7][j] = (float)((double)b * cstep);
+        }
+        /* l11, l22 and l21 = (k·shear_step)·l22 */
+        if (by_table) {
+            const uint8_t *o11 = plane[2] + i0, *o22 = plane[4] + i0;
+            for (uint32_t j = 0; j < m; j++) {
+                double l11 = table[0][o11[j]];
+                double l22 = table[1][o22[j]];
+                value[2][j] = (float)l11;
+                value[3][j] = (float)(((double)code[3][j] * kstep) * l22);
+                value[4][j] = (float)l22;
+            }
+        } else {
+            for (uint32_t j = 0; j < m; j++) {
+                double l11 = exp((double)code[2][j] * steps[1]);
+                double l22 = exp((double)code[4][j] * steps[1]);
+                value[2][j] = (float)l11;
+                value[3][j] = (float)(((double)code[3][j] * kstep) * l22);
+                value[4][j] = (float)l22;
+            }
+        }
+        if (check) {
+            int finite = 1; /* NaN fails the test */
+            for (int s = 0; s < SLOTS; s++)
+                for (uint32_t j = 0; j < m; j++)
+                    finite &= fabsf(value[s][j]) <= 65504.0f;
+            if (!finite)
+                return 0; /* overflow, NaN (0 × inf): left to the Python decoder */
+        }
+        to_f16_rows(&value[0][0], BLOCK, &half[0][0], out + 8 * (size_t)i0, m);
+    }
+    return 1;
 }
 
 /* ---- the decoder ------------------------------------------------------------------------ */
 static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_ssize_t out_bytes,
-                       const double steps[4], uint32_t max_splats) {
+                       const double steps[4], uint32_t max_splats, int coder) {
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
     return 0; /* the header is read with memcpy: little-endian hosts only */
 #endif
@@ -183,17 +344,19 @@ static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_s
             return 0;
         planes += counts[s];
     }
-    Py_ssize_t start = HEADER_BYTES + 4 * (Py_ssize_t)planes;
+    Py_ssize_t start = HEADER_BYTES + (coder == CODER_ZSTD ? 4 * (Py_ssize_t)planes : 0);
     if (size < start)
         return 0;
     uint32_t frame_size[32];
-    uint64_t total = 0;
-    for (int p = 0; p < planes; p++) {
-        memcpy(&frame_size[p], data + HEADER_BYTES + 4 * p, 4);
-        total += frame_size[p];
+    if (coder == CODER_ZSTD) {
+        uint64_t total = 0;
+        for (int p = 0; p < planes; p++) {
+            memcpy(&frame_size[p], data + HEADER_BYTES + 4 * p, 4);
+            total += frame_size[p];
+        }
+        if (total != (uint64_t)(size - start))
+            return 0;
     }
-    if (total != (uint64_t)(size - start))
-        return 0;
 
     /* the fast path's own limit (else the Python decoder): codes of slots 2–7 in ≤ 2 planes
      * with |code_min| ≤ 2²⁸, so every code and the YCoCg-R lifting fit int32 */
@@ -201,138 +364,33 @@ static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_s
         if (counts[s] > 2 || code_min[s] > (1 << 28) || code_min[s] < -(1 << 28))
             return 0;
 
-    uint8_t *raw = malloc((size_t)planes * n);                  /* [P, N] byte planes */
-    int32_t *code = malloc(sizeof(int32_t) * 6 * (size_t)n);     /* [6, N] slots 2–7 */
-    float *single = malloc(sizeof(float) * SLOTS * (size_t)n);   /* [8, N] attribute planes */
-    uint16_t *half = malloc(sizeof(uint16_t) * SLOTS * (size_t)n); /* [8, N] as FP16 */
-    int ok = raw && code && single && half;
-    if (ok && dctx == NULL)
+    /* the byte planes' buffer, kept between calls (the GIL is held): a fresh one per record
+     * costs its page faults each time glibc has handed the memory back */
+    static uint8_t *raw = NULL;
+    static size_t raw_size = 0;
+    if (raw_size < (size_t)planes * n) {
+        free(raw);
+        raw_size = 0;
+        raw = malloc(32 * (size_t)n); /* [P ≤ 32, N] */
+        if (raw != NULL)
+            raw_size = 32 * (size_t)n;
+    }
+    int ok = raw != NULL;
+    if (ok && coder == CODER_RANS)
+        ok = rans_decode_planes(data + start, (size_t)(size - start), planes, n, raw);
+    if (ok && coder == CODER_ZSTD && dctx == NULL)
         ok = (dctx = ZSTD_createDCtx()) != NULL;
     const uint8_t *frame = data + start;
-    for (int p = 0; ok && p < planes; p++) { /* exactly one frame, claiming exactly n bytes */
+    for (int p = 0; ok && coder == CODER_ZSTD && p < planes; p++) {
+        /* exactly one frame, claiming exactly n bytes */
         size_t fs = frame_size[p];
         ok = ZSTD_getFrameContentSize(frame, fs) == (unsigned long long)n
              && ZSTD_findFrameCompressedSize(frame, fs) == fs
              && ZSTD_decompressDCtx(dctx, raw + (size_t)p * n, n, frame, fs) == n;
         frame += fs;
     }
-    if (ok) {
-        float *px = single, *py = single + n, *pl11 = single + 2 * (size_t)n,
-              *pl21 = single + 3 * (size_t)n, *pl22 = single + 4 * (size_t)n,
-              *pr = single + 5 * (size_t)n, *pg = single + 6 * (size_t)n,
-              *pb = single + 7 * (size_t)n;
-        /* key gaps (1–4 planes, most significant first), assembled plane by plane (these
-         * loops vectorise), then cx, cy from their prefix sum */
-        uint32_t *gap = (uint32_t *)half; /* scratch: 16·N bytes ≥ 4·N */
-        for (uint32_t i = 0; i < n; i++)
-            gap[i] = raw[i];
-        for (int k = 1; k < counts[0]; k++)
-            for (uint32_t i = 0; i < n; i++)
-                gap[i] = (gap[i] << 8) | raw[(size_t)k * n + i];
-        const uint8_t *plane = raw + (size_t)counts[0] * n;
-        int64_t key;
-        {
-            const double inv_width = 1.0 / (double)width;
-            key = 0;
-            for (uint32_t i = 0; i < n; i++) {
-                key += gap[i];
-                /* key / width: a float estimate (off by at most a few, key < 2⁵³), then exact */
-                int64_t cy = (int64_t)((double)key * inv_width);
-                int64_t cx = key - cy * (int64_t)width;
-                while (cx < 0) { cy -= 1; cx += width; }
-                while (cx >= (int64_t)width) { cy += 1; cx -= width; }
-                px[i] = (float)((double)(cx + code_min[0]) * steps[0]);
-                py[i] = (float)((double)(cy + code_min[1]) * steps[0]);
-            }
-        }
-        const int64_t key_last = key; /* the largest key: keys only grow */
-        /* slots 2–7: one or two planes → int32 codes */
-        for (int s = 2; s < SLOTS; s++) {
-            int32_t *dst = code + (size_t)(s - 2) * n;
-            const int32_t low = code_min[s];
-            if (counts[s] == 1)
-                for (uint32_t i = 0; i < n; i++)
-                    dst[i] = (int32_t)plane[i] + low;
-            else
-                for (uint32_t i = 0; i < n; i++)
-                    dst[i] = (((int32_t)plane[i] << 8) | plane[n + i]) + low;
-            plane += (size_t)counts[s] * n;
-        }
-        const int32_t *s1 = code, *shear = code + n, *s2 = code + 2 * (size_t)n,
-                      *cy_ = code + 3 * (size_t)n, *cco = code + 4 * (size_t)n,
-                      *ccg = code + 5 * (size_t)n;
-        /* YCoCg-R inverse in int32 (>> on a negative int is arithmetic in GCC and Clang, as
-         * NumPy's), then each channel times the colour step in float64, rounded to float32 */
-        const double cstep = steps[3];
-        for (uint32_t i = 0; i < n; i++) {
-            int32_t t = cy_[i] - (ccg[i] >> 1);
-            int32_t g = ccg[i] + t;
-            int32_t b = t - (cco[i] >> 1);
-            pr[i] = (float)((double)(b + cco[i]) * cstep);
-            pg[i] = (float)((double)g * cstep);
-            pb[i] = (float)((double)b * cstep);
-        }
-        /* scales: exp of the ln-scale code. A one-plane stream has at most 256 codes, so each
-         * exp is computed once, on first use (the same value as computing it every time) */
-        double table[2][256] = {{0}};
-        double l11max = 0.0, l22max = 0.0;
-        int check = counts[2] != 1 || counts[4] != 1; /* 1: bound every value one by one */
-        for (uint32_t i = 0; i < n; i++) {
-            double l11, l22;
-            if (counts[2] == 1) {
-                uint32_t o = (uint32_t)(s1[i] - code_min[2]);
-                l11 = table[0][o];
-                if (l11 == 0.0) { /* exp > 0: zero marks an entry not yet computed */
-                    l11 = table[0][o] = exp((double)s1[i] * steps[1]);
-                    l11max = l11 > l11max ? l11 : l11max;
-                }
-            } else {
-                l11 = exp((double)s1[i] * steps[1]);
-            }
-            if (counts[4] == 1) {
-                uint32_t o = (uint32_t)(s2[i] - code_min[4]);
-                l22 = table[1][o];
-                if (l22 == 0.0) {
-                    l22 = table[1][o] = exp((double)s2[i] * steps[1]);
-                    l22max = l22 > l22max ? l22 : l22max;
-                }
-            } else {
-                l22 = exp((double)s2[i] * steps[1]);
-            }
-            pl11[i] = (float)l11;
-            pl21[i] = (float)(((double)shear[i] * steps[2]) * l22);
-            pl22[i] = (float)l22;
-        }
-        /* FP16's finite range, bounded per attribute from the header where it can be (the codes
-         * of a slot lie in [min, min + 256^planes)), else value by value */
-        const double limit = 65000.0; /* below 65504 with room for the roundings */
-        double bound[4];
-        bound[0] = fmax(fabs((double)code_min[0]), fabs((double)code_min[0] + width - 1))
-                   * steps[0];
-        int64_t cy_last = key_last / (int64_t)width;
-        bound[1] = fmax(fabs((double)code_min[1]), fabs((double)code_min[1] + cy_last))
-                   * steps[0];
-        double span[SLOTS];
-        for (int s = 2; s < SLOTS; s++)
-            span[s] = fmax(fabs((double)code_min[s]),
-                           fabs((double)code_min[s] + (double)(1u << (8 * counts[s])) - 1));
-        bound[2] = fmax(fmax(l11max, l22max), span[3] * steps[2] * l22max);
-        bound[3] = (span[5] + span[6] + span[7]) * steps[3];
-        for (int k = 0; k < 4; k++)
-            check |= !(bound[k] <= limit);
-        if (check) {
-            int finite = 1; /* NaN fails the test */
-            for (size_t j = 0; j < SLOTS * (size_t)n; j++)
-                finite &= fabsf(single[j]) <= 65504.0f;
-            ok = finite; /* overflow, NaN (0 × inf): left to the Python decoder */
-        }
-        if (ok)
-            to_f16_rows(single, half, out, n);
-    }
-    free(raw);
-    free(code);
-    free(single);
-    free(half);
+    if (ok)
+        ok = values_to_rows(raw, counts, code_min, n, width, steps, out);
     return ok;
 }
 
@@ -340,13 +398,15 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     Py_buffer payload, out;
     double steps[4];
     unsigned int max_splats;
-    if (!PyArg_ParseTuple(args, "y*w*ddddI", &payload, &out, &steps[0], &steps[1], &steps[2],
-                          &steps[3], &max_splats))
+    int coder = CODER_ZSTD;
+    if (!PyArg_ParseTuple(args, "y*w*ddddI|i", &payload, &out, &steps[0], &steps[1], &steps[2],
+                          &steps[3], &max_splats, &coder))
         return NULL;
     int ok = 0;
     if (PyBuffer_IsContiguous(&payload, 'C') && PyBuffer_IsContiguous(&out, 'C')) {
         /* the GIL stays held: the one decompression context is shared (a record is ~40 µs) */
-        ok = decode_into(payload.buf, payload.len, out.buf, out.len, steps, max_splats);
+        ok = (coder == CODER_ZSTD || coder == CODER_RANS)
+             && decode_into(payload.buf, payload.len, out.buf, out.len, steps, max_splats, coder);
     }
     PyBuffer_Release(&payload);
     PyBuffer_Release(&out);
@@ -376,6 +436,7 @@ static PyObject *py_use_simd(PyObject *self, PyObject *args) {
 #ifdef HAVE_X86
     previous = use_f16c;
     use_f16c = flag && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+    rans_use_avx2 = flag && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
 #else
     previous = 0;
 #endif
@@ -384,9 +445,11 @@ static PyObject *py_use_simd(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"use_simd", py_use_simd, METH_VARARGS,
-     "use_simd(flag) -> bool: F16C/AVX paths on (where the CPU has them) or off; the old setting"},
+     "use_simd(flag) -> bool: F16C/AVX and AVX2 paths on (where the CPU has them) or off; the "
+     "old F16C setting"},
     {"decode", py_decode, METH_VARARGS,
-     "decode(payload, out, position_step, scale_step, shear_step, colour_step, max_splats) -> "
+     "decode(payload, out, position_step, scale_step, shear_step, colour_step, max_splats, "
+     "coder=0) -> "
      "bool: a gsformat.lattice payload into out (16·N bytes); False: not decoded here"},
     {"f32_to_f16", py_f32_to_f16, METH_VARARGS,
      "f32_to_f16(in, out): float32 → float16 by the portable routine (round to nearest even)"},
@@ -400,9 +463,14 @@ PyMODINIT_FUNC PyInit__lattice_native(void) {
 #ifdef HAVE_X86
     __builtin_cpu_init();
     use_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+    rans_init(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt"));
+#else
+    rans_init(0);
 #endif
     PyObject *m = PyModule_Create(&module);
     if (m != NULL)
         PyModule_AddIntConstant(m, "HAS_F16C", use_f16c);
+    if (m != NULL)
+        PyModule_AddIntConstant(m, "HAS_AVX2", rans_use_avx2);
     return m;
 }

@@ -183,10 +183,21 @@ class Lattice(Codec):
 
     # ---- encode --------------------------------------------------------------------------
     def encode(self, buf) -> bytes:
-        codes = self.codes(as_splat_rows(buf))  # [8, N]
+        header, planes = self.byte_planes(as_splat_rows(buf))
+        return header + self._encode_planes(planes) if planes else header
+
+    def _encode_planes(self, planes: list) -> bytes:
+        """The entropy stage: frame table, then one zstd frame per plane."""
+        frames = [zstd_compress(plane, self.level) for plane in planes]
+        return np.array([len(f) for f in frames], "<u4").tobytes() + b"".join(frames)
+
+    def byte_planes(self, rows: np.ndarray) -> tuple[bytes, list]:
+        """float16 ``[N, 8]`` → (the 48-byte header, the uint8 byte planes ``[N]`` in layout
+        order): everything but the entropy stage."""
+        codes = self.codes(rows)  # [8, N]
         n = codes.shape[1]
         if n == 0:
-            return np.uint32(0).tobytes() + bytes(HEADER_BYTES - 4)
+            return np.uint32(0).tobytes() + bytes(HEADER_BYTES - 4), []
         cx, cy = codes[0], codes[1]
         width = int(cx.max() - cx.min()) + 1
         key = (cy - cy.min()) * width + (cx - cx.min())
@@ -199,7 +210,7 @@ class Lattice(Codec):
         streams += [codes[2, order], codes[3, order], codes[4, order]]
         streams += list(ycocg_r(codes[5:8, order]))
         code_min = [int(cx.min()), int(cy.min())] + [int(s.min()) for s in streams[1:]]
-        planes, frames = [], []
+        counts, planes = [], []
         for slot, stream in zip((0, 2, 3, 4, 5, 6, 7), streams):
             base = 0 if slot == 0 else code_min[slot]
             offset = stream - base  # ≥ 0
@@ -208,19 +219,18 @@ class Lattice(Codec):
             if count > MAX_PLANES[slot]:
                 raise ValueError(f"gsformat.lattice: attribute slot {slot} spans {span + 1} codes "
                                  f"(more than {1 << (8 * MAX_PLANES[slot])}); use a larger step")
-            planes.append(count)
-            for k in reversed(range(count)):
-                plane = ((offset >> (8 * k)) & 0xFF).astype(np.uint8)
-                frames.append(zstd_compress(plane, self.level))
-        plane_counts = [planes[0], 0] + planes[1:]
+            counts.append(count)
+            planes += [((offset >> (8 * k)) & 0xFF).astype(np.uint8)
+                       for k in reversed(range(count))]
         header = (np.array([n, width], "<u4").tobytes() + np.array(code_min, "<i4").tobytes()
-                  + np.array(plane_counts, np.uint8).tobytes()
-                  + np.array([len(f) for f in frames], "<u4").tobytes())
-        return header + b"".join(frames)
+                  + np.array([counts[0], 0] + counts[1:], np.uint8).tobytes())
+        return header, planes
 
     # ---- decode --------------------------------------------------------------------------
+    _CODER = 0  # the C decoder's entropy stage: 0 zstd frames, 1 rANS (gsformat.lattice-rans)
+
     def _parse(self, buf):
-        """(n, Wc, code_min, plane counts, list of decoded planes) after every check."""
+        """(n, Wc, code_min, plane counts, decoded planes uint8 [P, N]) after every check."""
         data = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
         n = read_u32(data, 0, "splat count", C.MAX_SPLATS)
         if data.size < HEADER_BYTES:
@@ -231,11 +241,14 @@ class Lattice(Codec):
         if n == 0:
             if data.size != HEADER_BYTES or data[4:].any():
                 raise FormatError("lattice payload: an empty record has a non-zero header")
-            return 0, width, code_min, counts, []
+            return 0, width, code_min, counts, np.empty((0, 0), np.uint8)
         if width == 0 or not all(1 <= c <= m for c, m in zip(counts, MAX_PLANES) if m) \
                 or counts[1]:
             raise FormatError(f"lattice payload: bad key width {width} or plane counts {counts}")
-        n_planes = sum(counts)
+        return n, width, code_min, counts, self._decode_planes(data, n, sum(counts))
+
+    def _decode_planes(self, data: np.ndarray, n: int, n_planes: int) -> np.ndarray:
+        """The entropy stage's bytes (after the header) → uint8 planes ``[P, N]``."""
         start = HEADER_BYTES + 4 * n_planes
         if data.size < start:
             raise FormatError("lattice payload: truncated frame table")
@@ -247,7 +260,7 @@ class Lattice(Codec):
         for size in sizes:  # each frame's claimed size is checked before it is allocated
             decoded.append(decompress_exact(data[pos:pos + size], n, "the lattice header"))
             pos += size
-        return n, width, code_min, counts, decoded
+        return np.frombuffer(b"".join(decoded), np.uint8).reshape(n_planes, n)
 
     def decode(self, buf, out=None):
         """The layout above: the C decoder where it is built, else `_decode_numpy` (the tests
@@ -273,17 +286,16 @@ class Lattice(Codec):
             return None
         decoded = np.empty(8 * n, np.float16)
         if _NATIVE.decode(data, decoded, self.position_step, self.scale_step, self.shear_step,
-                          self.colour_step, C.MAX_SPLATS):
+                          self.colour_step, C.MAX_SPLATS, self._CODER):
             return decoded
         return None
 
     def _decode_numpy(self, buf, out=None):
         """The layout above, with few whole-array operations."""
-        n, width, code_min, counts, frames = self._parse(buf)
+        n, width, code_min, counts, raw = self._parse(buf)  # raw: [P, N] planes, most
+        # significant first per attribute
         if n == 0:
             return ndarray_copy(np.empty(0, np.float16), out)
-        raw = np.frombuffer(b"".join(frames), np.uint8).reshape(-1, n)  # [P, N] planes, most
-        # significant first per attribute (each exactly N bytes: `decompress_exact`)
         gap_words = np.zeros((n, 4), np.uint8)  # little-endian uint32 gaps
         gap_words[:, :counts[0]] = raw[counts[0] - 1::-1].T
         key = np.cumsum(gap_words.view("<u4")[:, 0], dtype=np.int64)
@@ -320,10 +332,10 @@ class Lattice(Codec):
 
     def _decode_reference(self, buf, out=None):
         """Reference twin of `decode`: one stream at a time, as the layout reads."""
-        n, width, code_min, counts, frames = self._parse(buf)
+        n, width, code_min, counts, raw = self._parse(buf)
         if n == 0:
             return ndarray_copy(np.empty(0, np.float16), out)
-        planes = iter(np.frombuffer(f, np.uint8) for f in frames)
+        planes = iter(raw)
         streams = {}
         for slot in (0, 2, 3, 4, 5, 6, 7):
             value = np.zeros(n, np.int64)

@@ -98,7 +98,8 @@ class Progress:
         self.bar.close()
 
 
-LOSSY_CODECS = ("gsformat.quantize", "gsformat.entropy", "gsformat.lattice")
+LOSSY_CODECS = ("gsformat.quantize", "gsformat.entropy", "gsformat.lattice",
+                "gsformat.lattice-rans")
 
 
 def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progress,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 # ---- versions -------------------------------------------------------------------------------
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 2  # 1.0: records, datasets, gsformat.planar/quantize; 1.1: gsformat.entropy;
-                  # 1.2: gsformat.lattice
+FORMAT_MINOR = 3  # 1.0: records, datasets, gsformat.planar/quantize; 1.1: gsformat.entropy;
+                  # 1.2: gsformat.lattice; 1.3: gsformat.lattice-rans
 FORMAT_VERSION = (FORMAT_MAJOR, FORMAT_MINOR)
 
 # ---- splat parameters -----------------------------------------------------------------------
@@ -33,6 +33,7 @@ KEY_PAYLOAD = "payload"    # bin                              required
 KEY_FIT = "fit"            # map: psnr, iters, ...            optional, may be ignored
 REQUIRED_KEYS = (KEY_VERSION, KEY_N_SPLATS, KEY_HEIGHT, KEY_WIDTH, KEY_LAYOUT, KEY_CODECS,
                  KEY_PAYLOAD)
+REQUIRED_KEY_SET = frozenset(REQUIRED_KEYS)
 
 # ---- limits (checked before anything is allocated) ------------------------------------------
 MAX_SPLATS = 1 << 20               # 1,048,576 splats per record

@@ -39,6 +39,15 @@ class SplatSet:
             raise FormatError(f"splat count {len(self.params)} exceeds limit {C.MAX_SPLATS}")
 
     @classmethod
+    def _checked(cls, params: np.ndarray, height: int, width: int, meta: dict) -> "SplatSet":
+        """For readers whose inputs are already checked (`decode_record`: FP16 ``[N, 8]``
+        within the limits, int sides in range): the same object without `__post_init__`'s
+        checks, which cost more than decoding a small record's header."""
+        splats = object.__new__(cls)
+        splats.params, splats.height, splats.width, splats.meta = params, height, width, meta
+        return splats
+
+    @classmethod
     def from_parts(cls, means, chol, colours, height: int, width: int, **meta) -> "SplatSet":
         """Build from ``means [N, 2]``, ``chol [N, 3]`` (l11, l21, l22) and ``colours [N, 3]``."""
         params = np.concatenate([np.asarray(means, np.float32), np.asarray(chol, np.float32),

@@ -66,6 +66,12 @@ def main() -> None:
     records["lattice-fine-fitted48"] = encode_record(
         fitted, [{"id": "gsformat.lattice", "position_step": 2.0 ** -12, "scale_step": 0.02,
                   "shear_step": 0.02, "colour_step": 0.01, "level": 3}])
+    # added with format 1.3
+    records["lattice-rans-default-fitted48"] = encode_record(
+        fitted, [{"id": "gsformat.lattice-rans"}])
+    records["lattice-rans-fine-fitted48"] = encode_record(
+        fitted, [{"id": "gsformat.lattice-rans", "position_step": 2.0 ** -12,
+                  "scale_step": 0.02, "shear_step": 0.02, "colour_step": 0.01}])
     for name, record in records.items():
         path = os.path.join(HERE, "records", name + ".msgpack")
         if not os.path.exists(path):
@@ -84,6 +90,10 @@ def main() -> None:
     payload = bytearray(lattice["payload"])
     payload[40] = 5  # five byte planes of key gaps: at most four exist
     invalid["lattice-bad-planes"] = ({**lattice, "payload": bytes(payload)}, "plane counts")
+    rans = msgpack.unpackb(records["lattice-rans-default-fitted48"], raw=False)  # added in 1.3
+    payload = bytearray(rans["payload"])
+    payload[-1] ^= 0x40  # one bit of the last word: the lanes do not end in their final state
+    invalid["lattice-rans-bad-stream"] = ({**rans, "payload": bytes(payload)}, "do not end")
     for name, (record, message) in invalid.items():
         path = os.path.join(HERE, "invalid", name + ".msgpack")
         if not os.path.exists(path):
