@@ -59,12 +59,13 @@ def entropy_pipeline(bits):
 
 def lossy_pipelines():
     """name → pipeline for every lossy setting: quantize+zstd ('q…'), entropy ('e…'), lattice
-    ('l-…')."""
+    ('l-…') and lattice-rans ('r-…': the same values as 'l-…', a different entropy stage)."""
     out = {}
     for name, bits in LOSSY.items():
         out[name] = quantize_pipeline(bits)
         out["e" + name[1:]] = entropy_pipeline(bits)
     out.update({name: lattice_pipeline(steps) for name, steps in LATTICE.items()})
+    out.update({"r" + name[1:]: lattice_pipeline(steps, RANS_ID) for name, steps in LATTICE.items()})
     return out
 
 
@@ -140,6 +141,7 @@ def main(quick: bool = False, plot: str | None = None) -> dict:
             refit = fit_images(images, n, 0, init_splats=result.splats,
                                quantize=lattice_pipeline(steps)[0], batch_size=1)
             add_point(curves, name + "+solve", n, refit, lattice_pipeline(steps))
+            add_point(curves, "r" + name[1:] + "+solve", n, refit, lattice_pipeline(steps, RANS_ID))
         print(f"{n} splats done", file=sys.stderr)
     curves["jpeg"] = pillow_curve(images, "JPEG")
     curves["webp"] = pillow_curve(images, "WEBP")
@@ -251,10 +253,11 @@ def write_plot(curves: dict, path: str) -> None:
     for name, points in curves.items():
         pts = sorted(points, key=lambda p: p["bytes"])
         if name.startswith("q") or (name.startswith("e") and name != "e10-6-6+solve") \
-                or name in ("raw-fp16",) or (name.startswith("l-") and "+" not in name):
+                or name in ("raw-fp16",) or (name[:2] in ("l-", "r-") and "+" not in name) \
+                or name in ("l-fine+solve", "l-lean+solve"):
             continue  # the plot shows the lattice curves and the best earlier one; JSON has all
         style = "k-o" if name == "jpeg" else "k--s" if name == "webp" else (
-            "-^" if "+" in name else ":.")
+            "-v" if name.startswith("r-") else "-^" if "+" in name else ":.")
         ax.plot([p["bytes"] / 1024 for p in pts], [p["psnr"] for p in pts], style, label=name,
                 markersize=4)
     ax.set_xscale("log")
