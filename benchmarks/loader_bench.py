@@ -36,7 +36,8 @@ def write_datasets(root: str, n_samples: int, n_splats: int, iters: int) -> dict
     fits = fit_images(photos, n_splats, iters).splats
     codecs = {"raw": [], "planar": [{"id": "gsformat.planar"}],
               "quantize": [{"id": "gsformat.quantize"}, {"id": "zstd", "level": 9}],
-              "lattice": [{"id": "gsformat.lattice"}]}
+              "lattice": [{"id": "gsformat.lattice"}],
+              "lattice-rans": [{"id": "gsformat.lattice-rans"}]}
     paths = {}
     # shards uncompressed (both formats): samples repeat a few photographs, and shard-level zstd
     # would deduplicate them and understate bytes per sample
@@ -135,7 +136,7 @@ def main(quick: bool = False) -> dict:
     rates = {}
     for workers in (0, 2):
         rates[f"jpeg_workers{workers}"] = samples_per_second(jpeg_ds, default_collate, workers)
-        for name in ("raw", "planar", "quantize", "lattice"):
+        for name in ("raw", "planar", "quantize", "lattice", "lattice-rans"):
             rates[f"splats_{name}_workers{workers}"] = samples_per_second(
                 splat_ds(name), collate_splats, workers)
         print(rates, file=sys.stderr)
@@ -160,7 +161,7 @@ def main(quick: bool = False) -> dict:
     out["speedup_vs_jpeg"] = {
         f"{name}_workers{w}": round(rates[f"splats_{name}_workers{w}"] / rates[f"jpeg_workers{w}"],
                                     1)
-        for name in ("raw", "planar", "quantize", "lattice") for w in (0, 2)}
+        for name in ("raw", "planar", "quantize", "lattice", "lattice-rans") for w in (0, 2)}
     for name in ("raw", "planar"):
         for variant in ("streaming_iterator", "fp16_samples"):
             key = f"{name}_{variant}_workers0"
@@ -172,7 +173,7 @@ def main(quick: bool = False) -> dict:
                     "planar_fp16_samples_workers0")}
     out["bytes_ratio_vs_jpeg"] = {
         name: round(out["bytes_per_sample"][name] / out["bytes_per_sample"]["jpeg"], 2)
-        for name in ("raw", "planar", "quantize", "lattice")}
+        for name in ("raw", "planar", "quantize", "lattice", "lattice-rans")}
     return out
 
 
