@@ -170,6 +170,27 @@ static void to_f16_rows(const float *planes, size_t stride, uint16_t *half, uint
 }
 
 /* ---- codes → values ---------------------------------------------------------------------- */
+/* exp(code · scale_step) for ln-scale codes in [−EXP_HALF, EXP_HALF), kept across records for
+ * one step at a time (the GIL is held): the values exp gives each time, without its cost */
+#define EXP_HALF 4096
+static double exp_cache[2 * EXP_HALF]; /* 0: not computed yet (exp > 0 here) */
+static double exp_cache_step = 0.0;
+
+static int in_exp_table(int32_t low) { return low >= -EXP_HALF && low + 255 < EXP_HALF; }
+
+/* the table from code `low` on, with entries low … low + top filled */
+static const double *exp_table(int32_t low, int top, double step) {
+    if (exp_cache_step != step) {
+        memset(exp_cache, 0, sizeof exp_cache);
+        exp_cache_step = step;
+    }
+    double *t = exp_cache + EXP_HALF + low;
+    for (int o = 0; o <= top; o++)
+        if (t[o] == 0.0)
+            t[o] = exp((double)(low + o) * step);
+    return t;
+}
+
 #define BLOCK 256 /* splats per pass: the block's codes and values stay in L1 */
 
 /* Byte planes raw [P, N] → FP16 rows out [N, 8], a block of splats at a time; 0 where a value
@@ -191,24 +212,23 @@ static int values_to_rows(const uint8_t *raw, const uint8_t *counts, const int32
             part += p[i];
         key_last += (int64_t)part << (8 * (counts[0] - 1 - k));
     }
-    /* scales: exp of the ln-scale code. A one-plane stream has at most 256 codes: exp once per
-     * code in use (the same values as computing it every time), then lookups */
-    const int by_table = counts[2] == 1 && counts[4] == 1;
-    double table[2][256], l11max = 0.0, l22max = 0.0;
+    /* scales: exp of the ln-scale code, from a table kept across records (a one-plane stream
+     * has at most 256 codes, [min, min + its largest byte]; the table computes each once) */
+    const int by_table = counts[2] == 1 && counts[4] == 1
+                         && in_exp_table(code_min[2]) && in_exp_table(code_min[4]);
+    const double *t11 = NULL, *t22 = NULL;
+    double l11max = 0.0, l22max = 0.0;
     if (by_table) {
-        uint8_t used[2][256] = {{0}};
-        const uint8_t *p11 = plane[2], *p22 = plane[4]; /* locals: a byte store may alias
-                                                          * plane[], which would be reloaded */
+        const uint8_t *p11 = plane[2], *p22 = plane[4];
+        uint8_t top11 = 0, top22 = 0;
         for (uint32_t i = 0; i < n; i++)
-            used[0][p11[i]] = 1;
+            top11 = p11[i] > top11 ? p11[i] : top11;
         for (uint32_t i = 0; i < n; i++)
-            used[1][p22[i]] = 1;
-        for (int o = 0; o < 256; o++) {
-            table[0][o] = used[0][o] ? exp((double)(code_min[2] + o) * steps[1]) : 0.0;
-            table[1][o] = used[1][o] ? exp((double)(code_min[4] + o) * steps[1]) : 0.0;
-            l11max = table[0][o] > l11max ? table[0][o] : l11max;
-            l22max = table[1][o] > l22max ? table[1][o] : l22max;
-        }
+            top22 = p22[i] > top22 ? p22[i] : top22;
+        t11 = exp_table(code_min[2], top11, steps[1]);
+        t22 = exp_table(code_min[4], top22, steps[1]);
+        l11max = t11[top11]; /* exp grows with the code */
+        l22max = t22[top22];
     }
     /* FP16's finite range, bounded per attribute from the header where it can be (the codes of
      * a slot lie in [min, min + 256^planes)), else value by value */
@@ -234,18 +254,28 @@ static int values_to_rows(const uint8_t *raw, const uint8_t *counts, const int32
     int64_t key[BLOCK], sum = 0;
     for (uint32_t i0 = 0; i0 < n; i0 += BLOCK) {
         const uint32_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
-        /* key gaps (1–4 planes, most significant first) → keys, their prefix sum */
-        uint32_t *gap = (uint32_t *)code[0];
-        const uint8_t *g0 = plane[0] + i0;
-        for (uint32_t j = 0; j < m; j++)
-            gap[j] = g0[j];
-        for (int k = 1; k < counts[0]; k++) {
-            const uint8_t *gk = plane[0] + (size_t)k * n + i0;
+        /* key gaps (1–4 planes, most significant first) → keys, their prefix sum, in one
+         * scalar pass (a separate vectorised gap pass would stall the sum's narrow loads on its
+         * wide stores) */
+        const uint8_t *g0 = plane[0] + i0, *g1 = g0 + n, *g2 = g1 + n, *g3 = g2 + n;
+        switch (counts[0]) {
+        case 1:
             for (uint32_t j = 0; j < m; j++)
-                gap[j] = (gap[j] << 8) | gk[j];
+                key[j] = sum += g0[j];
+            break;
+        case 2:
+            for (uint32_t j = 0; j < m; j++)
+                key[j] = sum += (uint32_t)g0[j] << 8 | g1[j];
+            break;
+        case 3:
+            for (uint32_t j = 0; j < m; j++)
+                key[j] = sum += (uint32_t)g0[j] << 16 | (uint32_t)g1[j] << 8 | g2[j];
+            break;
+        default:
+            for (uint32_t j = 0; j < m; j++)
+                key[j] = sum += (uint32_t)g0[j] << 24 | (uint32_t)g1[j] << 16
+                                | (uint32_t)g2[j] << 8 | g3[j];
         }
-        for (uint32_t j = 0; j < m; j++)
-            key[j] = sum += gap[j];
         /* cx = key mod Wc, cy = ⌊key / Wc⌋: a float estimate, then exact */
         if (small) { /* off by at most one: one step each way, in int32 */
             const int32_t w = (int32_t)width;
@@ -294,8 +324,8 @@ static int values_to_rows(const uint8_t *raw, const uint8_t *counts, const int32
         if (by_table) {
             const uint8_t *o11 = plane[2] + i0, *o22 = plane[4] + i0;
             for (uint32_t j = 0; j < m; j++) {
-                double l11 = table[0][o11[j]];
-                double l22 = table[1][o22[j]];
+                double l11 = t11[o11[j]];
+                double l22 = t22[o22[j]];
                 value[2][j] = (float)l11;
                 value[3][j] = (float)(((double)code[3][j] * kstep) * l22);
                 value[4][j] = (float)l22;

@@ -108,10 +108,14 @@ static int parse_table(const uint8_t *data, size_t size, size_t *pos, uint32_t n
     const int64_t m = (int64_t)1 << b;
     int64_t sum = 0, f[256];
     int top = 0;
+    const double inv_total = 1.0 / (double)total;
     for (int s = 0; s <= t->max_sym; s++) {
-        /* ⌊w·M / Σw⌋ in float64 is exact (the operands are < 2^35, so a quotient just below an
-         * integer stays below it); then at least 1 for a present symbol, 0 for an absent one */
-        int64_t q_s = (int64_t)((double)(weight[s] * (uint64_t)m) / (double)total);
+        /* ⌊w·M / Σw⌋: a float estimate (off by at most one: the operands are < 2^35), made exact
+         * by one integer step each way; then at least 1 for a present symbol, 0 for an absent */
+        const int64_t x = (int64_t)(weight[s] * (uint64_t)m);
+        int64_t q_s = (int64_t)((double)x * inv_total);
+        const int64_t r = x - q_s * (int64_t)total;
+        q_s += (r >= (int64_t)total) - (r < 0);
         q_s += q_s < 1;
         f[s] = weight[s] ? q_s : 0;
         sum += f[s];
