@@ -73,3 +73,31 @@ def write_fixture_once(codec, name: str, params: np.ndarray) -> None:
         f.write(encoded)
     decoded = np.asarray(codec.decode(encoded)).reshape(params.shape)
     np.save(os.path.join(folder, name + ".decoded.npy"), decoded)
+
+
+def check_native_no_laxer(codec, payload: bytes, data, edits: int = 4) -> None:
+    """Random byte edits, truncations and extensions of ``payload`` (drawn from hypothesis's
+    ``data``): where the codec's checked NumPy decoder raises, its C decoder declines; where
+    both decode, the bits agree."""
+    from hypothesis import strategies as st
+    from gsformat import FormatError
+    payload = bytearray(payload)
+    for _ in range(data.draw(st.integers(1, edits))):
+        kind = data.draw(st.sampled_from(["byte", "byte", "cut", "grow"]))
+        if kind == "byte" and payload:
+            at = data.draw(st.integers(0, len(payload) - 1))
+            payload[at] = data.draw(st.integers(0, 255))
+        elif kind == "cut":
+            payload = payload[:data.draw(st.integers(0, len(payload)))]
+        else:
+            payload += bytes(data.draw(st.binary(max_size=8)))
+    payload = bytes(payload)
+    fast = codec._decode_native(payload)
+    try:
+        with np.errstate(all="ignore"):
+            slow = codec._decode_numpy(payload)
+    except FormatError:
+        assert fast is None
+        return
+    if fast is not None:
+        assert np.array_equal(np.asarray(fast).view(np.uint16), np.asarray(slow).view(np.uint16))
