@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from gsformat import decode_record
@@ -43,11 +44,12 @@ def test_lossy_codec_json_and_quantize_aware(tmp_path):
         assert decode_record(sample["splats"]).n_splats == 24
 
 
-def test_lattice_codec_with_solved_colours(tmp_path):
-    """--quantize-aware with gsformat.lattice: the stored PSNR is the decoded records' PSNR."""
+@pytest.mark.parametrize("codec_id", ["gsformat.lattice", "gsformat.lattice-rans"])
+def test_lattice_codec_with_solved_colours(tmp_path, codec_id):
+    """--quantize-aware with the lattice codecs: the stored PSNR is the decoded records' PSNR."""
     write_image_folder(tmp_path / "src")
     out = str(tmp_path / "out")
-    codec = '[{"id": "gsformat.lattice", "colour_step": 0.03}]'
+    codec = '[{"id": "%s", "colour_step": 0.03}]' % codec_id
     assert main(["convert", str(tmp_path / "src"), out, "--codec", codec, "--quantize-aware",
                  "--quantize-method", "solve", "--keep-image", *TINY]) == 0
     assert validate_dataset(out).valid

@@ -1,25 +1,26 @@
-/* gsformat.codecs._lattice_native — the gsformat.lattice decoder in one pass (the fast path).
+/* gsformat.codecs._lattice_native — the C decoder of gsformat.lattice and gsformat.lattice-rans.
  *
  * decode(payload, out, position_step, scale_step, shear_step, colour_step, max_splats,
  *        coder=0) -> bool   (coder 0: gsformat.lattice, 1: gsformat.lattice-rans)
  *
- * Reads the layout documented in lattice.py (SPEC.md § 5.5) and writes the FP16 rows [N, 8] into
- * `out` (a writable buffer of exactly 16·N bytes). It returns False, writing nothing it promises,
- * for anything it does not decode: every malformed payload (the caller then runs the checked
- * Python decoder, which raises the FormatError that names the fault), an empty record, or a
- * value outside FP16's finite range (where the rounding of inf/NaN is left to NumPy). So the fast
- * path is never less strict than the Python one, and its results are tested bit for bit against
- * `Lattice._decode_reference`.
+ * Reads the layouts documented in lattice.py and rans.py (SPEC.md § 5.5, § 5.6) and writes the
+ * FP16 rows [N, 8] into `out` (a writable buffer of exactly 16·N bytes). It returns False,
+ * writing nothing it promises, for anything it does not decode: every malformed payload (the
+ * caller then runs the checked Python decoder, which raises the FormatError that names the
+ * fault), an empty record, or a value outside FP16's finite range (where the rounding of inf/NaN
+ * is left to NumPy). So the fast path is never less strict than the Python one, and its results
+ * are tested bit for bit against the Python decoders.
  *
- * zstd: the frames are decompressed by the system's libzstd (linked at build time, stable API
- * only; declared here because the machines carry the library but not its header) with one
- * reused decompression context. Its cost is per output byte (README: decode cost), not per frame.
+ * Entropy stage: zstd frames through the system's libzstd (linked at build time, stable API only;
+ * declared here because the machines carry the library but not its header) with one reused
+ * decompression context; or the rANS planes of _rans.c.
  *
- * Arithmetic matches the Python decoder: codes exactly as integers (int64 for the key, int32 for
- * slots 2–7 within the fast path's limit below), values in float64 (l21 = (k·shear_step) · l22),
- * rounded to float32, then to FP16 round-to-nearest-even (F16C when the CPU has it, else the
- * portable routine below; `f32_to_f16` exposes that routine to the tests, `use_simd` switches
- * the F16C path off).
+ * Arithmetic (values_to_rows, a block of splats at a time) matches the Python decoder: codes
+ * exactly as integers (int64 for the key, int32 for slots 2–7 within the fast path's limit
+ * below), values in float64 (l21 = (k·shear_step) · l22), rounded to float32, then to FP16
+ * round-to-nearest-even (F16C when the CPU has it, else the portable routine below;
+ * `f32_to_f16` exposes that routine to the tests, `use_simd` switches the SIMD paths off).
+ * One call at a time: the scratch buffers and the exp table are static (the GIL is held).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

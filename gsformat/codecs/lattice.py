@@ -1,5 +1,6 @@
 """``gsformat.lattice`` — lossy: fixed-step quantisation on lattices anchored at zero, raster
 order, exact integer colour decorrelation, one zstd frame per byte plane.
+(`gsformat.lattice-rans`, lattice_rans.py, shares everything here but the entropy stage.)
 
 Unlike `gsformat.quantize` (a fixed bit depth spread over each record's range), every attribute
 here has a fixed *step*: the code of a value v is ``round(v / step)`` in its coding domain. The
