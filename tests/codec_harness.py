@@ -75,6 +75,12 @@ def write_fixture_once(codec, name: str, params: np.ndarray) -> None:
     np.save(os.path.join(folder, name + ".decoded.npy"), decoded)
 
 
+def buffer_kinds(payload: bytes) -> tuple:
+    """The same payload as bytes, bytearray, memoryview and an unaligned NumPy view."""
+    return (payload, bytearray(payload), memoryview(payload),
+            np.frombuffer(b"\0" + payload, np.uint8)[1:])
+
+
 def check_native_no_laxer(codec, payload: bytes, data, edits: int = 4) -> None:
     """Random byte edits, truncations and extensions of ``payload`` (drawn from hypothesis's
     ``data``): where the codec's checked NumPy decoder raises, its C decoder declines; where

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from codec_harness import (check_backwards_compatibility, check_config, check_native_no_laxer,
-                           check_repr, write_fixture_once)
+from codec_harness import (buffer_kinds, check_backwards_compatibility, check_config,
+                           check_native_no_laxer, check_repr, write_fixture_once)
 from gsformat import FormatError, SplatSet, encode_record
 from gsformat.codecs import Lattice, LatticeRans, lattice, rans
 from spec_reader import spec_decode
@@ -86,8 +86,7 @@ def test_native_both_simd_settings_and_buffer_kinds(fitted_splats):
     codec = LatticeRans(2.0 ** -12, 0.03, 0.03, 0.015)
     payload = codec.encode(fitted_splats[0].params)
     reference = bits(codec._decode_numpy(payload))
-    for buf in (payload, bytearray(payload), memoryview(payload),
-                np.frombuffer(b"\0" + payload, np.uint8)[1:]):
+    for buf in buffer_kinds(payload):
         assert np.array_equal(bits(codec._decode_native(buf)), reference)
     previous = NATIVE.use_simd(False)  # the scalar rANS loop, portable FP16
     try:

@@ -14,7 +14,7 @@ from gsformat.codecs import Lattice
 from gsformat.codecs import lattice
 from gsformat.format import constants as C
 from strategies import valid_params
-from codec_harness import check_native_no_laxer
+from codec_harness import buffer_kinds, check_native_no_laxer
 from test_codecs_lattice import steps
 
 NATIVE = lattice._NATIVE
@@ -61,8 +61,7 @@ def test_native_on_real_splats_and_every_buffer_kind(fitted_splats):
     codec = Lattice(2.0 ** -12, 0.03, 0.03, 0.015)
     payload = codec.encode(fitted_splats[0].params)
     reference = bits(codec._decode_reference(payload))
-    for buf in (payload, bytearray(payload), memoryview(payload),
-                np.frombuffer(payload, np.uint8)):
+    for buf in buffer_kinds(payload):
         assert np.array_equal(bits(native(codec, buf)), reference)
     out = np.empty(reference.size, np.float16)
     assert codec.decode(payload, out=out) is out and np.array_equal(bits(out), reference)
@@ -75,8 +74,6 @@ def test_native_on_real_splats_and_every_buffer_kind(fitted_splats):
         NATIVE.use_simd(previous)
     odd = codec.encode(fitted_splats[0].params[:13])
     assert np.array_equal(bits(native(codec, odd)), bits(codec._decode_reference(odd)))
-    unaligned = np.frombuffer(b"\0" + payload, np.uint8)[1:]
-    assert np.array_equal(bits(native(codec, unaligned)), reference)
     strided = np.frombuffer(payload + payload, np.uint8).reshape(2, -1)[:, :len(payload)][0]
     assert np.array_equal(bits(codec.decode(strided)), reference)
 

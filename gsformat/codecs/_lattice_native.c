@@ -251,7 +251,7 @@ static int values_to_rows(const uint8_t *raw, const uint8_t *counts, const int32
     const int small = key_last + width < ((int64_t)1 << 31); /* int32 keys: see below */
     float value[SLOTS][BLOCK];
     uint16_t half[SLOTS][BLOCK];
-    int32_t code[SLOTS][BLOCK];
+    int32_t code[SLOTS][BLOCK]; /* rows 2–7, by slot */
     int64_t key[BLOCK], sum = 0;
     for (uint32_t i0 = 0; i0 < n; i0 += BLOCK) {
         const uint32_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
@@ -395,16 +395,16 @@ static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_s
         if (counts[s] > 2 || code_min[s] > (1 << 28) || code_min[s] < -(1 << 28))
             return 0;
 
-    /* the byte planes' buffer, kept between calls (the GIL is held): a fresh one per record
-     * costs its page faults each time glibc has handed the memory back */
+    /* the byte planes [P, N], in a buffer kept between calls (the GIL is held): no allocation
+     * per record once it is large enough */
     static uint8_t *raw = NULL;
     static size_t raw_size = 0;
     if (raw_size < (size_t)planes * n) {
         free(raw);
         raw_size = 0;
-        raw = malloc(32 * (size_t)n); /* [P ≤ 32, N] */
+        raw = malloc((size_t)planes * n);
         if (raw != NULL)
-            raw_size = 32 * (size_t)n;
+            raw_size = (size_t)planes * n;
     }
     int ok = raw != NULL;
     if (ok && coder == CODER_RANS)

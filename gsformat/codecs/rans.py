@@ -47,6 +47,7 @@ STATE_LOW = 1 << 16  # lane states live in [2^16, 2^32)
 RAW_MODE = 0x80
 T_Q8 = np.array([256, 304, 362, 431], np.int64)  # 2^(r/4) · 256, rounded
 MAX_T = 48  # (q − 1)·st ≤ 48: weights ≤ 4096
+MAX_TABLE_BYTES = 256 * (2 * (1 + MAX_T // 2) + 1 + 3) // 8  # 256 longest Rice codes: 1,728
 SCALE_BITS = (10, 11, 12)
 TABLE_STEPS = (2, 3, 4)  # quarter octaves
 
@@ -85,6 +86,7 @@ def _plan(plane: np.ndarray):
     counts = np.bincount(plane, minlength=256).astype(np.int64)
     present = counts > 0
     max_sym = int(np.flatnonzero(present)[-1])
+    used = present[:max_sym + 1]
     target = np.log2(np.maximum(counts, 1) * 4096.0 / counts.max())
     best = ("raw", 8.0 * (1 + n))
     for st in TABLE_STEPS:
@@ -99,7 +101,6 @@ def _plan(plane: np.ndarray):
             f = frequencies(q, st, b)
             if f is None:
                 continue
-            used = counts[:max_sym + 1] > 0
             data_bits = float((counts[:max_sym + 1][used]
                                * np.log2((1 << b) / f[used])).sum())
             if table_bits + data_bits < best[1]:
@@ -176,8 +177,8 @@ def _parse_tables(data: np.ndarray, n: int, n_planes: int):
             raise FormatError(f"lattice-rans payload: plane {p} has a bad mode {mode:#04x} "
                               f"or no table")
         max_sym = int(data[pos + 1])
-        q, used = _read_table(data[pos + 2:], max_sym, k, st, p)
-        pos += 2 + used
+        q, table_bytes = _read_table(data[pos + 2:pos + 2 + MAX_TABLE_BYTES], max_sym, k, st, p)
+        pos += 2 + table_bytes
         f = frequencies(q, st, b)
         if f is None:
             raise FormatError(f"lattice-rans payload: plane {p}'s table has no valid "
@@ -191,20 +192,20 @@ def _read_table(data: np.ndarray, max_sym: int, k: int, st: int, p: int):
     bits = np.unpackbits(data, bitorder="little")
     q_max = 1 + MAX_T // st
     q, prev, pos = np.zeros(max_sym + 1, np.int64), 0, 0
-    ones = np.flatnonzero(bits == 0)  # each Rice code's unary part ends at a zero bit
+    zeros = np.flatnonzero(bits == 0)  # each Rice code's unary part ends at a zero bit
     for s in range(max_sym + 1):
-        i = np.searchsorted(ones, pos)
-        if i >= ones.size or ones[i] - pos > 2 * q_max or ones[i] + 1 + k > bits.size:
+        i = np.searchsorted(zeros, pos)
+        if i >= zeros.size or zeros[i] - pos > 2 * q_max or zeros[i] + 1 + k > bits.size:
             raise FormatError(f"lattice-rans payload: plane {p}'s table is truncated or "
                               f"out of range")
-        low = bits[ones[i] + 1:ones[i] + 1 + k]
-        v = (int(ones[i] - pos) << k) | int((low.astype(np.int64) << np.arange(k)).sum())
+        low = bits[zeros[i] + 1:zeros[i] + 1 + k]
+        v = (int(zeros[i] - pos) << k) | int((low.astype(np.int64) << np.arange(k)).sum())
         prev += (v >> 1) if v % 2 == 0 else -((v + 1) >> 1)
         if not 0 <= prev <= q_max:
             raise FormatError(f"lattice-rans payload: plane {p}'s table has code {prev} "
                               f"outside [0, {q_max}]")
         q[s] = prev
-        pos = int(ones[i]) + 1 + k
+        pos = int(zeros[i]) + 1 + k
     used = (pos + 7) // 8
     if q[max_sym] == 0 or bits[pos:8 * used].any():
         raise FormatError(f"lattice-rans payload: plane {p}'s table does not end on a present "
