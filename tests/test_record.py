@@ -94,9 +94,9 @@ def test_check_rejects_invalid_parameters():
     params[1, 4] = -1
     params[2, 0] = np.nan
     record = encode_record(SplatSet(params, 8, 8))
-    decode_record(record)  # decodes: checking values is opt-in (the validator does)
+    # SPEC.md § 2 (1.4): every reader rejects them, not only the validator
     with pytest.raises(FormatError, match="non-finite.*l22 <= 0"):
-        decode_record(record, check=True)
+        decode_record(record)
 
 
 def test_splatset_shape_and_limits():

@@ -9,7 +9,7 @@ from ..format import constants as C
 from ..format.errors import FormatError
 from ..format.zstd_frame import decompress_exact
 
-__all__ = ["as_splat_rows", "read_u32", "zstd_compress", "zstd_decompress", "ndarray_copy"]
+__all__ = ["as_splat_rows", "read_u32", "leading_u32", "STEP", "BITS", "zstd_compress", "zstd_decompress", "ndarray_copy"]
 
 
 def as_splat_rows(buf) -> np.ndarray:
@@ -31,6 +31,18 @@ def read_u32(data: np.ndarray, pos: int, what: str, limit: int) -> int:
     if value > limit:
         raise FormatError(f"{what} {value} exceeds limit {limit}")
     return value
+
+
+def leading_u32(buf) -> int:
+    """The uint32 every gsformat codec header starts with (a count); FormatError if absent."""
+    head = bytes(memoryview(buf).cast("B")[:4])
+    if len(head) < 4:
+        raise FormatError("truncated header: no room for the count")
+    return int.from_bytes(head, "little")
+
+
+STEP = (float, 0, 1)  # a lattice step: a finite number in (0, 1]
+BITS = (int, 1, 16)   # a quantize bit depth
 
 
 def zstd_compress(raw: bytes | np.ndarray, level: int) -> bytes:

@@ -2,6 +2,7 @@
  *
  * decode(payload, out, position_step, scale_step, shear_step, colour_step, max_splats,
  *        coder=0) -> bool   (coder 0: gsformat.lattice, 1: gsformat.lattice-rans)
+ * decode_planes(payload, out, n, n_planes, coder) -> bool   (the entropy stage alone)
  *
  * Reads the layouts documented in lattice.py and rans.py (SPEC.md § 5.5, § 5.6) and writes the
  * FP16 rows [N, 8] into `out` (a writable buffer of exactly 16·N bytes). It returns False,
@@ -11,9 +12,12 @@
  * is left to NumPy). So the fast path is never less strict than the Python one, and its results
  * are tested bit for bit against the Python decoders.
  *
- * Entropy stage: zstd frames through the system's libzstd (linked at build time, stable API only;
- * declared here because the machines carry the library but not its header) with one reused
- * decompression context; or the rANS planes of _rans.c.
+ * Entropy stage: zstd frames, each checked to be exactly one frame claiming N bytes (the block
+ * walk of gsformat/format/zstd_frame.py) and then decompressed by python-zstd's `decompress`,
+ * the library the NumPy decoder uses, so that both agree on every frame, corrupt ones included
+ * (two zstd releases do not); or the rANS planes of _rans.c. `decode_planes` gives the Python
+ * decoder the planes when `decode` declines a payload for its arithmetic (codes beyond the fast
+ * path, values beyond FP16): declining never sends a payload to the slow NumPy rANS loop.
  *
  * Arithmetic (values_to_rows, a block of splats at a time) matches the Python decoder: codes
  * exactly as integers (int64 for the key, int32 for slots 2–7 within the fast path's limit
@@ -36,21 +40,69 @@
 #define HAVE_X86 1
 #endif
 
-/* ---- libzstd (stable API, zstd.h ≥ 1.4) ------------------------------------------------ */
-typedef struct ZSTD_DCtx_s ZSTD_DCtx;
-extern ZSTD_DCtx *ZSTD_createDCtx(void);
-extern size_t ZSTD_decompressDCtx(ZSTD_DCtx *dctx, void *dst, size_t dst_capacity,
-                                  const void *src, size_t src_size);
-extern unsigned long long ZSTD_getFrameContentSize(const void *src, size_t src_size);
-extern size_t ZSTD_findFrameCompressedSize(const void *src, size_t src_size);
-
 #define HEADER_BYTES 48
 #define CODER_ZSTD 0 /* gsformat.lattice: one zstd frame per plane */
 #define CODER_RANS 1 /* gsformat.lattice-rans: one rANS stream (_rans.c) */
 #define SLOTS 8
 static const int MAX_PLANES[SLOTS] = {4, 0, 4, 4, 4, 4, 4, 4};
 
-static ZSTD_DCtx *dctx = NULL; /* one per process, used with the GIL held */
+static PyObject *zstd_decompress = NULL; /* python-zstd's decompress (module init) */
+
+/* One zstd frame of exactly `size` bytes claiming exactly `want` bytes: zstd_frame.frame_extent's
+ * walk (RFC 8878 § 3.1.1: header, 3-byte block headers, optional checksum). */
+static int zstd_one_frame(const uint8_t *f, size_t size, uint64_t want) {
+    static const uint8_t magic[4] = {0x28, 0xb5, 0x2f, 0xfd};
+    if (size < 5 || memcmp(f, magic, 4) != 0)
+        return 0;
+    const uint8_t d = f[4];
+    const int fcs = d >> 6, single = (d >> 5) & 1, checksum = (d >> 2) & 1;
+    if ((d & 0x08) || (d & 3))
+        return 0; /* reserved bit, dictionary */
+    size_t pos = 5 + (single ? 0 : 1);
+    const int len = fcs == 0 ? (single ? 1 : 0) : fcs == 1 ? 2 : fcs == 2 ? 4 : 8;
+    if (len == 0 || pos + len > size)
+        return 0;
+    uint64_t claimed = 0;
+    for (int i = 0; i < len; i++)
+        claimed |= (uint64_t)f[pos + i] << (8 * i);
+    if (len == 2)
+        claimed += 256;
+    if (claimed != want)
+        return 0;
+    pos += len;
+    uint64_t raw_total = 0;
+    for (;;) {
+        if (pos + 3 > size)
+            return 0;
+        const uint32_t word = f[pos] | (uint32_t)f[pos + 1] << 8 | (uint32_t)f[pos + 2] << 16;
+        const uint32_t kind = (word >> 1) & 3, block = word >> 3;
+        if (kind == 3 || block > (128u << 10))
+            return 0;
+        if (kind < 2 && (raw_total += block) > claimed)
+            return 0;
+        pos += 3 + (kind == 1 ? 1 : block);
+        if (word & 1)
+            break;
+    }
+    return pos + (checksum ? 4 : 0) == size;
+}
+
+/* The frame's n bytes into dst through python-zstd; 0 where it fails (the error is cleared:
+ * the caller declines, and the Python decoder raises the FormatError). */
+static int zstd_frame_into(const uint8_t *frame, size_t size, uint8_t *dst, uint32_t n) {
+    if (!zstd_one_frame(frame, size, n))
+        return 0;
+    PyObject *arg = PyBytes_FromStringAndSize((const char *)frame, (Py_ssize_t)size);
+    PyObject *raw = arg ? PyObject_CallOneArg(zstd_decompress, arg) : NULL;
+    Py_XDECREF(arg);
+    int ok = raw != NULL && PyBytes_Check(raw) && PyBytes_GET_SIZE(raw) == (Py_ssize_t)n;
+    if (ok)
+        memcpy(dst, PyBytes_AS_STRING(raw), n);
+    Py_XDECREF(raw);
+    if (!ok)
+        PyErr_Clear();
+    return ok;
+}
 
 /* ---- float32 → float16, round to nearest even ------------------------------------------ */
 static uint16_t f16_portable(float value) {
@@ -354,43 +406,67 @@ static int values_to_rows(const uint8_t *raw, const uint8_t *counts, const int32
 }
 
 /* ---- the decoder ------------------------------------------------------------------------ */
-static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_ssize_t out_bytes,
-                       const double steps[4], uint32_t max_splats, int coder) {
+/* Header fields and plane counts, checked as the Python decoder checks them; 0 otherwise. */
+static int read_lattice_header(const uint8_t *data, Py_ssize_t size, uint32_t max_splats,
+                               uint32_t *n, uint32_t *width, int32_t code_min[SLOTS],
+                               int *planes) {
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
     return 0; /* the header is read with memcpy: little-endian hosts only */
 #endif
     if (size < HEADER_BYTES)
         return 0;
-    uint32_t n, width;
-    int32_t code_min[SLOTS];
-    memcpy(&n, data, 4);
-    memcpy(&width, data + 4, 4);
+    memcpy(n, data, 4);
+    memcpy(width, data + 4, 4);
     memcpy(code_min, data + 8, 32);
     const uint8_t *counts = data + 40;
-    if (n == 0 || n > max_splats || width == 0 || (Py_ssize_t)n * 16 != out_bytes)
+    if (*n == 0 || *n > max_splats || *width == 0)
         return 0;
-    int planes = 0;
+    *planes = 0;
     for (int s = 0; s < SLOTS; s++) {
         if (MAX_PLANES[s] == 0 ? counts[s] != 0 : (counts[s] < 1 || counts[s] > MAX_PLANES[s]))
             return 0;
-        planes += counts[s];
+        *planes += counts[s];
     }
-    Py_ssize_t start = HEADER_BYTES + (coder == CODER_ZSTD ? 4 * (Py_ssize_t)planes : 0);
+    return 1;
+}
+
+/* The entropy stage: the payload after the header → byte planes raw [P, N]. */
+static int planes_into(const uint8_t *data, Py_ssize_t size, uint32_t n, int planes, int coder,
+                       uint8_t *raw) {
+    if (coder == CODER_RANS)
+        return rans_decode_planes(data + HEADER_BYTES, (size_t)(size - HEADER_BYTES), planes, n,
+                                  raw);
+    const Py_ssize_t start = HEADER_BYTES + 4 * (Py_ssize_t)planes;
     if (size < start)
         return 0;
     uint32_t frame_size[32];
-    if (coder == CODER_ZSTD) {
-        uint64_t total = 0;
-        for (int p = 0; p < planes; p++) {
-            memcpy(&frame_size[p], data + HEADER_BYTES + 4 * p, 4);
-            total += frame_size[p];
-        }
-        if (total != (uint64_t)(size - start))
-            return 0;
+    uint64_t total = 0;
+    for (int p = 0; p < planes; p++) {
+        memcpy(&frame_size[p], data + HEADER_BYTES + 4 * p, 4);
+        total += frame_size[p];
     }
+    if (total != (uint64_t)(size - start))
+        return 0;
+    const uint8_t *frame = data + start;
+    for (int p = 0; p < planes; p++) {
+        if (!zstd_frame_into(frame, frame_size[p], raw + (size_t)p * n, n))
+            return 0;
+        frame += frame_size[p];
+    }
+    return 1;
+}
 
-    /* the fast path's own limit (else the Python decoder): codes of slots 2–7 in ≤ 2 planes
-     * with |code_min| ≤ 2²⁸, so every code and the YCoCg-R lifting fit int32 */
+static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_ssize_t out_bytes,
+                       const double steps[4], uint32_t max_splats, int coder) {
+    uint32_t n, width;
+    int32_t code_min[SLOTS];
+    int planes;
+    if (!read_lattice_header(data, size, max_splats, &n, &width, code_min, &planes)
+        || (Py_ssize_t)n * 16 != out_bytes)
+        return 0;
+    const uint8_t *counts = data + 40;
+    /* the fast path's own limit (else the Python decoder, from `decode_planes`): codes of slots
+     * 2–7 in ≤ 2 planes with |code_min| ≤ 2²⁸, so every code and the YCoCg-R lifting fit int32 */
     for (int s = 2; s < SLOTS; s++)
         if (counts[s] > 2 || code_min[s] > (1 << 28) || code_min[s] < -(1 << 28))
             return 0;
@@ -406,23 +482,29 @@ static int decode_into(const uint8_t *data, Py_ssize_t size, uint16_t *out, Py_s
         if (raw != NULL)
             raw_size = (size_t)planes * n;
     }
-    int ok = raw != NULL;
-    if (ok && coder == CODER_RANS)
-        ok = rans_decode_planes(data + start, (size_t)(size - start), planes, n, raw);
-    if (ok && coder == CODER_ZSTD && dctx == NULL)
-        ok = (dctx = ZSTD_createDCtx()) != NULL;
-    const uint8_t *frame = data + start;
-    for (int p = 0; ok && coder == CODER_ZSTD && p < planes; p++) {
-        /* exactly one frame, claiming exactly n bytes */
-        size_t fs = frame_size[p];
-        ok = ZSTD_getFrameContentSize(frame, fs) == (unsigned long long)n
-             && ZSTD_findFrameCompressedSize(frame, fs) == fs
-             && ZSTD_decompressDCtx(dctx, raw + (size_t)p * n, n, frame, fs) == n;
-        frame += fs;
-    }
-    if (ok)
-        ok = values_to_rows(raw, counts, code_min, n, width, steps, out);
-    return ok;
+    return raw != NULL && planes_into(data, size, n, planes, coder, raw)
+           && values_to_rows(raw, counts, code_min, n, width, steps, out);
+}
+
+static PyObject *py_decode_planes(PyObject *self, PyObject *args) {
+    Py_buffer payload, out;
+    unsigned int n, max_splats;
+    int n_planes, coder;
+    if (!PyArg_ParseTuple(args, "y*w*Iii", &payload, &out, &n, &n_planes, &coder))
+        return NULL;
+    max_splats = n;
+    uint32_t n_read, width;
+    int32_t code_min[SLOTS];
+    int planes = 0;
+    int ok = PyBuffer_IsContiguous(&payload, 'C') && PyBuffer_IsContiguous(&out, 'C')
+             && (coder == CODER_ZSTD || coder == CODER_RANS)
+             && read_lattice_header(payload.buf, payload.len, max_splats, &n_read, &width,
+                                    code_min, &planes)
+             && n_read == n && planes == n_planes && out.len == (Py_ssize_t)planes * n
+             && planes_into(payload.buf, payload.len, n, planes, coder, out.buf);
+    PyBuffer_Release(&payload);
+    PyBuffer_Release(&out);
+    return PyBool_FromLong(ok);
 }
 
 static PyObject *py_decode(PyObject *self, PyObject *args) {
@@ -435,13 +517,30 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         return NULL;
     int ok = 0;
     if (PyBuffer_IsContiguous(&payload, 'C') && PyBuffer_IsContiguous(&out, 'C')) {
-        /* the GIL stays held: the one decompression context is shared (a record is ~40 µs) */
+        /* the GIL stays held: the scratch buffers are shared (a record is ~40 µs) */
         ok = (coder == CODER_ZSTD || coder == CODER_RANS)
              && decode_into(payload.buf, payload.len, out.buf, out.len, steps, max_splats, coder);
     }
     PyBuffer_Release(&payload);
     PyBuffer_Release(&out);
     return PyBool_FromLong(ok);
+}
+
+/* SPEC.md § 2 on FP16 rows [N, 8]: every value finite, l11 > 0 and l22 > 0 (as uint16: a finite
+ * value has an exponent field below 0x1f; a positive one is 1 … 0x7bff). One pass, no branch. */
+static PyObject *py_rows_valid(PyObject *self, PyObject *arg) {
+    Py_buffer rows;
+    if (PyObject_GetBuffer(arg, &rows, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    const uint16_t *u = rows.buf;
+    const size_t n = (size_t)rows.len / 16;
+    uint32_t bad = (size_t)rows.len % 16 != 0;
+    for (size_t i = 0; i < 8 * n; i++)
+        bad |= (u[i] & 0x7c00u) == 0x7c00u;
+    for (size_t i = 0; i < n; i++)
+        bad |= ((uint16_t)(u[8 * i + 2] - 1u) >= 0x7bffu) | ((uint16_t)(u[8 * i + 4] - 1u) >= 0x7bffu);
+    PyBuffer_Release(&rows);
+    return PyBool_FromLong(!bad);
 }
 
 static PyObject *py_f32_to_f16(PyObject *self, PyObject *args) {
@@ -482,6 +581,11 @@ static PyMethodDef methods[] = {
      "decode(payload, out, position_step, scale_step, shear_step, colour_step, max_splats, "
      "coder=0) -> "
      "bool: a gsformat.lattice payload into out (16·N bytes); False: not decoded here"},
+    {"decode_planes", py_decode_planes, METH_VARARGS,
+     "decode_planes(payload, out, n, n_planes, coder) -> bool: the entropy stage alone, the "
+     "byte planes [P, N] into out; False: malformed"},
+    {"rows_valid", py_rows_valid, METH_O,
+     "rows_valid(rows) -> bool: FP16 rows [N, 8] all finite with l11 > 0 and l22 > 0"},
     {"f32_to_f16", py_f32_to_f16, METH_VARARGS,
      "f32_to_f16(in, out): float32 → float16 by the portable routine (round to nearest even)"},
     {NULL, NULL, 0, NULL}};
@@ -498,6 +602,13 @@ PyMODINIT_FUNC PyInit__lattice_native(void) {
 #else
     rans_init(0);
 #endif
+    PyObject *zstd_module = PyImport_ImportModule("zstd");
+    if (zstd_module == NULL)
+        return NULL;
+    zstd_decompress = PyObject_GetAttrString(zstd_module, "decompress");
+    Py_DECREF(zstd_module);
+    if (zstd_decompress == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m != NULL)
         PyModule_AddIntConstant(m, "HAS_F16C", use_f16c);

@@ -24,8 +24,9 @@ from numcodecs.abc import Codec
 
 from ..format import constants as C
 from ..format.errors import FormatError
-from ._common import as_splat_rows, ndarray_copy, read_u32, zstd_compress, zstd_decompress
-from .quantize import HEADER_BYTES, LOG_COLS, Quantize, to_domain
+from ._common import (BITS, as_splat_rows, leading_u32, ndarray_copy, read_u32, zstd_compress,
+                      zstd_decompress)
+from .quantize import CHUNK, HEADER_BYTES, LOG_COLS, Quantize, to_domain
 
 
 def spread_bits(v: np.ndarray) -> np.ndarray:
@@ -77,6 +78,7 @@ class Entropy(Codec):
     """
 
     codec_id = "gsformat.entropy"
+    DECODE_PARAMS = {"position_bits": BITS, "covariance_bits": BITS, "colour_bits": BITS}
 
     def __init__(self, position_bits: int = 12, covariance_bits: int = 10, colour_bits: int = 8,
                  level: int = 19):
@@ -119,6 +121,10 @@ class Entropy(Codec):
             streams.append(planes(zigzag.astype(np.uint64), 2))
         return header + zstd_compress(np.frombuffer(b"".join(streams), np.uint8), self.level)
 
+    def decoded_nbytes(self, buf) -> int:
+        """What the header claims decoding yields (checked by the reader before `decode`)."""
+        return C.BYTES_PER_SPLAT * leading_u32(buf)
+
     def decode(self, buf, out=None):
         """The layout above, every step vectorised over attributes (the tests compare it with
         `_decode_reference`, bit for bit)."""
@@ -126,24 +132,36 @@ class Entropy(Codec):
         if n == 0:
             return ndarray_copy(np.empty(0, np.float16), out)
         raw = zstd_decompress(data[HEADER_BYTES:], 16 * n)
-        # byte planes (most significant first) → big-endian words: one transpose each
-        # (planes reversed so that the words are native little-endian: arithmetic on a ">u4"
-        # view byte-swaps on every operation)
-        morton_delta = np.ascontiguousarray(raw[:4 * n].reshape(4, n)[::-1].T).view("<u4")[:, 0]
-        words = raw[4 * n:].reshape(6, 2, n)[:, ::-1].transpose(0, 2, 1)  # [attr, splat, lo/hi]
-        zigzag = np.ascontiguousarray(words).view("<u2")[..., 0].astype(np.int64)  # [6, N]
-        morton = np.cumsum(morton_delta, dtype=np.uint64)
-        codes = np.empty((C.PARAMS_PER_SPLAT, n), np.float64)
-        codes[:2] = gather_bits(np.stack([morton, morton >> np.uint64(1)]))
         bits = np.array(self._quantize.bits, np.int64)
-        signed = (zigzag >> 1) ^ -(zigzag & 1)
-        # mod 2^b as a mask (two's complement: the same non-negative residue, 5× cheaper)
-        codes[2:] = np.cumsum(signed, axis=1) & ((np.int64(1) << bits[2:, None]) - 1)
-        if (codes > ((1 << bits) - 1)[:, None]).any():
-            raise FormatError("entropy payload decodes to codes beyond their bit depth")
-        values = lo[:, None] + codes * self._quantize.steps(lo, hi)[:, None]
-        values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
-        return ndarray_copy(values.T.astype(np.float16).reshape(-1), out)
+        masks = (np.int64(1) << bits[2:, None]) - 1  # mod 2^b as a mask (two's complement:
+        # the same non-negative residue, 5× cheaper)
+        steps = self._quantize.steps(lo, hi)[:, None]
+        morton_planes = raw[:4 * n].reshape(4, n)[::-1]  # least significant plane first
+        word_planes = raw[4 * n:].reshape(6, 2, n)[:, ::-1]  # [attr, lo/hi, splat]
+        rows = np.empty((n, C.PARAMS_PER_SPLAT), np.float16)
+        morton_carry, code_carry = np.uint64(0), np.zeros((6, 1), np.int64)
+        for first in range(0, n, CHUNK):  # CHUNK splats at a time, sums carried over
+            part = slice(first, min(first + CHUNK, n))
+            # byte planes → little-endian words: one transpose each
+            morton_delta = np.ascontiguousarray(morton_planes[:, part].T).view("<u4")[:, 0]
+            words = word_planes[:, :, part].transpose(0, 2, 1)  # [attr, splat, lo/hi]
+            zigzag = np.ascontiguousarray(words).view("<u2")[..., 0].astype(np.int64)  # [6, m]
+            morton = np.cumsum(morton_delta, dtype=np.uint64)
+            morton += morton_carry
+            morton_carry = morton[-1]
+            codes = np.empty((C.PARAMS_PER_SPLAT, morton.size), np.float64)
+            codes[:2] = gather_bits(np.stack([morton, morton >> np.uint64(1)]))
+            signed = (zigzag >> 1) ^ -(zigzag & 1)
+            sums = np.cumsum(signed, axis=1)
+            sums += code_carry
+            code_carry = sums[:, -1:] & masks
+            codes[2:] = sums & masks
+            if (codes[:2] > ((1 << bits[:2]) - 1)[:, None]).any():
+                raise FormatError("entropy payload decodes to codes beyond their bit depth")
+            values = lo[:, None] + codes * steps
+            values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
+            rows[part] = values.T
+        return ndarray_copy(rows.reshape(-1), out)
 
     def _header(self, buf):
         """(bytes, n_splats, lo, hi) after the checks both decoders share."""

@@ -46,13 +46,14 @@ from numcodecs.abc import Codec
 from ..format import constants as C
 from ..format.errors import FormatError
 from ..format.zstd_frame import decompress_exact
-from ._common import as_splat_rows, ndarray_copy, read_u32, zstd_compress
+from ._common import STEP, as_splat_rows, leading_u32, ndarray_copy, read_u32, zstd_compress
 
 HEADER_BYTES = 4 + 4 + 4 * 8 + 8  # n, Wc, code_min, planes
+CHUNK = 1 << 15  # splats per step of the NumPy arithmetic: its scratch stays ~10 MiB at any N
 MAX_CODE = (1 << 31) - 1  # |code| and code_min fit int32
 MAX_PLANES = (4, 0, 4, 4, 4, 4, 4, 4)  # per attribute slot
 
-try:  # the C decoder (setup.py builds it where a compiler and libzstd are found)
+try:  # the C decoder (setup.py builds it where a compiler is found)
     from . import _lattice_native as _NATIVE
 except ImportError:
     _NATIVE = None
@@ -122,6 +123,9 @@ class Lattice(Codec):
     """
 
     codec_id = "gsformat.lattice"
+    # `level` is the encoder's alone (SPEC.md § 5.5)
+    DECODE_PARAMS = {"position_step": STEP, "scale_step": STEP, "shear_step": STEP,
+                     "colour_step": STEP}
 
     def __init__(self, position_step: float = 1 / 2048, scale_step: float = 0.05,
                  shear_step: float = 0.05, colour_step: float = 0.022, level: int = 19):
@@ -228,6 +232,10 @@ class Lattice(Codec):
         return header, planes
 
     # ---- decode --------------------------------------------------------------------------
+    def decoded_nbytes(self, buf) -> int:
+        """What the header claims decoding yields (checked by the reader before `decode`)."""
+        return C.BYTES_PER_SPLAT * leading_u32(buf)
+
     _CODER = 0  # the C decoder's entropy stage: 0 zstd frames, 1 rANS (gsformat.lattice-rans)
 
     def _parse(self, buf):
@@ -249,7 +257,17 @@ class Lattice(Codec):
         return n, width, code_min, counts, self._decode_planes(data, n, sum(counts))
 
     def _decode_planes(self, data: np.ndarray, n: int, n_planes: int) -> np.ndarray:
-        """The entropy stage's bytes (after the header) → uint8 planes ``[P, N]``."""
+        """The entropy stage's bytes (after the header) → uint8 planes ``[P, N]``: the C
+        decoder's stage where it is built (the same zstd library, so the same bytes), else
+        python-zstd frame by frame. The C stage only says malformed: then the Python one runs
+        to name the fault."""
+        if _NATIVE is not None:
+            planes = np.empty((n_planes, n), np.uint8)
+            if _NATIVE.decode_planes(data, planes, n, n_planes, self._CODER):
+                return planes
+        return self._decode_planes_python(data, n, n_planes)
+
+    def _decode_planes_python(self, data: np.ndarray, n: int, n_planes: int) -> np.ndarray:
         start = HEADER_BYTES + 4 * n_planes
         if data.size < start:
             raise FormatError("lattice payload: truncated frame table")
@@ -257,11 +275,12 @@ class Lattice(Codec):
         if sum(sizes) != data.size - start:
             raise FormatError(f"lattice payload: frames claim {sum(sizes)} bytes, "
                               f"{data.size - start} present")
-        decoded, pos = [], start
-        for size in sizes:  # each frame's claimed size is checked before it is allocated
-            decoded.append(decompress_exact(data[pos:pos + size], n, "the lattice header"))
+        planes, pos = np.empty((n_planes, n), np.uint8), start
+        for p, size in enumerate(sizes):  # each frame's claim is checked before it is allocated
+            planes[p] = np.frombuffer(decompress_exact(data[pos:pos + size], n,
+                                                       "the lattice header"), np.uint8)
             pos += size
-        return np.frombuffer(b"".join(decoded), np.uint8).reshape(n_planes, n)
+        return planes
 
     def decode(self, buf, out=None):
         """The layout above: the C decoder where it is built, else `_decode_numpy` (the tests
@@ -274,8 +293,9 @@ class Lattice(Codec):
 
     def _decode_native(self, buf):
         """float16 ``[8N]`` from `_lattice_native`, or None where it declines: a malformed
-        payload (then `_decode_numpy` raises the error that names the fault), an empty record, a
-        value beyond FP16's finite range, a buffer it cannot read."""
+        payload (then `_decode_numpy` raises the error that names the fault), an empty record,
+        codes beyond its int32 fast path, a value beyond FP16's finite range, a buffer it cannot
+        read. `_decode_numpy` then takes the planes from the C entropy stage (no slow path)."""
         try:
             data = memoryview(buf).cast("B")
         except TypeError:  # not a contiguous buffer
@@ -292,15 +312,27 @@ class Lattice(Codec):
         return None
 
     def _decode_numpy(self, buf, out=None):
-        """The layout above, with few whole-array operations."""
+        """The layout above, with few whole-array operations, `CHUNK` splats at a time (the
+        scratch arrays are int64 and float64 per value: a whole 2²⁰-splat record at once
+        would need ~200 MiB)."""
         n, width, code_min, counts, raw = self._parse(buf)  # raw: [P, N] planes, most
         # significant first per attribute
-        if n == 0:
-            return ndarray_copy(np.empty(0, np.float16), out)
-        gap_words = np.zeros((n, 4), np.uint8)  # little-endian uint32 gaps
+        rows = np.empty((n, C.PARAMS_PER_SPLAT), np.float16)
+        key_base = 0
+        for start in range(0, n, CHUNK):
+            part = raw[:, start:start + CHUNK]
+            rows[start:start + part.shape[1]], key_base = self._rows_from_planes(
+                part, width, code_min, counts, key_base)
+        return ndarray_copy(rows.reshape(-1), out)
+
+    def _rows_from_planes(self, raw, width, code_min, counts, key_base):
+        """Planes of m splats ``[P, m]`` → (float16 rows ``[m, 8]``, the key after them)."""
+        m = raw.shape[1]
+        gap_words = np.zeros((m, 4), np.uint8)  # little-endian uint32 gaps
         gap_words[:, :counts[0]] = raw[counts[0] - 1::-1].T
         key = np.cumsum(gap_words.view("<u4")[:, 0], dtype=np.int64)
-        codes = np.empty((8, n), np.int64)
+        key += key_base
+        codes = np.empty((8, m), np.int64)
         codes[1], codes[0] = np.divmod(key, width)
         row = counts[0]
         for slot in range(2, 8):  # usually one or two planes each
@@ -329,7 +361,7 @@ class Lattice(Codec):
         co += t            # R
         codes[5:8] = codes[[6, 7, 5]]
         codes[7] = t
-        return ndarray_copy(self.dequantize(codes, scales).reshape(-1), out)
+        return self.dequantize(codes, scales), int(key[-1]) if m else key_base
 
     def _decode_reference(self, buf, out=None):
         """Reference twin of `decode`: one stream at a time, as the layout reads."""

@@ -19,7 +19,8 @@ from numcodecs.abc import Codec
 
 from ..format import constants as C
 from ..format.errors import FormatError
-from ._common import as_splat_rows, ndarray_copy, read_u32, zstd_compress, zstd_decompress
+from ._common import (as_splat_rows, leading_u32, ndarray_copy, read_u32, zstd_compress,
+                      zstd_decompress)
 
 
 class Planar(Codec):
@@ -40,6 +41,7 @@ class Planar(Codec):
     """
 
     codec_id = "gsformat.planar"
+    DECODE_PARAMS: dict = {}  # `level` is the encoder's alone (SPEC.md § 5.2)
 
     def __init__(self, level: int = 9):
         if not 1 <= int(level) <= 22:
@@ -55,12 +57,18 @@ class Planar(Codec):
         header = np.uint32(rows.size).tobytes()
         return header + zstd_compress(planes, self.level) if rows.size else header
 
+    def decoded_nbytes(self, buf) -> int:
+        """What the header claims decoding yields (checked by the reader before `decode`)."""
+        return 2 * leading_u32(buf)
+
     def decode(self, buf, out=None):
         data = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
         n_values = read_u32(data, 0, "value count", C.MAX_DECODED_BYTES // 2)
         if n_values % C.PARAMS_PER_SPLAT:
             raise FormatError(f"value count {n_values} is not a multiple of {C.PARAMS_PER_SPLAT}")
-        if n_values == 0 and data.size == 4:
+        if n_values == 0:  # the header alone (SPEC.md § 5.2): no frame
+            if data.size != 4:
+                raise FormatError("planar payload: an empty record has bytes after its header")
             return ndarray_copy(np.empty(0, np.float16), out)
         planes = zstd_decompress(data[4:], 2 * n_values).reshape(2, C.PARAMS_PER_SPLAT, -1)
         words = np.empty((n_values // C.PARAMS_PER_SPLAT, C.PARAMS_PER_SPLAT, 2), np.uint8)

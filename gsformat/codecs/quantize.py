@@ -23,11 +23,12 @@ from numcodecs.abc import Codec
 
 from ..format import constants as C
 from ..format.errors import FormatError
-from ._common import as_splat_rows, ndarray_copy, read_u32
+from ._common import BITS, as_splat_rows, leading_u32, ndarray_copy, read_u32
 
 LOG_COLS = (2, 4)  # l11, l22 are coded in the log domain
 GROUPS = ((0, 1), (2, 3, 4), (5, 6, 7))  # attributes sharing a bit depth
 HEADER_BYTES = 4 + 2 * 8 * C.PARAMS_PER_SPLAT
+CHUNK = 1 << 15  # splats per step of the decoder's arithmetic
 
 
 def to_domain(rows: np.ndarray) -> np.ndarray:
@@ -68,17 +69,20 @@ def unpack_codes(data: np.ndarray, n: int, bits: int) -> np.ndarray:
     return (word >> (start & 7).astype(np.uint32)) & np.uint32((1 << bits) - 1)
 
 
-def unpack_streams(data: np.ndarray, starts, n: int, bits: int) -> np.ndarray:
+def unpack_streams(data: np.ndarray, starts, n: int, bits: int, first: int = 0,
+                   padded: np.ndarray | None = None) -> np.ndarray:
     """`unpack_codes` for k streams of equal length starting at byte offsets ``starts``:
-    uint32 ``[k, n]``."""
+    uint32 ``[k, n]``, codes ``first … first + n − 1`` of each stream. ``padded``: ``data``
+    with 3 zero bytes appended, when the caller unpacks it in several calls."""
     starts = np.asarray(starts, np.int64)[:, None]
     if bits == 8:
-        return data[starts + np.arange(n)].astype(np.uint32)
-    bit_pos = np.arange(n, dtype=np.int64) * bits
-    first = starts + (bit_pos >> 3)  # [k, n]
-    padded = np.concatenate([data, np.zeros(3, np.uint8)])
-    word = (padded[first].astype(np.uint32) | (padded[first + 1].astype(np.uint32) << 8)
-            | (padded[first + 2].astype(np.uint32) << 16))
+        return data[starts + np.arange(first, first + n)].astype(np.uint32)
+    bit_pos = np.arange(first, first + n, dtype=np.int64) * bits
+    byte = starts + (bit_pos >> 3)  # [k, n]
+    if padded is None:
+        padded = np.concatenate([data, np.zeros(3, np.uint8)])
+    word = (padded[byte].astype(np.uint32) | (padded[byte + 1].astype(np.uint32) << 8)
+            | (padded[byte + 2].astype(np.uint32) << 16))
     return (word >> (bit_pos & 7).astype(np.uint32)) & np.uint32((1 << bits) - 1)
 
 
@@ -106,6 +110,7 @@ class Quantize(Codec):
     """
 
     codec_id = "gsformat.quantize"
+    DECODE_PARAMS = {"position_bits": BITS, "covariance_bits": BITS, "colour_bits": BITS}
 
     def __init__(self, position_bits: int = 12, covariance_bits: int = 10, colour_bits: int = 8):
         for name, bits in (("position_bits", position_bits), ("covariance_bits", covariance_bits),
@@ -138,6 +143,10 @@ class Quantize(Codec):
             parts.append(pack_codes(np.minimum(codes, (1 << bits) - 1), bits))
         return b"".join(parts)
 
+    def decoded_nbytes(self, buf) -> int:
+        """What the header claims decoding yields (checked by the reader before `decode`)."""
+        return C.BYTES_PER_SPLAT * leading_u32(buf)
+
     def decode(self, buf, out=None):
         data = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
         n = read_u32(data, 0, "splat count", C.MAX_SPLATS)
@@ -151,10 +160,17 @@ class Quantize(Codec):
         if not (np.isfinite(ranges).all() and (hi >= lo).all()):
             raise FormatError("quantized payload has non-finite or inverted ranges")
         starts = HEADER_BYTES + np.concatenate([[0], np.cumsum(stream_bytes)[:-1]])
-        codes = np.empty((C.PARAMS_PER_SPLAT, n), np.uint32)
-        for cols in GROUPS:  # attributes of a group share a bit depth: unpack them together
-            codes[list(cols)] = unpack_streams(data, starts[list(cols)], n, self.bits[cols[0]])
-        values = lo[:, None] + codes * self.steps(lo, hi)[:, None]  # [8, N] coding domain
-        # float64 to the end, as SPEC.md § 5.3 says: one rounding, to FP16, in every reader
-        values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
-        return ndarray_copy(values.T.astype(np.float16).reshape(-1), out)
+        padded = np.concatenate([data, np.zeros(3, np.uint8)])
+        steps = self.steps(lo, hi)[:, None]
+        rows = np.empty((n, C.PARAMS_PER_SPLAT), np.float16)
+        for first in range(0, n, CHUNK):  # CHUNK splats at a time: bounded scratch at any N
+            m = min(CHUNK, n - first)
+            codes = np.empty((C.PARAMS_PER_SPLAT, m), np.uint32)
+            for cols in GROUPS:  # attributes of a group share a bit depth: unpack them together
+                codes[list(cols)] = unpack_streams(data, starts[list(cols)], m,
+                                                   self.bits[cols[0]], first, padded)
+            values = lo[:, None] + codes * steps  # [8, m] coding domain
+            # float64 to the end, as SPEC.md § 5.3 says: one rounding, to FP16, in every reader
+            values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
+            rows[first:first + m] = values.T
+        return ndarray_copy(rows.reshape(-1), out)

@@ -241,11 +241,9 @@ def decode(data, n: int, n_planes: int) -> np.ndarray:
         sym_of = np.stack([_slot_table(tables[p][1]) for p in coded])  # [R, 4096]
         freq = np.stack([np.pad(tables[p][1], (0, 256 - len(tables[p][1]))) for p in coded])
         cum = np.cumsum(freq, axis=1) - freq  # [R, 256]
-        which = np.repeat(np.arange(len(coded)), n)  # per symbol g: its rANS plane
-        bits = np.array([tables[p][2] for p in coded])[which]
-        x, read, symbols = _decode_stream(x, words, starts, ends, sym_of, freq, cum, which,
-                                          bits)
-        out[coded] = symbols.reshape(len(coded), n)
+        bits = np.array([tables[p][2] for p in coded])
+        x, read, symbols = _decode_stream(x, words, starts, ends, sym_of, freq, cum, bits, n)
+        out[coded] = symbols
     else:
         read = starts[:STREAMS].copy()
     if (read != ends).any() or (x != STATE_LOW).any():
@@ -255,19 +253,31 @@ def decode(data, n: int, n_planes: int) -> np.ndarray:
     return out
 
 
-def _decode_stream(x, words, starts, ends, sym_of, freq, cum, which, bits):
-    """32 symbols (one per lane) per step; → final states, read positions, symbols."""
-    total = which.size
-    symbols = np.empty(total, np.uint8)
+def _decode_stream(x, words, starts, ends, sym_of, freq, cum, bits, n):
+    """32 symbols (one per lane) per step over the R rANS planes of n symbols each; → final
+    states, read positions, symbols ``[R, n]``. A plane whose one symbol has frequency M leaves
+    every state as it is and reads no word (x ← M·(x >> b) + x mod M), so it is filled without
+    a step; the others cost a Python step per 32 symbols (the C decoder is ~1,000× faster)."""
+    n_planes = len(bits)
+    symbols = np.empty((n_planes, n), np.uint8)
+    single = freq.max(axis=1) == (1 << bits)
+    symbols[single] = freq[single].argmax(axis=1)[:, None]
+    live = np.flatnonzero(~single)  # the planes that are stepped
     masks = (1 << bits) - 1
     stream_of = np.arange(LANES) // (LANES // STREAMS)
     read = starts[:STREAMS].copy()  # next word of each stream
-    for start in range(0, total, LANES):
-        g = slice(start, min(start + LANES, total))
-        lanes = x[:g.stop - g.start]
-        plane, slot = which[g], lanes & masks[g]
+    flat = symbols.reshape(-1)
+    groups = [range(p * n // LANES, -(-(p + 1) * n // LANES)) for p in live]  # 32-symbol steps
+    for group in (np.unique(np.concatenate(groups)) if groups else ()):
+        start = int(group) * LANES
+        stop = min(start + LANES, n_planes * n)
+        plane = np.arange(start, stop) // n  # [≤ 32] the plane of each symbol
+        lanes = x[:stop - start]
+        slot = lanes & masks[plane]
         s = sym_of[plane, slot]
-        lanes = freq[plane, s] * (lanes >> bits[g]) + slot - cum[plane, s]
+        stepped = ~single[plane]
+        new = freq[plane, s] * (lanes >> bits[plane]) + slot - cum[plane, s]
+        lanes = np.where(stepped, new, lanes)
         need = lanes < STATE_LOW
         if need.any():
             mine = stream_of[:lanes.size][need]
@@ -277,7 +287,7 @@ def _decode_stream(x, words, starts, ends, sym_of, freq, cum, which, bits):
             lanes[need] = (lanes[need] << 16) | words[at]
             read += np.bincount(mine, minlength=STREAMS)
         x[:lanes.size] = lanes
-        symbols[g] = s
+        flat[start:stop] = np.where(stepped, s, flat[start:stop])
     return x, read, symbols
 
 
