@@ -259,13 +259,19 @@ class Lattice(Codec):
     def _decode_planes(self, data: np.ndarray, n: int, n_planes: int) -> np.ndarray:
         """The entropy stage's bytes (after the header) → uint8 planes ``[P, N]``: the C
         decoder's stage where it is built (the same zstd library, so the same bytes), else
-        python-zstd frame by frame. The C stage only says malformed: then the Python one runs
-        to name the fault."""
+        python-zstd frame by frame. The C stage only says malformed: then `_fault` names the
+        fault without redoing the work."""
         if _NATIVE is not None:
             planes = np.empty((n_planes, n), np.uint8)
             if _NATIVE.decode_planes(data, planes, n, n_planes, self._CODER):
                 return planes
+            self._fault(data, n, n_planes)
         return self._decode_planes_python(data, n, n_planes)
+
+    def _fault(self, data: np.ndarray, n: int, n_planes: int) -> None:
+        """After the C entropy stage failed: raise the FormatError that names the fault. zstd
+        frames are checked one by one in Python (as fast as C: the same library)."""
+        self._decode_planes_python(data, n, n_planes)
 
     def _decode_planes_python(self, data: np.ndarray, n: int, n_planes: int) -> np.ndarray:
         start = HEADER_BYTES + 4 * n_planes

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import rans
+from ..format.errors import FormatError
 from .lattice import HEADER_BYTES, Lattice
 
 
@@ -50,3 +51,12 @@ class LatticeRans(Lattice):
 
     def _decode_planes_python(self, data: np.ndarray, n: int, n_planes: int) -> np.ndarray:
         return rans.decode(data[HEADER_BYTES:], n, n_planes)
+
+    def _fault(self, data: np.ndarray, n: int, n_planes: int) -> None:
+        """After the C rANS stage failed: the tables are parsed here (bounded, cheap) to name a
+        bad table; past them, the streams are at fault. The NumPy decoding loop (a Python step
+        per 32 symbols) is never run for this: a payload must not choose the slow path."""
+        rans.parse(data[HEADER_BYTES:], n, n_planes)
+        raise FormatError("lattice-rans payload: the streams do not end where they should (a "
+                          "stream ends early or is not read to its end, or a final lane state "
+                          "is not 2^16)")

@@ -213,9 +213,9 @@ def _read_table(data: np.ndarray, max_sym: int, k: int, st: int, p: int):
     return q, used
 
 
-def decode(data, n: int, n_planes: int) -> np.ndarray:
-    """The layout above → uint8 planes ``[P, N]``; FormatError naming the fault otherwise."""
-    data = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+def parse(data: np.ndarray, n: int, n_planes: int):
+    """Everything before the decoding loop, checked (bounded work: tables, lane states, stream
+    sizes): (tables, states, words, stream starts, stream ends)."""
     tables, pos = _parse_tables(data, n, n_planes)
     head = 4 * LANES + 4 * (STREAMS - 1)
     if data.size < pos + head:
@@ -231,6 +231,13 @@ def decode(data, n: int, n_planes: int) -> np.ndarray:
     words = data[pos + head:].view("<u2").astype(np.int64)
     starts = np.cumsum([0] + sizes)  # each stream's first word in `words`
     ends = np.append(starts[1:], words.size)
+    return tables, x, words, starts, ends
+
+
+def decode(data, n: int, n_planes: int) -> np.ndarray:
+    """The layout above → uint8 planes ``[P, N]``; FormatError naming the fault otherwise."""
+    data = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+    tables, x, words, starts, ends = parse(data, n, n_planes)
     out = np.empty((n_planes, n), np.uint8)
     coded = [p for p, t in enumerate(tables) if t[0] == "rans"]
     for p, t in enumerate(tables):

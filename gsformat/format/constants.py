@@ -61,4 +61,5 @@ COLUMN_ENCODINGS = {
 REQUIRED_COLUMNS = ("key", "splats")
 DEFAULT_COMPRESSION = "zstd"
 DEFAULT_HASHES = ("xxh64",)
+MAX_JSON_BYTES = 64 << 20  # index.json, gsformat.json, part.json
 DEFAULT_SHARD_SIZE_LIMIT = 1 << 26  # 64 MiB of uncompressed samples per shard

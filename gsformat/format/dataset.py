@@ -20,7 +20,6 @@ from .errors import FormatError
 from .record import decode_record, encode_record, read_header
 from .splatset import SplatSet
 
-MAX_JSON_BYTES = 64 << 20
 
 
 class SplatWriter:
@@ -128,7 +127,7 @@ def write_manifest(root: str, manifest: dict) -> None:
 
 def read_json(path: str) -> dict:
     try:
-        data = storage.read_bytes(path, MAX_JSON_BYTES)
+        data = storage.read_bytes(path, C.MAX_JSON_BYTES)
     except ValueError as exc:
         raise FormatError(str(exc)) from None
     try:
@@ -149,23 +148,34 @@ def read_manifest(root: str) -> dict:
     if version[0] != C.FORMAT_MAJOR:
         raise FormatError(f"unknown major version {version[0]} (this reader understands "
                           f"{C.FORMAT_MAJOR}.x)", C.MANIFEST_NAME)
+    if "n_samples" in manifest and type(manifest["n_samples"]) is not int:
+        raise FormatError("n_samples must be an integer", C.MANIFEST_NAME)
     return manifest
 
 
 def read_index(root: str) -> dict:
     path = storage.join(root, C.INDEX_NAME)
     try:
-        return mds.read_index(storage.read_bytes(path, MAX_JSON_BYTES))
+        return mds.read_index(storage.read_bytes(path, C.MAX_JSON_BYTES))
     except FormatError as exc:
         raise exc.at(C.INDEX_NAME)
 
 
 def read_shard(root: str, info: dict) -> bytes:
-    """Raw (decompressed) bytes of one shard of an index entry; hashes are the validator's job."""
-    raw, zipped = info.get("raw_data") or {}, info.get("zip_data") or {}
-    name = (zipped or raw).get("basename")
-    data = storage.read_bytes(storage.join(root, name), mds.MAX_SHARD_BYTES)
-    return mds.decompress(data, info.get("compression") if zipped else None, raw.get("bytes", -1))
+    """Raw (decompressed) bytes of one shard of an index entry (checked by `read_index`);
+    hashes are the validator's job."""
+    raw, zipped = info["raw_data"], info.get("zip_data")
+    name = (zipped or raw)["basename"]
+    try:
+        data = storage.read_bytes(storage.member(root, name), mds.MAX_SHARD_BYTES)
+    except FileNotFoundError:
+        raise FormatError("shard file is missing", name) from None
+    except (ValueError, OSError) as exc:
+        raise FormatError(f"cannot read shard: {exc}", name) from None
+    try:
+        return mds.decompress(data, info.get("compression") if zipped else None, raw["bytes"])
+    except FormatError as exc:
+        raise exc.at(name) from None
 
 
 def iter_dataset(root: str, decode: bool = True) -> Iterator[dict]:
@@ -173,7 +183,7 @@ def iter_dataset(root: str, decode: bool = True) -> Iterator[dict]:
     (``decode=False`` leaves the record bytes) and ``image`` as a PIL image."""
     index = read_index(root)
     for info in index["shards"]:
-        name = (info.get("raw_data") or {}).get("basename")
+        name = info["raw_data"]["basename"]
         for i, sample in mds.iter_samples(read_shard(root, info), info):
             if isinstance(sample, FormatError):
                 raise sample.at(f"{name}, sample {i}")

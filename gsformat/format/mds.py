@@ -98,12 +98,83 @@ def iter_samples(shard: bytes, shard_info: dict):
             yield i, exc
 
 
+MAX_BASENAME = 1024
+
+
+def check_basename(name, what: str = "basename") -> str:
+    """A file name taken from a dataset (an index basename, a part name): a relative path
+    inside the dataset, checked before any I/O (SPEC.md § 6.4). '/'-separated parts, none
+    empty, '.' or '..'; no leading '/', drive letter, backslash, NUL or URL scheme."""
+    if type(name) is not str or not 0 < len(name) <= MAX_BASENAME:
+        raise FormatError(f"{what} must be a non-empty string of at most {MAX_BASENAME} "
+                          f"characters, got {name!r:.80}")
+    bad = ("\x00" in name or "\\" in name or "://" in name or name.startswith("/")
+           or (len(name) > 1 and name[1] == ":")
+           or any(part in ("", ".", "..") for part in name.split("/")))
+    if bad:
+        raise FormatError(f"{what} {name!r:.80} is not a relative path inside the dataset")
+    return name
+
+
+def _check_file_info(info, what: str, required: bool) -> None:
+    if info is None and not required:
+        return
+    if not isinstance(info, dict):
+        raise FormatError(f"{what} must be a map")
+    check_basename(info.get("basename"), f"{what}.basename")
+    if type(info.get("bytes")) is not int or not 0 <= info["bytes"] <= MAX_SHARD_BYTES:
+        raise FormatError(f"{what}.bytes must be an integer in [0, {MAX_SHARD_BYTES}], got "
+                          f"{info.get('bytes')!r:.40}")
+    hashes = info.get("hashes", {})
+    if not isinstance(hashes, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                               for k, v in hashes.items()):
+        raise FormatError(f"{what}.hashes must map algorithm names to strings")
+
+
+def check_shard_entry(info) -> None:
+    """One entry of index.json's ``shards``: every field a reader uses, of its type."""
+    if not isinstance(info, dict):
+        raise FormatError(f"a shard entry must be a map, got {type(info).__name__}")
+    if info.get("format") != "mds":
+        raise FormatError(f"shard format {info.get('format')!r:.40} is not mds")
+    _check_file_info(info.get("raw_data"), "raw_data", True)
+    _check_file_info(info.get("zip_data"), "zip_data", False)
+    if info.get("zip_data") is not None and not isinstance(info.get("compression"), str):
+        raise FormatError("a compressed shard must name its compression")
+    if type(info.get("samples")) is not int or not 0 <= info["samples"] < (1 << 32):
+        raise FormatError(f"samples must be an integer in [0, 2^32), got "
+                          f"{info.get('samples')!r:.40}")
+    shard_config(info)
+    names, encodings, sizes = (info["column_names"], info["column_encodings"],
+                               info["column_sizes"])
+    if not (all(type(n) is str for n in names) and all(type(e) is str for e in encodings)
+            and all(s is None or (type(s) is int and 0 <= s <= 1 << 20) for s in sizes)):
+        raise FormatError("column_names/encodings must be strings, column_sizes integers or "
+                          "null")
+    if len(set(names)) != len(names):
+        raise FormatError("column_names has duplicates")
+
+
 def read_index(data: bytes) -> dict:
+    """index.json → the index, every shard entry checked (`check_shard_entry`) and shard file
+    names unique, so no reader meets a malformed entry or a path outside the dataset."""
     try:
         index = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise FormatError(f"index.json is not JSON: {exc}") from None
     if not isinstance(index, dict) or index.get("version") != 2 or not isinstance(
             index.get("shards"), list):
         raise FormatError("index.json must be an MDS index (version 2, a list of shards)")
+    seen: set[str] = set()
+    for i, info in enumerate(index["shards"]):
+        try:
+            check_shard_entry(info)
+        except FormatError as exc:
+            raise exc.at(f"shard entry {i}") from None
+        for pair in (info["raw_data"], info.get("zip_data")):
+            if pair is not None:
+                if pair["basename"] in seen:
+                    raise FormatError(f"shard file {pair['basename']!r} is listed twice",
+                                      f"shard entry {i}")
+                seen.add(pair["basename"])
     return index

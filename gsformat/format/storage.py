@@ -21,6 +21,19 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
 
 
+def member(root: str, name: str) -> str:
+    """``root``/``name`` for a name already checked by `mds.check_basename`; for a local
+    dataset also resolved, so that a symlink cannot lead a reader out of it."""
+    path = join(root, name)
+    if not is_remote(root):
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            from .errors import FormatError
+            raise FormatError(f"{name!r} resolves outside the dataset (to {real})")
+    return path
+
+
 def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
     """A whole file; FileNotFoundError if it does not exist, ValueError if over ``max_bytes``."""
     if not is_remote(path):

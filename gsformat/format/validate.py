@@ -125,7 +125,10 @@ def validate_dataset(root: str, progress: bool = False) -> Report:
         report.add(C.INDEX_NAME, "missing (not an MDS dataset)")
         return report
     except FormatError as exc:
-        report.add(C.INDEX_NAME, exc.reason)
+        report.add(C.INDEX_NAME, str(exc).removeprefix(f"{C.INDEX_NAME}: "))
+        return report
+    except NotADirectoryError:
+        report.add(C.INDEX_NAME, f"missing ({root} is a file, not a dataset directory)")
         return report
     _check_manifest(report, root, index)
     keys: set[str] = set()
@@ -146,19 +149,20 @@ def validate_dataset(root: str, progress: bool = False) -> Report:
 
 
 def _check_shard(report: Report, root: str, info: dict, keys: set) -> None:
-    raw_info, zip_info = info.get("raw_data") or {}, info.get("zip_data") or {}
-    name = raw_info.get("basename") or "shard ?"
-    if info.get("format") != "mds":
-        report.add(name, f"shard format {info.get('format')!r} is not mds")
-        return
+    # read_index checked every entry's fields and names (relative, inside the dataset)
+    raw_info, zip_info = info["raw_data"], info.get("zip_data") or {}
+    name = raw_info["basename"]
     stored = zip_info or raw_info
     try:
-        data = storage.read_bytes(storage.join(root, stored["basename"]), mds.MAX_SHARD_BYTES)
-    except (FileNotFoundError, KeyError):
-        report.add(stored.get("basename", name), "missing shard file")
+        data = storage.read_bytes(storage.member(root, stored["basename"]), mds.MAX_SHARD_BYTES)
+    except FileNotFoundError:
+        report.add(stored["basename"], "missing shard file")
         return
-    except ValueError as exc:
-        report.add(stored["basename"], str(exc))
+    except FormatError as exc:
+        report.add(stored["basename"], exc.reason)
+        return
+    except (ValueError, OSError) as exc:
+        report.add(stored["basename"], f"cannot read: {exc}")
         return
     where = stored["basename"]
     if len(data) != stored.get("bytes"):

@@ -22,9 +22,10 @@ from streaming import StreamingDataset
 
 from ..format.errors import FormatError
 from ..format import constants as C
-from ..format.record import decode_payload, read_header
+from ..format.record import decode_params
 from .augment import SplatAugment, keep_strongest
 from .iteration import ShardwiseIteration
+from .stream import STREAM_NAME, checked
 
 
 def _image_tensor(image) -> torch.Tensor:
@@ -58,7 +59,14 @@ class SplatDataset(ShardwiseIteration, StreamingDataset):
         **kwargs: passed to `streaming.StreamingDataset`. ``validate_hash`` defaults to
             ``"xxh64"`` (gsformat writers record it), so a corrupt compressed or downloaded shard
             raises ``Checksum failure: <shard>``; pass ``validate_hash=None`` for datasets
-            written without hashes.
+            written without hashes. ``download_timeout`` (60 s) bounds the wait for a shard.
+
+    Every problem with the data — a malformed index or record, a shard missing or unreadable,
+    non-finite values, a key seen twice in an epoch — raises one `gsformat.FormatError` naming
+    the shard and sample (and the dataset's URL where it is the index or a download). Before
+    streaming opens any shard, the index is checked as the validator checks it: names that
+    leave the dataset or the cache (``../``, absolute, symlinks) are refused
+    (`gsformat.loaders.stream`).
     """
 
     def __init__(self, *, dtype: torch.dtype = torch.float32, max_splats: int | None = None,
@@ -66,6 +74,10 @@ class SplatDataset(ShardwiseIteration, StreamingDataset):
                  load_source_image: bool = True, augment_seed: int = 0,
                  fast_iteration: bool = True, **kwargs):
         kwargs.setdefault("validate_hash", "xxh64")  # what SplatWriter records: no silent rot
+        if kwargs.get("streams"):
+            kwargs["streams"] = [checked(stream) for stream in kwargs["streams"]]
+        else:
+            kwargs.setdefault("stream_name", STREAM_NAME)
         super().__init__(**kwargs)
         if dtype not in (torch.float16, torch.float32):
             raise ValueError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
@@ -79,27 +91,20 @@ class SplatDataset(ShardwiseIteration, StreamingDataset):
         self.augment_seed = augment_seed
         self.fast_iteration = fast_iteration
 
-    def _where(self, idx: int) -> str:
-        """``shard.00003.mds, sample 17`` for a global sample index."""
-        shard_id, offset = self.spanner[idx]
-        raw_info, _ = self.shards[shard_id].file_pairs[0]
-        return f"{raw_info.basename}, sample {offset}"
-
     def __getitem__(self, idx: int) -> dict:
         try:
             row = super().__getitem__(idx)
-        except Exception as exc:  # a shard that streaming could not parse
-            raise FormatError(f"cannot read sample: {exc}", self._where(idx)) from exc
+        except FormatError as exc:
+            raise exc.at(self._where(idx)) from None
+        except Exception as exc:  # a shard that streaming could not fetch or parse
+            raise FormatError(f"cannot read sample: {type(exc).__name__}: {exc}",
+                              self._where(idx)) from None
         return self._sample(row, idx)
 
     def _sample(self, row: dict, idx: int) -> dict:
         """A decoded MDS row → the sample dict."""
-        try:  # decode_record without building a SplatSet (same checks, per sample µs count)
-            header = read_header(row["splats"])
-            params = decode_payload(header[C.KEY_PAYLOAD], header[C.KEY_CODECS],
-                                    header[C.KEY_N_SPLATS])
-        except FormatError as exc:
-            raise exc.at(self._where(idx)) from None
+        # the format's decoding path, every check of SPEC.md § 4.1 and § 2 included
+        header, params = decode_params(row["splats"], self._where(idx))
         if self.max_splats is not None:
             params = keep_strongest(params, self.max_splats)
         if self.augment is not None:

@@ -43,6 +43,35 @@ class ShardwiseIteration:
         """A decoded MDS row → the sample (default: the row itself)."""
         return row
 
+    def _where(self, idx: int) -> str:
+        """``shard.00003.mds, sample 17`` for a global sample index."""
+        shard_id, offset = self.spanner[idx]
+        return f"{_shard_name(self, shard_id)}, sample {offset}"
+
+    def _wait_for_shard(self, shard_id: int, future) -> None:
+        """Make ``shard_id`` local: prepare it here, or wait — at most ``download_timeout``
+        seconds — for the prefetch thread that is preparing it. streaming's own wait has no
+        bound: a prefetch that failed leaves the shard "preparing" for ever."""
+        deadline = time_ns() + int(1e9 * self._shard_timeout(shard_id))
+        while self._shard_states[shard_id] == _ShardState.PREPARING:
+            if self._event.is_set() or future.done():
+                _raise_prefetch_failure(self, future)
+            if time_ns() > deadline:
+                raise FormatError(f"shard not ready after {self._shard_timeout(shard_id):.0f} s "
+                                  f"(download_timeout)", _shard_url(self, shard_id))
+            sleep(TICK)
+        try:
+            self.prepare_shard(shard_id)
+        except FormatError:
+            raise
+        except Exception as exc:  # FileNotFoundError, a checksum or network failure, …
+            raise FormatError(f"cannot fetch shard: {type(exc).__name__}: {exc}",
+                              _shard_url(self, shard_id)) from None
+
+    def _shard_timeout(self, shard_id: int) -> float:
+        stream = self.streams[self.stream_per_shard[shard_id]]
+        return float(stream.download_timeout) * max(1, int(stream.download_retry) + 1)
+
     def __iter__(self):
         """This worker's samples for the epoch, in exactly streaming's order (module docstring)."""
         if not self.fast_iteration or _Iterator is None:
@@ -69,29 +98,36 @@ class ShardwiseIteration:
         local, iterating = _ShardState.LOCAL, _IterState.ITERATING
         previous_shard = -1
         rows = _MappedRows(self)
+        keys: set = set()  # this worker's keys in this epoch: a key twice is a broken dataset
         try:
             for pos, (sample_id, shard_id) in enumerate(zip(sample_ids.tolist(),
                                                             shard_ids.tolist())):
                 if self._event.is_set():
-                    _raise_prefetch_failure(future)
-                    raise RuntimeError("Background thread failed. Check other traceback.")
+                    _raise_prefetch_failure(self, future)
                 if it._state != iterating:  # a new epoch started on this dataset (a lock-free
                     break                     # read of it.should_exit(); once per sample)
                 if sample_id != -1:
                     try:
                         if shard_id != previous_shard:
                             if self._shard_states[shard_id] != local:
-                                # blocks until downloaded; get_item re-prepares a shard that
-                                # is evicted again before its rows are read
-                                self.prepare_shard(shard_id)
+                                # bounded wait; get_item re-prepares a shard that is evicted
+                                # again before its rows are read
+                                self._wait_for_shard(shard_id, future)
                             self._shard_access_times[shard_id] = time_ns()  # for eviction
                             previous_shard = shard_id
                         row = rows.read(shard_id, sample_id)
                         sample = self[sample_id] if row is None else self._sample(row, sample_id)
                     except Exception:
                         if self._event.is_set():  # the prefetcher's error names the shard
-                            _raise_prefetch_failure(future)
+                            _raise_prefetch_failure(self, future)
                         raise
+                    key = sample.get("key") if isinstance(sample, dict) else None
+                    if key is not None:
+                        if key in keys:
+                            raise FormatError(f"key {key!r} appears twice in this epoch "
+                                              f"(duplicate samples or shards)",
+                                              self._where(sample_id))
+                        keys.add(key)
                     yield sample
                 it.yield_index = pos + 1
         finally:
@@ -110,7 +146,11 @@ class ShardwiseIteration:
                     sleep(TICK)
                 if it.should_exit() or self._event.is_set():
                     break
-                self.prepare_shard(shard_id, False)
+                try:
+                    self.prepare_shard(shard_id, False)
+                except Exception as exc:  # the iterating thread raises it (shard named)
+                    raise FormatError(f"cannot fetch shard: {type(exc).__name__}: {exc}",
+                                      _shard_url(self, shard_id)) from None
         finally:
             it.on_exit()
 
@@ -184,11 +224,30 @@ class _MappedRows:
         self.open.clear()  # a mapping is unmapped once the last row viewing it is gone
 
 
-def _raise_prefetch_failure(future) -> None:
-    """Raise the prefetch thread's error (it names the shard), if that is what failed."""
+def _shard_name(dataset, shard_id: int) -> str:
+    raw_info, _ = dataset.shards[shard_id].file_pairs[0]
+    return raw_info.basename
+
+
+def _shard_url(dataset, shard_id: int) -> str:
+    """Where a shard comes from: ``remote/split/basename`` (or the local path)."""
+    stream = dataset.streams[dataset.stream_per_shard[shard_id]]
+    raw_info, zip_info = dataset.shards[shard_id].file_pairs[0]
+    base = stream.remote or stream.local
+    name = (zip_info or raw_info).basename
+    return "/".join(part.rstrip("/") for part in (base, stream.split, name) if part)
+
+
+def _raise_prefetch_failure(dataset, future) -> None:
+    """Raise the prefetch thread's error (a FormatError naming the shard) once it has failed;
+    any other failure of the background threads as one FormatError too."""
     failure = future.exception() if future.done() else None
+    if isinstance(failure, FormatError):
+        raise failure
     if failure is not None:
-        raise RuntimeError(f"shard prefetch failed: {failure}") from failure
+        raise FormatError(f"shard prefetch failed: {type(failure).__name__}: {failure}")
+    if dataset._event.is_set():
+        raise FormatError("a background thread of the loader failed (see its log)")
 
 
 if _Iterator is not None:
