@@ -32,6 +32,8 @@ def cmd_inspect(args) -> int:
 
 def cmd_render(args) -> int:
     from .render_cli import render_samples
+    if args.index < 0 or args.count < 1 or (args.size is not None and not 4 <= args.size <= 8192):
+        raise ValueError("--index must be ≥ 0, --count ≥ 1 and --size in [4, 8192]")
     render_samples(args.path, args.index, args.output, size=args.size, count=args.count)
     print(f"wrote {args.output}")
     return 0
@@ -54,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(prog="gsformat", description=__doc__)
     parser.add_argument("--version", action="version", version=f"gsformat {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a dataset against the spec (exit 0 valid, 1 not)")
@@ -91,15 +95,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     import logging
-    from .format.errors import FormatError
     logging.getLogger("streaming").setLevel(logging.ERROR)
-    logging.getLogger().setLevel(logging.ERROR)  # merge_index logs through the root logger
+    logging.getLogger().setLevel(logging.ERROR)  # streaming logs through the root logger too
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FormatError, FileNotFoundError, ValueError) as exc:
-        print(f"gsformat {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"gsformat {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line naming the file, shard or URL; --debug for the rest
+        if args.debug:
+            raise
+        print(f"gsformat {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message (the class name where the message does not say
+    enough: botocore's, OSError's), newlines folded."""
+    from .format.errors import FormatError
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (FormatError, ValueError, FileNotFoundError)):
+        return text
+    if isinstance(exc, MemoryError):
+        return "out of memory (a smaller --batch or --size helps)"
+    return f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":

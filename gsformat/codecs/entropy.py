@@ -160,7 +160,8 @@ class Entropy(Codec):
                 raise FormatError("entropy payload decodes to codes beyond their bit depth")
             values = lo[:, None] + codes * steps
             values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
-            rows[part] = values.T
+            with np.errstate(over="ignore"):  # → inf, refused by the reader's value check
+                rows[part] = values.T
         return ndarray_copy(rows.reshape(-1), out)
 
     def _header(self, buf):

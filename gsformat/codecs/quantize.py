@@ -172,5 +172,6 @@ class Quantize(Codec):
             values = lo[:, None] + codes * steps  # [8, m] coding domain
             # float64 to the end, as SPEC.md § 5.3 says: one rounding, to FP16, in every reader
             values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
-            rows[first:first + m] = values.T
+            with np.errstate(over="ignore"):  # → inf, refused by the reader's value check
+                rows[first:first + m] = values.T
         return ndarray_copy(rows.reshape(-1), out)

@@ -1,12 +1,21 @@
-"""``gsformat merge``: join finished parts into one dataset (streaming's `merge_index`)."""
+"""``gsformat merge``: join finished parts into one dataset.
+
+The root ``index.json`` lists every part's shards with the part's directory prefixed to their
+basenames (what streaming's `merge_index` writes); each file is written beside its final name
+and renamed into place (`storage.write_bytes`), the manifest last, so a merge killed at any
+point leaves either the old dataset or none, and running it again completes it. Re-running
+merge on a merged dataset rewrites the same files.
+"""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 
-from ..format import storage
+from ..format import constants as C
+from ..format import mds, storage
 from ..format.dataset import make_manifest, read_index, write_manifest
+from ..format.errors import FormatError
 
 from .run import CONVERT_JSON, PART_JSON, REJECTS
 
@@ -18,10 +27,31 @@ def find_parts(root: str, digest: str | None) -> list[tuple[str, dict]]:
                     if f.startswith("part-") and f.endswith("/" + PART_JSON)})
     parts = []
     for name in names:
-        stats = json.loads(storage.read_bytes(storage.join(root, name, PART_JSON)))
+        mds.check_basename(name, "part directory")
+        try:
+            stats = json.loads(storage.read_bytes(storage.join(root, name, PART_JSON),
+                                                  C.MAX_JSON_BYTES))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FormatError(f"not valid JSON: {exc}", f"{name}/{PART_JSON}") from None
+        if not isinstance(stats, dict):
+            raise FormatError("expected a JSON object", f"{name}/{PART_JSON}")
         if digest is None or stats.get("hash") == digest:
             parts.append((name, stats))
     return parts
+
+
+def merged_index(root: str, part_names: list[str]) -> dict:
+    """One MDS index over the parts' indexes (each checked by `read_index`), basenames
+    prefixed by their part."""
+    shards = []
+    for name in part_names:
+        for info in read_index(storage.join(root, name))["shards"]:
+            info = dict(info)
+            for pair in ("raw_data", "zip_data"):
+                if info.get(pair):
+                    info[pair] = dict(info[pair], basename=f"{name}/{info[pair]['basename']}")
+            shards.append(info)
+    return {"version": 2, "shards": shards}
 
 
 def summarise(parts: list[dict], index: dict, seconds: float | None = None) -> dict:
@@ -48,7 +78,6 @@ def summarise(parts: list[dict], index: dict, seconds: float | None = None) -> d
 
 def merge_parts(root: str) -> dict:
     """Build ROOT/index.json, gsformat.json, summary.json and rejects.jsonl from the parts."""
-    from streaming.base.util import merge_index
     convert = None
     try:
         convert = json.loads(storage.read_bytes(storage.join(root, CONVERT_JSON)))
@@ -57,9 +86,8 @@ def merge_parts(root: str) -> dict:
     parts = find_parts(root, convert["hash"] if convert else None)
     if not parts:
         raise FileNotFoundError(f"{root}: no finished parts to merge")
-    merge_index([storage.join(root, name, "index.json") for name, _ in parts], root,
-                keep_local=True)
-    index = read_index(root)
+    index = merged_index(root, [name for name, _ in parts])
+    storage.write_bytes(storage.join(root, C.INDEX_NAME), json.dumps(index).encode())
     stats = [p for _, p in parts]
     summary = summarise(stats, index)
     rejects = b"".join(storage.read_bytes(storage.join(root, name, REJECTS)) for name, _ in parts)

@@ -2,14 +2,16 @@
 
 Resumption: a part is finished when its ``part.json`` exists (written last, after the part's
 shards, index and rejects). Re-running the same command skips finished parts and redoes the
-others from scratch, so every source key ends up exactly once. Ranks take units ``rank::world``;
-``gsformat merge`` (automatic with one rank) joins the finished parts.
+others from scratch, so every source key ends up exactly once; on a complete output it does
+nothing and says so. Ranks take units ``rank::world``; ``gsformat merge`` (automatic with one
+rank) joins the finished parts, atomically (merge.py).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -28,6 +30,7 @@ CONVERT_JSON = "convert.json"
 PART_JSON = "part.json"
 REJECTS = "rejects.jsonl"
 MIN_SIDE = 4
+MAX_SIZE = 8192  # --size: a 8192² float32 canvas batch is already ~800 MiB per image in the fit
 
 
 def settings_of(args) -> dict:
@@ -51,9 +54,45 @@ def settings_hash(settings: dict) -> str:
 
 def read_json_or_none(path: str):
     try:
-        return json.loads(storage.read_bytes(path))
+        value = json.loads(storage.read_bytes(path))
     except (FileNotFoundError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def check_args(args) -> list[dict]:
+    """Every option checked before anything is written or fitted; returns the codec configs.
+    ValueError (one line) for a bad one."""
+    from ..format.record import get_codec
+    for name, value, low, high in (("--splats", args.splats, 1, None),
+                                   ("--iters", args.iters, 0, None),
+                                   ("--size", args.size, MIN_SIDE, MAX_SIZE),
+                                   ("--batch", args.batch, 1, None),
+                                   ("--chunk-size", args.chunk_size, 1, None),
+                                   ("--limit", args.limit, 0, None)):
+        if value is not None and (value < low or (high is not None and value > high)):
+            span = f"≥ {low}" if high is None else f"in [{low}, {high}]"
+            raise ValueError(f"{name} must be {span}, got {value}")
+    if not 0 <= args.prune_at <= 1 or not math.isfinite(args.prune_threshold):
+        raise ValueError("--prune-at must be in [0, 1] and --prune-threshold finite")
+    try:
+        codecs = parse_codecs(args.codec)
+    except ValueError as exc:
+        raise ValueError(f"--codec is not a codec id or JSON: {exc}") from None
+    for config in codecs:
+        if not isinstance(config, dict) or not isinstance(config.get("id"), str):
+            raise ValueError(f"--codec: each codec config must be a JSON object with an 'id', "
+                             f"got {config!r}")
+        get_codec(config)  # FormatError (one line) for an unknown id or a bad parameter
+    if args.device == "gpu":
+        from ..fitting.backend import cupy_available
+        if not cupy_available():
+            raise ValueError("--device gpu needs CuPy and a CUDA GPU (pip install "
+                             "'gsformat[gpu]'); none is available here (use --device cpu)")
+    if not storage.is_remote(args.out) and os.path.exists(args.out) \
+            and not os.path.isdir(args.out):
+        raise ValueError(f"OUT {args.out} is a file, not a directory")
+    return codecs
 
 
 def prepare_out(args, settings: dict, source) -> str:
@@ -204,13 +243,12 @@ def write_sample(writer, item, splats, image, columns) -> int:
 def run_convert(args) -> int:
     from .merge import merge_parts
     args.rank, args.world_size = resolve_rank(args.rank, args.world_size)
+    check_args(args)
     try:
         source = open_source(args.src, args.source_format, args.chunk_size, args.image_column)
     except SourceError as exc:
         print(f"gsformat convert: error: {exc}", file=sys.stderr)
         return 2
-    if args.splats < 1 or args.iters < 0 or args.size < MIN_SIDE:
-        raise ValueError("--splats must be ≥ 1, --iters ≥ 0 and --size ≥ 4")
     settings = settings_of(args)
     digest = prepare_out(args, settings, source)
     units = source.units()[args.rank::args.world_size]
@@ -238,6 +276,12 @@ def run_convert(args) -> int:
           f"{progress.n_rejected} rejected, {skipped} finished parts skipped, "
           f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     if args.world_size == 1:
+        finished = read_json_or_none(storage.join(args.out, "gsformat.json"))
+        if skipped == len(units) and finished and finished.get("parts") == [
+                f"part-{unit.name}" for unit in sorted(units, key=lambda u: u.name)]:
+            print(f"nothing to do: {args.out} is complete ({finished.get('n_samples')} samples "
+                  f"in {skipped} parts)", file=sys.stderr)
+            return 0
         manifest = merge_parts(args.out)
         print(json.dumps(manifest["summary"], indent=2))
     else:

@@ -88,9 +88,10 @@ class SplatSet:
         found = []
         finite = np.isfinite(self.params)
         if not finite.all():
-            bad = np.argwhere(~finite)[0]
-            found.append(f"{int((~finite).sum())} non-finite values "
-                         f"(first: splat {bad[0]}, {C.PARAM_NAMES[bad[1]]})")
+            first = int(np.argmin(finite.reshape(-1)))  # argwhere would list every one
+            found.append(f"{finite.size - int(np.count_nonzero(finite))} non-finite values "
+                         f"(first: splat {first // C.PARAMS_PER_SPLAT}, "
+                         f"{C.PARAM_NAMES[first % C.PARAMS_PER_SPLAT]})")
         for col, name in ((2, "l11"), (4, "l22")):
             nonpos = ~(self.params[:, col] > 0)  # NaN counts as non-positive
             if nonpos.any():

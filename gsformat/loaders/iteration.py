@@ -183,11 +183,11 @@ class _MappedRows:
                                    flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         except (FileNotFoundError, ValueError):  # not there (yet), or empty
             return None
-        num = int.from_bytes(mapped[:4], "little")
-        if 4 + 4 * (num + 1) > len(mapped) or num != shard.samples:
+        num, size = int.from_bytes(mapped[:4], "little"), len(mapped)
+        if 4 + 4 * (num + 1) > size or num != shard.samples:
             mapped.close()
             raise FormatError(f"header claims {num} samples ({shard.samples} in the index) in a "
-                              f"{len(mapped)}-byte shard", shard.raw_data.basename)
+                              f"{size}-byte shard", shard.raw_data.basename)
         offsets = np.frombuffer(mapped[4:8 + 4 * num], "<u4").tolist()
         if offsets != sorted(offsets) or offsets[0] < 8 + 4 * num or offsets[-1] > len(mapped):
             mapped.close()

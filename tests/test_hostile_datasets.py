@@ -1,0 +1,272 @@
+"""Hostile and damaged datasets, through `gsformat validate` and through `SplatDataset` (0 and 2
+workers): files outside the dataset, missing shards, values and counts that contradict, the
+command line's errors, idempotent conversion re-runs."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from torch.utils.data import DataLoader
+
+from gsformat import FormatError
+from gsformat.cli import main
+from gsformat.format.dataset import SplatWriter, iter_dataset, read_index
+from gsformat.format.validate import validate_dataset
+from gsformat.loaders import SplatDataset
+from conftest import write_image_folder
+from damage import patch_params, rewrite_sample_record, shard_path
+
+N = 12
+pytestmark = pytest.mark.timeout(300)  # a hang fails the test instead of the run
+
+
+@pytest.fixture()
+def ds(tmp_path, fitted_splats):
+    out = str(tmp_path / "data" / "ds")
+    with SplatWriter(out, columns=["caption"], codecs=[{"id": "gsformat.planar"}],
+                     size_limit=1 << 14) as writer:
+        for i in range(N):
+            writer.write(f"k{i:03d}", fitted_splats[i % 2], caption=f"c{i}")
+    return out
+
+
+def edit_index(root, edit):
+    path = os.path.join(root, "index.json")
+    index = json.load(open(path))
+    edit(index)
+    json.dump(index, open(path, "w"))
+
+
+def read_all(root, tmp_path, workers=0, remote=True, name="cache"):
+    """Every sample through SplatDataset (+ a DataLoader with ``workers``)."""
+    kwargs = dict(remote=root, local=str(tmp_path / name)) if remote else dict(local=root)
+    dataset = SplatDataset(shuffle=False, batch_size=2, download_timeout=5, **kwargs)
+    loader = DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=list)
+    return [s["key"] for batch in loader for s in batch]
+
+
+def loader_fails(root, tmp_path, match, workers=0, remote=True, name="cache"):
+    start = time.monotonic()
+    with pytest.raises(FormatError, match=match):
+        read_all(root, tmp_path, workers, remote, name)
+    assert time.monotonic() - start < 60  # never a hang
+
+
+def validate_reports(root, *fragments):
+    report = validate_dataset(root)
+    assert not report.valid
+    for fragment in fragments:
+        assert fragment in report.text(), report.text()
+    assert main(["validate", root]) == 1
+
+
+# ---- paths taken from a dataset ------------------------------------------------------------
+@pytest.mark.parametrize("basename", ["../ESCAPED.bin", "/tmp/ESCAPED-abs.bin", "a/../../x",
+                                      "ok\x00.mds", "C:/x.mds", "..\\x.mds"])
+def test_index_basenames_outside_the_dataset_are_refused(ds, tmp_path, basename):
+    def edit(index):
+        index["shards"][0]["zip_data"]["basename"] = basename
+    edit_index(ds, edit)
+    validate_reports(ds, "index.json", "not a relative path")
+    with pytest.raises(FormatError, match="not a relative path"):
+        list(iter_dataset(ds))
+    for workers in (0, 2):
+        loader_fails(ds, tmp_path, "not a relative path", workers, name=f"c{workers}")
+    for command in (["inspect", ds], ["render", ds, "-o", str(tmp_path / "r.png")]):
+        assert main(command) == 2
+    assert not os.path.exists(tmp_path / "ESCAPED.bin")
+    assert not os.path.exists(tmp_path / "data" / "ESCAPED.bin")
+    assert not os.path.exists("/tmp/ESCAPED-abs.bin")
+
+
+def test_loader_cannot_delete_a_file_outside_its_cache(ds, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+
+    def edit(index):  # raw present and zip "elsewhere": streaming would remove the zip
+        index["shards"][0]["zip_data"]["basename"] = "../../victim.txt"
+    edit_index(ds, edit)
+    loader_fails(ds, tmp_path, "not a relative path")
+    assert victim.read_text() == "keep me"
+
+
+def test_symlinked_shard_out_of_the_dataset_is_refused(ds, tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"not yours")
+    path, _ = shard_path(ds, 1)
+    os.remove(path)
+    os.symlink(secret, path)
+    validate_reports(ds, os.path.basename(path), "resolves outside the dataset")
+    loader_fails(ds, tmp_path, "resolves outside the dataset")
+    loader_fails(ds, tmp_path, "resolves outside the dataset", remote=False)
+
+
+def test_s3_index_cannot_write_outside_the_cache(tmp_path, s3_bucket, s3_server, fitted_splats):
+    import boto3
+    url = f"s3://{s3_bucket}/ds"
+    with SplatWriter(url, codecs=[{"id": "gsformat.planar"}]) as writer:
+        for i in range(4):
+            writer.write(f"k{i}", fitted_splats[i % 2])
+    client = boto3.client("s3", endpoint_url=s3_server)
+    index = json.loads(client.get_object(Bucket=s3_bucket, Key="ds/index.json")["Body"].read())
+    index["shards"][0]["zip_data"]["basename"] = "../ESCAPED.bin"
+    client.put_object(Bucket=s3_bucket, Key="ds/index.json", Body=json.dumps(index).encode())
+    (tmp_path / "cache").mkdir()
+    with pytest.raises(FormatError, match="not a relative path"):
+        SplatDataset(remote=url, local=str(tmp_path / "cache" / "ds"))
+    assert not os.path.exists(tmp_path / "cache" / "ESCAPED.bin")
+    assert main(["validate", url]) == 1
+
+
+# ---- damaged datasets: the validator and the loader agree --------------------------------------
+@pytest.mark.parametrize("workers, remote", [(0, True), (0, False), (2, True)])
+def test_deleted_shard_is_named_never_a_hang(ds, tmp_path, workers, remote):
+    path, _ = shard_path(ds, 1)
+    os.remove(path)
+    validate_reports(ds, os.path.basename(path), "missing shard file")
+    loader_fails(ds, tmp_path, os.path.basename(path).replace(".", r"\."), workers, remote)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_non_finite_record_is_not_streamed(ds, tmp_path, workers):
+    rewrite_sample_record(ds, patch_params(0, float("nan")))
+    validate_reports(ds, "shard.00000.mds, sample 1", "non-finite")
+    loader_fails(ds, tmp_path, r"shard\.00000\.mds, sample 1.*non-finite", workers)
+
+
+def test_duplicated_shard_entry(ds, tmp_path):
+    edit_index(ds, lambda index: index["shards"].append(index["shards"][0]))
+    validate_reports(ds, "listed twice")
+    loader_fails(ds, tmp_path, "listed twice")
+
+
+def test_duplicate_keys_across_shards_are_caught_while_streaming(ds, tmp_path, fitted_splats):
+    with SplatWriter(os.path.join(ds, "more"), codecs=[{"id": "gsformat.planar"}]) as writer:
+        writer.write("k000", fitted_splats[0])  # the key of ds's first sample, in a 2nd shard
+    extra = read_index(os.path.join(ds, "more"))["shards"][0]
+    for pair in ("raw_data", "zip_data"):
+        extra[pair]["basename"] = "more/" + extra[pair]["basename"]
+    edit_index(ds, lambda index: index["shards"].append(extra))
+    validate_reports(ds, "duplicate key 'k000'")
+    loader_fails(ds, tmp_path, "key 'k000' appears twice")
+
+
+@pytest.mark.parametrize("remote", [True, False])
+def test_index_claiming_fewer_samples(ds, tmp_path, remote):
+    def edit(index):
+        index["shards"][0]["samples"] -= 1
+    edit_index(ds, edit)
+    validate_reports(ds, "index says")
+    loader_fails(ds, tmp_path, "samples", remote=remote)
+
+
+def test_manifest_with_unknown_major_is_refused(ds, tmp_path):
+    path = os.path.join(ds, "gsformat.json")
+    manifest = json.load(open(path))
+    manifest["format_version"] = [2, 0]
+    json.dump(manifest, open(path, "w"))
+    validate_reports(ds, "unknown major version 2")
+    loader_fails(ds, tmp_path, "unknown major version 2")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda index: index["shards"][0].update(samples="6"), "samples must be an integer"),
+    (lambda index: index["shards"].__setitem__(0, "shard.mds"), "must be a map"),
+    (lambda index: index["shards"][0].pop("raw_data"), "raw_data must be a map"),
+    (lambda index: index["shards"][0].update(column_sizes=[None]), "consistent"),
+])
+def test_malformed_index_entries_are_reported_not_raised(ds, tmp_path, edit, message, capsys):
+    edit_index(ds, edit)
+    validate_reports(ds, message)
+    assert main(["inspect", ds]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    loader_fails(ds, tmp_path, message)
+
+
+def test_validate_of_a_file_is_a_report(tmp_path):
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"x")
+    validate_reports(str(path), "is a file, not a dataset directory")
+
+
+# ---- the command line: one line, never a traceback ---------------------------------------------
+def run_cli(*args, env=None):
+    result = subprocess.run([sys.executable, "-m", "gsformat.cli", *map(str, args)],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **(env or {})})
+    return result.returncode, result.stderr.strip()
+
+
+TINY = ["--splats", "8", "--iters", "2", "--size", "8", "--no-progress"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--codec", "[1]"], "each codec config must be a JSON object"),
+    (["--codec", '{"id": "gsformat.planar", "level": Infinity}'], "not JSON"),
+    (["--codec", "gsformat.nope"], "unknown codec id"),
+    (["--size", "70000"], "--size must be in"),
+    (["--chunk-size", "0"], "--chunk-size must be"),
+    (["--device", "gpu"], "needs CuPy and a CUDA GPU"),
+])
+def test_convert_option_errors_are_one_line_and_early(tmp_path, extra, message):
+    write_image_folder(tmp_path / "src")
+    out = tmp_path / "out"
+    code, err = run_cli("convert", tmp_path / "src", out, *TINY, *extra)
+    assert code == 2 and message in err and "\n" not in err, err
+    assert not out.exists()  # nothing written, nothing fitted: the corrected rerun just runs
+
+
+def test_cli_errors_are_one_line(tmp_path, ds):
+    (tmp_path / "afile").write_bytes(b"x")
+    write_image_folder(tmp_path / "src")
+    cases = [
+        (["convert", tmp_path / "src", tmp_path / "afile", *TINY], "is a file"),
+        (["render", ds, "--index", "-1"], "--index must be"),
+        (["validate", "s3://bucket/ds"], ""),  # refused connection: a one-line error
+    ]
+    env = {"S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}
+    for args, message in cases:
+        code, err = run_cli(*args, env=env)
+        assert code == 2 and message in err and "\n" not in err and "Traceback" not in err, err
+    code, err = run_cli("--debug", "render", ds, "--index", "-1")
+    assert "Traceback" in err  # --debug shows it
+
+
+# ---- conversion re-runs ------------------------------------------------------------------------
+def test_rerun_of_a_finished_conversion_does_nothing(tmp_path):
+    expected = write_image_folder(tmp_path / "src")
+    out = tmp_path / "out"
+    args = ["convert", tmp_path / "src", out, "--chunk-size", "2", *TINY]
+    assert run_cli(*args)[0] == 0
+    stamp = os.path.getmtime(out / "gsformat.json")
+    code, err = run_cli(*args)
+    assert code == 0 and "nothing to do" in err, err
+    assert os.path.getmtime(out / "gsformat.json") == stamp
+    # a merge killed before its manifest: the rerun completes it
+    os.remove(out / "gsformat.json")
+    (out / "index.json.tmp-4242").write_bytes(b"{half")
+    assert run_cli(*args)[0] == 0
+    assert validate_dataset(str(out)).valid
+    assert sorted(s["key"] for s in iter_dataset(str(out), decode=False)) == expected
+    assert main(["merge", str(out)]) == 0  # merge again: the same dataset
+    assert validate_dataset(str(out)).valid
+
+
+@pytest.mark.slow
+def test_sigkill_during_merge_then_rerun(tmp_path):
+    """Kill convert at many points (the final merge included), rerun: every key once."""
+    expected = write_image_folder(tmp_path / "src")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "gsformat.cli", "convert", str(tmp_path / "src"), str(out),
+           "--chunk-size", "1", *TINY]
+    for delay in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert validate_dataset(str(out)).valid
+    assert sorted(s["key"] for s in iter_dataset(str(out), decode=False)) == expected

@@ -1,0 +1,307 @@
+"""Hostile records: every finding of the hostile-input review as a regression test, and a
+hypothesis fuzzer that holds each decode to a memory and time budget and the C decoders to the
+NumPy ones (SPEC.md § 7: decoding budget)."""
+import glob
+import math
+import os
+import time
+import tracemalloc
+
+import msgpack
+import numpy as np
+import pytest
+import zstd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gsformat import FormatError, SplatSet, UnknownCodecError, decode_record, encode_record
+from gsformat.codecs import lattice
+from gsformat.format import record as record_module
+
+VECTORS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "spec", "vectors",
+                                        "records", "*.msgpack")))
+MIB = 1 << 20
+N_MAX = 1 << 20
+
+
+def record_with(base: bytes | None = None, **changes) -> bytes:
+    """A record (the 2-splat golden vector by default) with map entries replaced."""
+    base = base or open([v for v in VECTORS if "raw-2splats" in v][0], "rb").read()
+    rec = msgpack.unpackb(base, raw=False)
+    rec.update(changes)
+    return msgpack.packb(rec, use_bin_type=True)
+
+
+def vector(name: str) -> bytes:
+    return open([v for v in VECTORS if os.path.basename(v).startswith(name)][0], "rb").read()
+
+
+def budget(buf: bytes, n_splats: int) -> int:
+    """SPEC.md § 7's decoding budget: 3 × 16·N + 2 × the record + 8 MiB."""
+    return 3 * 16 * n_splats + 2 * len(buf) + 8 * MIB
+
+
+def decode_measured(buf: bytes):
+    """(SplatSet or FormatError, seconds, peak traced bytes). Any other exception fails."""
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        result = decode_record(buf)
+    except FormatError as exc:
+        result = exc
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return result, seconds, peak
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _warm():
+    lattice.to_float16(np.ones(2, np.float32))  # torch's import is not a decode's cost
+
+
+def uniform_splats(n: int) -> SplatSet:
+    params = np.zeros((n, 8), np.float16)
+    params[:, 0] = params[:, 1] = 0.5
+    params[:, 2] = params[:, 4] = 0.01
+    params[:, 5] = 0.5
+    return SplatSet(params, 224, 224)
+
+
+# ---- § 4: msgpack --------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["unknown key", "fit value", "codec parameter"])
+def test_msgpack_timestamp_is_rejected(where):
+    stamp = msgpack.Timestamp(1, 0)
+    if where == "unknown key":
+        buf = record_with(future=stamp)
+    elif where == "fit value":
+        buf = record_with(fit={"psnr": stamp})
+    else:
+        buf = record_with(vector("zstd-fitted48"), codecs=[{"id": "zstd", "when": stamp}])
+    with pytest.raises(FormatError, match="extension type"):
+        decode_record(buf)
+
+
+@pytest.mark.parametrize("mapping", [{"fit": {1: 2.0}}, {"fit": {b"psnr": 2.0}},
+                                     {"future": {3: "x"}}])
+def test_non_str_map_keys_are_rejected(mapping):
+    buf = record_with(**mapping)
+    with pytest.raises(FormatError, match="key|map"):
+        decode_record(buf)
+
+
+# ---- § 5: codec configs --------------------------------------------------------------------
+def test_unknown_codec_parameters_are_ignored():
+    base = vector("zstd-fitted48")
+    codecs = msgpack.unpackb(base)["codecs"]
+    plain = decode_record(base)
+    assert decode_record(record_with(base, codecs=[dict(codecs[0], foo=1)])) == plain
+    lat = vector("lattice-rans-default")
+    config = msgpack.unpackb(lat)["codecs"][0]
+    assert decode_record(record_with(lat, codecs=[dict(config, future=[1, 2])])) \
+        == decode_record(lat)
+
+
+@pytest.mark.parametrize("name, param, value, message", [
+    ("quantize-12", "position_bits", 17, r"'position_bits' = 17 outside \[1, 16\]"),
+    ("quantize-12", "position_bits", 8.0, "must be an integer"),
+    ("quantize-12", "colour_bits", True, "must be an integer"),
+    ("quantize-12", "covariance_bits", math.inf, "must be an integer"),
+    ("entropy-12", "colour_bits", 0, "outside"),
+    ("lattice-default", "scale_step", 0.0, "outside"),
+    ("lattice-default", "shear_step", True, "must be a number"),
+    ("lattice-rans-default", "position_step", math.inf, "outside"),
+    ("lattice-rans-default", "colour_step", math.nan, "outside"),
+    ("lattice-rans-default", "colour_step", 2.0, "outside"),
+])
+def test_bad_codec_parameters_name_the_parameter(name, param, value, message):
+    base = vector(name)
+    config = msgpack.unpackb(base)["codecs"][0]
+    with pytest.raises(FormatError, match=message) as info:
+        decode_record(record_with(base, codecs=[dict(config, **{param: value})]))
+    assert "unknown codec" not in str(info.value)
+
+
+@pytest.mark.parametrize("name, param", [("lattice-default", "position_step"),
+                                         ("quantize-12", "colour_bits")])
+def test_missing_decoder_parameters_are_rejected(name, param):
+    base = vector(name)
+    config = dict(msgpack.unpackb(base)["codecs"][0])
+    del config[param]
+    with pytest.raises(FormatError, match=f"missing parameter '{param}'"):
+        decode_record(record_with(base, codecs=[config]))
+
+
+def test_encoder_only_parameters_are_not_needed():
+    base = vector("lattice-default")
+    config = dict(msgpack.unpackb(base)["codecs"][0])
+    config.pop("level")
+    assert decode_record(record_with(base, codecs=[config])) == decode_record(base)
+    config["level"] = math.inf  # not needed, so not checked
+    assert decode_record(record_with(base, codecs=[config])) == decode_record(base)
+
+
+# ---- § 5.1: one zstd frame, bounded before decompressing -----------------------------------
+def test_zstd_second_frame_is_refused_before_decompressing():
+    base = vector("zstd-fitted48")
+    payload = msgpack.unpackb(base)["payload"]
+    bomb = zstd.compress(bytes(200 * MIB), 19)  # ~6 KB holding 200 MiB
+    assert len(bomb) < 64 << 10
+    buf = record_with(base, payload=payload + bomb)
+    result, seconds, peak = decode_measured(buf)
+    assert isinstance(result, FormatError) and "after the frame" in str(result)
+    assert peak < 4 * MIB and seconds < 1
+
+
+def test_zstd_frame_claiming_more_than_the_record_allows():
+    buf = record_with(vector("zstd-fitted48"), payload=zstd.compress(bytes(64 * 1024 * 8)))
+    with pytest.raises(FormatError, match="claims"):
+        decode_record(buf)
+
+
+def test_planar_count_is_checked_before_allocating():
+    # 1 splat claiming 2^24 values: refused from its header, nothing allocated
+    payload = (1 << 24).to_bytes(4, "little") + zstd.compress(bytes(1 << 25))
+    buf = msgpack.packb({"version": [1, 3], "n_splats": 1, "height": 8, "width": 8,
+                         "layout": "gs2d.mu2.chol3.rgb3", "codecs": [{"id": "gsformat.planar"}],
+                         "payload": payload}, use_bin_type=True)
+    result, seconds, peak = decode_measured(buf)
+    assert isinstance(result, FormatError) and "claims" in str(result)
+    assert peak < 2 * MIB
+
+
+# ---- § 2: values ---------------------------------------------------------------------------
+@pytest.mark.parametrize("col, value", [(0, np.nan), (6, np.inf), (2, 0.0), (4, -1.0)])
+def test_raw_records_with_invalid_values_are_rejected(col, value):
+    params = uniform_splats(4).params.copy()
+    params[1, col] = value
+    with pytest.raises(FormatError, match="non-finite|<= 0"):
+        decode_record(encode_record(SplatSet(params, 8, 8)))
+
+
+# ---- N = 0 (SPEC.md 1.4 decisions) ----------------------------------------------------------
+def test_empty_record_rules():
+    empty = dict(version=[1, 3], n_splats=0, height=4, width=4, layout="gs2d.mu2.chol3.rgb3")
+    pack = lambda **kw: msgpack.packb(dict(empty, **kw), use_bin_type=True)  # noqa: E731
+    assert decode_record(pack(codecs=[], payload=b"")).n_splats == 0
+    assert decode_record(pack(codecs=[{"id": "gsformat.planar"}], payload=b"")).n_splats == 0
+    assert decode_record(pack(codecs=[{"id": "zstd"}], payload=zstd.compress(b""))).n_splats == 0
+    with pytest.raises(UnknownCodecError):  # § 3 first: an unknown codec fails, even at N = 0
+        decode_record(pack(codecs=[{"id": "gsformat.future"}], payload=b""))
+    with pytest.raises(FormatError, match="after its header"):  # a frame where none belongs
+        decode_record(pack(codecs=[{"id": "gsformat.planar"}],
+                           payload=bytes(4) + zstd.compress(b"")))
+
+
+# ---- work and memory bounded by the budget (crafted records) ---------------------------------
+PIPELINES = {
+    "zstd": [{"id": "zstd", "level": 3}], "planar": [{"id": "gsformat.planar"}],
+    "quantize+zstd": [{"id": "gsformat.quantize"}, {"id": "zstd", "level": 3}],
+    "entropy": [{"id": "gsformat.entropy", "level": 3}],
+    "lattice": [{"id": "gsformat.lattice", "level": 3}],
+    "lattice-rans": [{"id": "gsformat.lattice-rans"}],
+}
+
+
+@pytest.fixture(scope="module")
+def huge_records():
+    """2^20 identical splats in a few hundred bytes, per codec: spec-valid records."""
+    splats = uniform_splats(N_MAX)
+    return {name: encode_record(splats, pipeline) for name, pipeline in PIPELINES.items()}
+
+
+@pytest.mark.parametrize("name", list(PIPELINES))
+def test_huge_claims_in_small_records_stay_in_budget(huge_records, name):
+    buf = huge_records[name]
+    assert len(buf) < 2048
+    result, seconds, peak = decode_measured(buf)
+    assert isinstance(result, SplatSet) and result.n_splats == N_MAX
+    assert peak <= budget(buf, N_MAX), f"{peak / MIB:.1f} MiB"
+    assert peak <= 64 * MIB and seconds < 2
+
+
+def _payload_edit(buf: bytes, edit) -> bytes:
+    rec = msgpack.unpackb(buf, raw=False)
+    payload = bytearray(rec["payload"])
+    edit(payload)
+    rec["payload"] = bytes(payload)
+    return msgpack.packb(rec, use_bin_type=True)
+
+
+def test_lattice_rans_code_minimum_beyond_the_fast_path(huge_records):
+    # code_min of slot 5 set to 2^29: the C decoder declines its arithmetic, the planes still
+    # come from its rANS stage (no NumPy loop); the values overflow FP16 and are refused
+    def edit(p):
+        p[28:32] = (1 << 29).to_bytes(4, "little")
+    result, seconds, peak = decode_measured(_payload_edit(huge_records["lattice-rans"], edit))
+    assert isinstance(result, FormatError) and "non-finite" in str(result)
+    assert seconds < 2 and peak <= 64 * MIB
+
+
+def test_lattice_rans_bad_final_state_fails_fast(huge_records):
+    def edit(p):  # the last lane state word, beyond the tables: streams no longer end right
+        p[-1] ^= 0x01
+    result, seconds, peak = decode_measured(_payload_edit(huge_records["lattice-rans"], edit))
+    assert isinstance(result, FormatError)
+    assert seconds < 2 and peak <= 64 * MIB
+
+
+# ---- the fuzzer: FormatError or a valid decode, within budget, C = NumPy ---------------------
+def _decode_both(buf: bytes):
+    """Outcome with the C decoders and with the NumPy ones: bytes of the params, or the
+    FormatError class."""
+    outcomes = []
+    for native in (lattice._NATIVE, None):
+        saved = lattice._NATIVE, list(record_module._ROWS_VALID)
+        lattice._NATIVE = native
+        record_module._ROWS_VALID[:] = [] if native is not None else [None]
+        try:
+            outcomes.append(decode_record(buf).params.tobytes())
+        except FormatError:
+            outcomes.append(FormatError)
+        finally:
+            lattice._NATIVE = saved[0]
+            record_module._ROWS_VALID[:] = saved[1]
+    return outcomes
+
+
+def mutate(data, buf: bytes) -> bytes:
+    """Byte-level edits (flips, overwrites, truncation, insertion) or a msgpack-level edit."""
+    kind = data.draw(st.sampled_from(["flip", "set", "cut", "insert", "payload", "value"]))
+    out = bytearray(buf)
+    if kind in ("flip", "set"):
+        for _ in range(data.draw(st.integers(1, 4))):
+            at = data.draw(st.integers(0, len(out) - 1))
+            out[at] = out[at] ^ (1 << data.draw(st.integers(0, 7))) if kind == "flip" else \
+                data.draw(st.integers(0, 255))
+    elif kind == "cut":
+        del out[data.draw(st.integers(0, len(out) - 1)):]
+    elif kind == "insert":
+        at = data.draw(st.integers(0, len(out)))
+        out[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+    else:
+        rec = msgpack.unpackb(buf, raw=False)
+        if kind == "payload" and rec["payload"]:
+            payload = bytearray(rec["payload"])
+            at = data.draw(st.integers(0, len(payload) - 1))
+            width = data.draw(st.sampled_from([1, 4, 8]))
+            payload[at:at + width] = data.draw(st.binary(min_size=width, max_size=width))
+            rec["payload"] = bytes(payload)
+        else:
+            key = data.draw(st.sampled_from(["n_splats", "height", "codecs", "fit", "version"]))
+            rec[key] = data.draw(st.one_of(st.integers(-2, 2**33), st.floats(), st.none(),
+                                           st.just([{"id": "zstd"}]), st.just([1, 3])))
+        out = bytearray(msgpack.packb(rec, use_bin_type=True))
+    return bytes(out)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzzed_records(data):
+    buf = mutate(data, open(data.draw(st.sampled_from(VECTORS)), "rb").read())
+    result, seconds, peak = decode_measured(buf)  # any other exception fails the test
+    n = result.n_splats if isinstance(result, SplatSet) else 0
+    assert peak <= budget(buf, n) and seconds < 1
+    native, numpy = _decode_both(buf)
+    assert native == numpy
