@@ -4,6 +4,7 @@ NumPy ones (SPEC.md § 7: decoding budget)."""
 import glob
 import math
 import os
+import sys
 import time
 import tracemalloc
 
@@ -17,6 +18,9 @@ from hypothesis import strategies as st
 from gsformat import FormatError, SplatSet, UnknownCodecError, decode_record, encode_record
 from gsformat.codecs import lattice
 from gsformat.format import record as record_module
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from fuzz_bench import budget, main as fuzz_main, mutate  # noqa: E402  (one mutator for both)
 
 VECTORS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "spec", "vectors",
                                         "records", "*.msgpack")))
@@ -34,11 +38,6 @@ def record_with(base: bytes | None = None, **changes) -> bytes:
 
 def vector(name: str) -> bytes:
     return open([v for v in VECTORS if os.path.basename(v).startswith(name)][0], "rb").read()
-
-
-def budget(buf: bytes, n_splats: int) -> int:
-    """SPEC.md § 7's decoding budget: 3 × 16·N + 2 × the record + 8 MiB."""
-    return 3 * 16 * n_splats + 2 * len(buf) + 8 * MIB
 
 
 def decode_measured(buf: bytes):
@@ -216,7 +215,7 @@ def test_huge_claims_in_small_records_stay_in_budget(huge_records, name):
     assert len(buf) < 2048
     result, seconds, peak = decode_measured(buf)
     assert isinstance(result, SplatSet) and result.n_splats == N_MAX
-    assert peak <= budget(buf, N_MAX), f"{peak / MIB:.1f} MiB"
+    assert peak <= budget(buf), f"{peak / MIB:.1f} MiB"
     assert peak <= 64 * MIB and seconds < 2
 
 
@@ -265,43 +264,20 @@ def _decode_both(buf: bytes):
     return outcomes
 
 
-def mutate(data, buf: bytes) -> bytes:
-    """Byte-level edits (flips, overwrites, truncation, insertion) or a msgpack-level edit."""
-    kind = data.draw(st.sampled_from(["flip", "set", "cut", "insert", "payload", "value"]))
-    out = bytearray(buf)
-    if kind in ("flip", "set"):
-        for _ in range(data.draw(st.integers(1, 4))):
-            at = data.draw(st.integers(0, len(out) - 1))
-            out[at] = out[at] ^ (1 << data.draw(st.integers(0, 7))) if kind == "flip" else \
-                data.draw(st.integers(0, 255))
-    elif kind == "cut":
-        del out[data.draw(st.integers(0, len(out) - 1)):]
-    elif kind == "insert":
-        at = data.draw(st.integers(0, len(out)))
-        out[at:at] = data.draw(st.binary(min_size=1, max_size=16))
-    else:
-        rec = msgpack.unpackb(buf, raw=False)
-        if kind == "payload" and rec["payload"]:
-            payload = bytearray(rec["payload"])
-            at = data.draw(st.integers(0, len(payload) - 1))
-            width = data.draw(st.sampled_from([1, 4, 8]))
-            payload[at:at + width] = data.draw(st.binary(min_size=width, max_size=width))
-            rec["payload"] = bytes(payload)
-        else:
-            key = data.draw(st.sampled_from(["n_splats", "height", "codecs", "fit", "version"]))
-            rec[key] = data.draw(st.one_of(st.integers(-2, 2**33), st.floats(), st.none(),
-                                           st.just([{"id": "zstd"}]), st.just([1, 3])))
-        out = bytearray(msgpack.packb(rec, use_bin_type=True))
-    return bytes(out)
-
-
 @settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_fuzzed_records(data):
-    buf = mutate(data, open(data.draw(st.sampled_from(VECTORS)), "rb").read())
+@given(seed=st.integers(0, 2**32 - 1), path=st.sampled_from(VECTORS))
+def test_fuzzed_records(seed, path):
+    buf = mutate(np.random.default_rng(seed), open(path, "rb").read())
     result, seconds, peak = decode_measured(buf)  # any other exception fails the test
-    n = result.n_splats if isinstance(result, SplatSet) else 0
-    assert peak <= budget(buf, n) and seconds < 1
+    assert peak <= budget(buf) and seconds < 1
     native, numpy = _decode_both(buf)
     assert native == numpy
+
+
+def test_fuzz_bench_smoke():
+    result = fuzz_main(records=400, workers=2, huge_share=0.05)
+    assert result["records"] == 400 and result["decoded"] > 0 and result["rejected"] > 0
+    for name in ("crashes", "hangs", "other_exceptions", "disagreements", "over_64mib",
+                 "over_1s", "over_budget"):
+        assert result[name] == 0, (name, result["examples"])
