@@ -165,13 +165,22 @@ def _lattice(buf, config):  # SPEC.md § 5.5 (zstd planes) and § 5.6 (rANS plan
     return np.stack(cols, 1).astype("<f4").astype("<f2").tobytes()  # float64 → float32 → FP16
 
 
+def _content_size(frame) -> int:  # SPEC.md § 5.1, RFC 8878 § 3.1.1.1
+    descriptor = frame[4]
+    flag, single = descriptor >> 6, (descriptor >> 5) & 1
+    size_len = (single, 2, 4, 8)[flag]
+    pos = 5 + (not single)
+    size = int.from_bytes(frame[pos:pos + size_len], "little")
+    return size + 256 if size_len == 2 else size
+
+
 def spec_decode(record: bytes):
     rec = msgpack.unpackb(record, raw=False)
     assert rec["version"][0] == 1 and rec["layout"] == "gs2d.mu2.chol3.rgb3"
     buf = rec["payload"]
     for config in reversed(rec["codecs"]):
-        if config["id"] == "zstd":
-            buf = bytes(Zstd().decode(buf))
+        if config["id"] == "zstd":  # one frame (an empty one: numcodecs refuses those)
+            buf = bytes(Zstd().decode(buf)) if _content_size(buf) else b""
         elif config["id"] == "gsformat.planar":
             buf = _planar(buf)
         elif config["id"] == "gsformat.quantize":

@@ -18,7 +18,7 @@ INVALID = sorted(glob.glob(os.path.join(VECTORS, "invalid", "*.msgpack")))
 
 
 def test_vectors_are_present():
-    assert len(RECORDS) >= 6 and len(INVALID) >= 5
+    assert len(RECORDS) >= 18 and len(INVALID) >= 21 and len(INVALID_DATASETS) >= 2
 
 
 @pytest.mark.parametrize("path", RECORDS, ids=os.path.basename)
@@ -43,6 +43,19 @@ def test_golden_invalid_record(path):
     want = json.load(open(path[:-len(".msgpack")] + ".json"))
     with pytest.raises(FormatError, match=want["error"]):
         decode_record(open(path, "rb").read())
+
+
+INVALID_DATASETS = sorted(glob.glob(os.path.join(VECTORS, "invalid-datasets", "*")))
+
+
+@pytest.mark.parametrize("root", INVALID_DATASETS, ids=os.path.basename)
+def test_golden_invalid_dataset(root, tmp_path):
+    from gsformat.loaders import SplatDataset
+    want = json.load(open(os.path.join(root, "error.json")))["error"]
+    report = validate_dataset(root)
+    assert not report.valid and want in report.text()
+    with pytest.raises(FormatError, match=want):  # refused before any shard is opened
+        SplatDataset(remote=root, local=str(tmp_path / "cache"))
 
 
 def test_golden_dataset():

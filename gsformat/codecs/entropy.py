@@ -172,8 +172,10 @@ class Entropy(Codec):
             raise FormatError("truncated header")
         ranges = data[4:HEADER_BYTES].view("<f8").reshape(2, C.PARAMS_PER_SPLAT)
         lo, hi = ranges[0].astype(np.float64), ranges[1].astype(np.float64)
-        if not (np.isfinite(ranges).all() and (hi >= lo).all()):
-            raise FormatError("entropy payload has non-finite or inverted ranges")
+        with np.errstate(over="ignore"):
+            spans = hi - lo  # SPEC.md § 5.3: finite, like the ranges themselves
+        if not (np.isfinite(ranges).all() and (hi >= lo).all() and np.isfinite(spans).all()):
+            raise FormatError("entropy payload has non-finite, inverted or overflowing ranges")
         if n == 0 and data.size != HEADER_BYTES:
             raise FormatError("empty entropy payload has trailing bytes")
         return data, n, lo, hi

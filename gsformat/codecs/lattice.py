@@ -357,8 +357,9 @@ class Lattice(Codec):
         if counts[2] == 1 and counts[4] == 1:
             offsets = np.arange(256)
             row2, row4 = counts[0], counts[0] + counts[2] + counts[3]
-            scales = (np.exp((code_min[2] + offsets) * self.scale_step)[raw[row2]],
-                      np.exp((code_min[4] + offsets) * self.scale_step)[raw[row4]])
+            with np.errstate(over="ignore"):  # → inf, refused by the reader's value check
+                scales = (np.exp((code_min[2] + offsets) * self.scale_step)[raw[row2]],
+                          np.exp((code_min[4] + offsets) * self.scale_step)[raw[row4]])
         codes += code_min[:, None]
         y, co, cg = codes[5], codes[6], codes[7]  # YCoCg-R inverse, in place (rows → R, G, B)
         t = y - (cg >> 1)

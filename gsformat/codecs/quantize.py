@@ -157,8 +157,10 @@ class Quantize(Codec):
                               f"for {n} splats at bits {self.bits}")
         ranges = data[4:HEADER_BYTES].view("<f8").reshape(2, C.PARAMS_PER_SPLAT)
         lo, hi = ranges[0].astype(np.float64), ranges[1].astype(np.float64)
-        if not (np.isfinite(ranges).all() and (hi >= lo).all()):
-            raise FormatError("quantized payload has non-finite or inverted ranges")
+        with np.errstate(over="ignore"):
+            spans = hi - lo  # SPEC.md § 5.3: finite, like the ranges themselves
+        if not (np.isfinite(ranges).all() and (hi >= lo).all() and np.isfinite(spans).all()):
+            raise FormatError("quantized payload has non-finite, inverted or overflowing ranges")
         starts = HEADER_BYTES + np.concatenate([[0], np.cumsum(stream_bytes)[:-1]])
         padded = np.concatenate([data, np.zeros(3, np.uint8)])
         steps = self.steps(lo, hi)[:, None]

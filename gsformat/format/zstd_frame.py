@@ -91,8 +91,9 @@ def decompress_bounded(frame, low: int, high: int, source: str = "header") -> by
     """`decompress_exact` for a claim anywhere in [low, high]."""
     claimed = zstd_content_size(frame)  # the claim first: refused from the header alone
     if not low <= claimed <= high:
-        expect = f"{low}" if low == high else f"at most {high}"
-        raise FormatError(f"zstd frame claims {claimed} bytes, {source} says {expect}")
+        raise FormatError(f"zstd frame claims {claimed} bytes, {source} says {low}" if low == high
+                          else f"zstd frame claims {claimed} bytes, more than {source} allows "
+                               f"({high})")
     length = frame_extent(frame)[1]
     if length != len(memoryview(frame).cast("B")):
         raise FormatError(f"zstd stage: {len(memoryview(frame).cast('B')) - length} bytes after "
