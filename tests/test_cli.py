@@ -40,7 +40,7 @@ def test_lossy_codec_json_and_quantize_aware(tmp_path):
         import msgpack
         record = msgpack.unpackb(sample["splats"])
         assert record["codecs"][0]["id"] == "gsformat.entropy"
-        assert record["version"] == [1, 3]
+        assert record["version"] == [1, 4]
         assert decode_record(sample["splats"]).n_splats == 24
 
 

@@ -270,3 +270,29 @@ def test_sigkill_during_merge_then_rerun(tmp_path):
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert validate_dataset(str(out)).valid
     assert sorted(s["key"] for s in iter_dataset(str(out), decode=False)) == expected
+
+
+def test_merge_refuses_a_part_index_that_leaves_the_dataset(ds, tmp_path):
+    root = tmp_path / "parts"
+    part = root / "part-x"
+    part.mkdir(parents=True)
+    index = read_index(ds)
+    index["shards"][0]["zip_data"]["basename"] = "../../outside.mds.zstd"
+    (part / "index.json").write_text(json.dumps(index))
+    (part / "part.json").write_text(json.dumps({"hash": None, "n_written": 1}))
+    code, err = run_cli("merge", root)
+    assert code == 2 and "not a relative path" in err and "\n" not in err, err
+    assert not (root / "index.json").exists()
+
+
+def test_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    from gsformat.format import storage
+    write_image_folder(tmp_path / "src")
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    monkeypatch.setattr(storage, "write_bytes", full)
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "out"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "No space left on device" in err and "\n" not in err

@@ -158,9 +158,9 @@ class Entropy(Codec):
             codes[2:] = sums & masks
             if (codes[:2] > ((1 << bits[:2]) - 1)[:, None]).any():
                 raise FormatError("entropy payload decodes to codes beyond their bit depth")
-            values = lo[:, None] + codes * steps
-            values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
             with np.errstate(over="ignore"):  # → inf, refused by the reader's value check
+                values = lo[:, None] + codes * steps
+                values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
                 rows[part] = values.T
         return ndarray_copy(rows.reshape(-1), out)
 

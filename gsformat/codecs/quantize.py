@@ -171,9 +171,9 @@ class Quantize(Codec):
             for cols in GROUPS:  # attributes of a group share a bit depth: unpack them together
                 codes[list(cols)] = unpack_streams(data, starts[list(cols)], m,
                                                    self.bits[cols[0]], first, padded)
-            values = lo[:, None] + codes * steps  # [8, m] coding domain
-            # float64 to the end, as SPEC.md § 5.3 says: one rounding, to FP16, in every reader
-            values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
             with np.errstate(over="ignore"):  # → inf, refused by the reader's value check
+                values = lo[:, None] + codes * steps  # [8, m] coding domain
+                # float64 to the end, as SPEC.md § 5.3 says: one rounding, to FP16
+                values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
                 rows[first:first + m] = values.T
         return ndarray_copy(rows.reshape(-1), out)
