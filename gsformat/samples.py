@@ -9,6 +9,9 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
                   "immunohistochemistry", "retina")
 SKLEARN_PHOTOS = ("china", "flower")
 PHOTOS = SKIMAGE_PHOTOS + SKLEARN_PHOTOS
+# more real photographs scikit-image bundles: the stereo pair's left view and greyscale ones
+# (returned as RGB) — the fitter's held-out report set draws on these (benchmarks/fit_bench.py)
+EXTRA_PHOTOS = ("motorcycle", "camera", "coins", "moon", "clock", "gravel")
 
 
 def load_raw(name: str) -> np.ndarray:
@@ -16,11 +19,13 @@ def load_raw(name: str) -> np.ndarray:
     if name in SKLEARN_PHOTOS:
         from sklearn.datasets import load_sample_image
         image = load_sample_image(f"{name}.jpg")
-    elif name in SKIMAGE_PHOTOS:
+    elif name in SKIMAGE_PHOTOS or name in EXTRA_PHOTOS:
         import skimage.data
-        image = getattr(skimage.data, name)()
+        image = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else \
+            getattr(skimage.data, name)()
     else:
-        raise ValueError(f"unknown photograph {name!r}; known: {', '.join(PHOTOS)}")
+        raise ValueError(f"unknown photograph {name!r}; known: "
+                         f"{', '.join(PHOTOS + EXTRA_PHOTOS)}")
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     return np.ascontiguousarray(image[..., :3])

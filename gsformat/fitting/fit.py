@@ -20,8 +20,9 @@ from .backend import get_xp, to_numpy
 from .cuda_kernel import MAX_WINDOW, CudaWindowKernel
 from .images import as_float_rgb
 from .init import colour_from_pixels, init_params
+from . import placement
 from . import kernel as kernel_mod
-from .kernel import ThreadedKernel, WindowKernel, window_entries
+from .kernel import RangeKernel, WindowKernel, window_entries
 from .solve import requantize
 
 BT709 = (0.2126, 0.7152, 0.0722)
@@ -31,17 +32,28 @@ DEFAULT_MEMORY_LIMIT = 2 << 30
 
 @dataclass
 class FitOptions:
-    """Everything `fit_images` accepts besides the images (defaults tuned on photographs)."""
+    """Everything `fit_images` accepts besides the images (defaults tuned on the tuning set of
+    `benchmarks/fit_bench.py`; `FIXED_WINDOW` is the fitter before per-splat extents)."""
     n_splats: int = 1600
     iters: int = 2000
     lr_position: float = 0.03      # pixels per step (Adam)
     lr_covariance: float = 0.015   # pixels per step
     lr_colour: float = 0.008       # colour units per step
-    lr_final: float = 0.05         # cosine decay to this fraction of each rate
+    lr_final: float = 1.0          # cosine decay to this fraction of each rate (1: constant
+                                   # rates; the fixed-window fitter was tuned with 0.05)
     init: str = "grid"             # "grid" | "random"
     init_scale: float = 0.5        # initial σ as a fraction of the grid spacing
+    relocate_every: int = 250      # move the weakest splats to the error every this many
+                                   # iterations (0: never; placement.relocate)
+    relocate_fraction: float = 0.05  # share of the budget moved each time
+    relocate_until: float = 0.7    # no relocation after this fraction of iters
+    relocate_tolerance: float = 0.05  # a move that raises the loss by more (relative) is undone
     window_scale: float = 1.5      # window half-size R = max(ceil(window_scale · spacing),
     min_radius: int = 8            #   min_radius) pixels; 3σ_max ≤ R (see kernel.py)
+    large_fraction: float = 0.1    # per-splat extents: this share of the budget in a class of
+    large_scale: float = 2.5       #   large windows, R_large = ceil(large_scale · R), where
+                                   #   3σ_max ≤ R_large; splats move between the classes as they
+                                   #   grow or shrink (`rebin`)
     prune_threshold: float = 0.0   # τ: BT.709 luminance of |colour| below it removes a splat
     prune_at: float = 0.8          # fraction of iters after which pruning happens (then re-fit)
     l1_colour: float = 0.0         # weight of the paper's L1 colour term (mean |colour|)
@@ -61,6 +73,11 @@ class FitOptions:
     threads: int | None = None     # NumPy: threads over splat ranges (None: $GSFORMAT_THREADS,
                                    # else the usable cores)
     memory_limit: int = DEFAULT_MEMORY_LIMIT
+
+
+# The fitter before per-splat extents and relocation (one window size, a cosine schedule tuned
+# for it): a named configuration, so that benchmarks compare both in one run.
+FIXED_WINDOW = {"large_fraction": 0.0, "relocate_every": 0, "lr_final": 0.05}
 
 
 @dataclass
@@ -84,13 +101,24 @@ def geometry(n_splats: int, height: int, width: int, opts: FitOptions) -> tuple[
     return spacing, radius, max(sigma, MIN_SIGMA)
 
 
+def size_classes(n_splats: int, radius: int, opts: FitOptions) -> list[tuple[int, int]]:
+    """``[(count, window half-size), …]`` in splat order: the small class first."""
+    n_large = int(round(opts.large_fraction * n_splats))
+    if n_large <= 0 or n_large >= n_splats:
+        return [(n_splats, radius)]
+    return [(n_splats - n_large, radius), (n_large, math.ceil(opts.large_scale * radius))]
+
+
 def fit_memory_bytes(batch: int, n_splats: int, height: int, width: int,
                      window_scale: float = FitOptions.window_scale,
-                     min_radius: int = FitOptions.min_radius) -> int:
+                     min_radius: int = FitOptions.min_radius,
+                     large_fraction: float = 0.0, large_scale: float = 2.5) -> int:
     """Bytes one fitting batch holds (buffers of the kernel and the optimiser)."""
-    _, radius, _ = geometry(n_splats, height, width,
-                            FitOptions(window_scale=window_scale, min_radius=min_radius))
-    return WindowKernel.bytes_needed(batch, n_splats, height, width, radius)
+    opts = FitOptions(window_scale=window_scale, min_radius=min_radius,
+                      large_fraction=large_fraction, large_scale=large_scale)
+    _, radius, _ = geometry(n_splats, height, width, opts)
+    return sum(WindowKernel.bytes_needed(batch, count, height, width, r)
+               for count, r in size_classes(n_splats, radius, opts))
 
 
 def usable_cores() -> int:
@@ -112,15 +140,23 @@ def window_kernel(xp, batch: int, n: int, height: int, width: int, radius: int):
     return WindowKernel(xp, batch, n, height, width, radius)
 
 
-def _engine(opts: FitOptions, xp, batch: int, n: int, height: int, width: int, radius: int):
+def _engine(opts: FitOptions, xp, batch: int, n: int, height: int, width: int, radius: int,
+            classes=None):
+    classes = classes or [(n, radius)]
     if opts.engine == "window":
         threads = opts.threads or int(os.environ.get("GSFORMAT_THREADS", 0)) or \
             min(usable_cores(), 8)
-        if xp is np and threads > 1 and n >= 64 * threads:
-            return ThreadedKernel(xp, batch, n, height, width, radius, threads)
-        return window_kernel(xp, batch, n, height, width, radius)
+        if xp is np:
+            return RangeKernel(xp, batch, height, width, classes,
+                               threads if n >= 64 * threads else 1)
+        if len(classes) == 1:
+            return window_kernel(xp, batch, n, height, width, radius)
+        return RangeKernel(xp, batch, height, width, classes,
+                           make=lambda *a: window_kernel(xp, *a))
     if opts.engine == "window-xp":
-        return WindowKernel(xp, batch, n, height, width, radius)
+        return RangeKernel(xp, batch, height, width, classes)
+    if len(classes) > 1:
+        raise ValueError("engine 'dense-torch' has no size classes (large_fraction=0)")
     if opts.engine == "dense-torch":
         from .reference import DenseTorchEngine
         return DenseTorchEngine(xp, batch, n, height, width, radius)
@@ -128,8 +164,9 @@ def _engine(opts: FitOptions, xp, batch: int, n: int, height: int, width: int, r
                      f"got {opts.engine!r}")
 
 
-def clamp_covariance(xp, params, radius: int) -> None:
-    """l11, l22 ≥ MIN_SIGMA and 3·sqrt(λ_max(Σ)) ≤ R, in place (pixel units)."""
+def clamp_covariance(xp, params, radius) -> None:
+    """l11, l22 ≥ MIN_SIGMA and 3·sqrt(λ_max(Σ)) ≤ R, in place (pixel units); ``radius``: one R,
+    or one per splat ``[N]`` (size classes)."""
     l11, l21, l22 = params[..., 2], params[..., 3], params[..., 4]
     xp.maximum(l11, MIN_SIGMA, out=l11)
     xp.maximum(l22, MIN_SIGMA, out=l22)
@@ -137,6 +174,35 @@ def clamp_covariance(xp, params, radius: int) -> None:
     lam_max = 0.5 * (a + c) + xp.sqrt(0.25 * (a - c) ** 2 + b * b)
     scale = xp.minimum(1.0, radius / (3.0 * xp.sqrt(lam_max)))
     params[..., 2:5] *= scale[..., None]
+
+
+def sigma_max(xp, params):
+    """√λ_max(Σ) per splat (pixel units): the longest axis of its covariance."""
+    l11, l21, l22 = params[..., 2], params[..., 3], params[..., 4]
+    a, b, c = l11 * l11, l11 * l21, l21 * l21 + l22 * l22
+    return xp.sqrt(0.5 * (a + c) + xp.sqrt(0.25 * (a - c) ** 2 + b * b))
+
+
+def rebin(xp, params, moments, classes) -> None:
+    """Size classes follow the splats, in place: small-class splats at their window's bound
+    (3σ ≥ 0.95·R_small) swap places — parameters and Adam moments — with the large-class splats
+    that fit a small window (3σ < 0.9·R_small), the largest with the smallest, per image. The
+    class sizes, and so the cost per iteration, stay fixed."""
+    (n_small, r_small), _ = classes
+    sig = to_numpy(sigma_max(xp, params))  # [B, N]
+    for b in range(len(sig)):
+        small, large = sig[b, :n_small], sig[b, n_small:]
+        up = np.flatnonzero(3 * small >= 0.95 * r_small)
+        down = np.flatnonzero(3 * large < 0.9 * r_small) + n_small
+        k = min(len(up), len(down))
+        if k == 0:
+            continue
+        up = up[np.argsort(-small[up], kind="stable")[:k]]
+        down = down[np.argsort(sig[b, down], kind="stable")[:k]]
+        for array in (params, *moments):
+            rows = array[b, up].copy()
+            array[b, up] = array[b, down]
+            array[b, down] = rows
 
 
 def psnr(render, target) -> np.ndarray:
@@ -194,14 +260,15 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
     if iters < 0:
         raise ValueError(f"iters must be ≥ 0, got {iters}")
     per_image = fit_memory_bytes(1, n_splats, height, width, opts.window_scale,
-                                 opts.min_radius)
+                                 opts.min_radius, opts.large_fraction, opts.large_scale)
     batch = opts.batch_size or max(1, opts.memory_limit // per_image)
     _, radius, _ = geometry(n_splats, height, width, opts)
     # the array code's window matrix must fit cuSPARSE's int32 indices (the final PSNR render
     # uses a 2R window and splits itself, see render_splatsets)
     if not (opts.engine == "window" and _fused(get_xp(opts.backend), height, width, radius)):
-        batch = min(batch, max(1, kernel_mod.MAX_WINDOW_ENTRIES
-                               // window_entries(n_splats, height, width, radius)))
+        entries = max(window_entries(count, height, width, r)
+                      for count, r in size_classes(n_splats, radius, opts))
+        batch = min(batch, max(1, kernel_mod.MAX_WINDOW_ENTRIES // entries))
     start = time.perf_counter()
     parts = []
     if init_splats is not None and len(init_splats) != b_total:
@@ -249,22 +316,43 @@ def _warm_params(splats: list[SplatSet], n: int, height: int, width: int) -> np.
     return params
 
 
+class PerImageRandom:
+    """Random draws ``[B, …]`` with one generator per image (seeded by the image's index in
+    the whole call), so that how images are batched does not change any image's fit."""
+
+    def __init__(self, seed: int, first: int, batch: int):
+        self.rngs = [np.random.default_rng([seed, first + i]) for i in range(batch)]
+
+    def random(self, shape):
+        return np.stack([rng.random(shape[1:]) for rng in self.rngs])
+
+    def uniform(self, low, high, shape):
+        return np.stack([rng.uniform(low, high, shape[1:]) for rng in self.rngs])
+
+
 def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=0,
                init_splats=None):
     xp = get_xp(opts.backend) if opts.engine in ("window", "window-xp") else np
     batch, height, width, _ = target_np.shape
     n = opts.n_splats
     _, radius, sigma = geometry(n, height, width, opts)
-    rng = np.random.default_rng([opts.seed, seed_offset])
+    classes = size_classes(n, radius, opts)
+    radii = xp.concatenate([xp.full(count, r, xp.float32) for count, r in classes])  # [N]
+    r_max = classes[-1][1]
+    rng = PerImageRandom(opts.seed, seed_offset, batch)
     target = xp.asarray(target_np)
-    kernel = _engine(opts, xp, batch, n, height, width, radius)
+    kernel = _engine(opts, xp, batch, n, height, width, radius, classes)
     if init_splats is not None:
         params = xp.asarray(_warm_params(init_splats, n, height, width))
-        clamp_covariance(xp, params, radius)
-    else:
-        params = xp.asarray(init_params(opts.init, batch, n, height, width, sigma, rng))
+        clamp_covariance(xp, params, radii)
+    else:  # each class on its own grid, σ from its own spacing (within its window)
+        params = xp.asarray(np.concatenate([init_params(
+            opts.init, batch, count, height, width,
+            geometry(count, height, width, opts)[2] if r == radius else min(
+                opts.init_scale * math.sqrt(height * width / count), r / 3.0), rng)
+            for count, r in classes], axis=1))
         if opts.init == "grid":
-            colour_from_pixels(window_kernel(xp, batch, n, height, width, radius), params,
+            colour_from_pixels(window_kernel(xp, batch, n, height, width, r_max), params,
                                target)
     codec = ste_codec = None
     if opts.quantize:
@@ -286,7 +374,21 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
     losses = np.zeros((opts.iters, batch), np.float32) if keep_history else None
     pixel_scale = 2.0 / (height * width * 3)
     beta1, beta2, eps = 0.9, 0.999, 1e-15
+    moves = placement.relocation_steps(opts.iters, opts.relocate_every, opts.relocate_until)
+    n_move = max(1, int(opts.relocate_fraction * n))
+    undo = None  # (indices, params, m, v) of the last move, until its loss is seen
+    last_mse = residual = grad = None
     for step in range(opts.iters):
+        if step in moves and last_mse is not None:
+            rows = xp.arange(batch)[:, None]
+            before = residual / pixel_scale  # the previous step's render − target
+            cost = placement.removal_cost(xp, params, grad, height * width * 3)
+            chosen = placement.weakest(xp, cost, n_move, alive)
+            undo = (chosen, params[rows, chosen].copy(), m[rows, chosen].copy(),
+                    v[rows, chosen].copy())
+            placement.relocate(xp, params, (m, v), before, chosen, sigma, radius, rng)
+            if len(classes) > 1:
+                rebin(xp, params, (m, v), classes)
         if step == prune_step:
             colours = xp.abs(params[..., 5:8])
             luminance = colours @ xp.asarray(BT709, dtype=xp.float32)
@@ -299,6 +401,22 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
             else params
         render = kernel.forward(seen)
         residual = render - target  # [B, H, W, 3]
+        if undo is not None:  # the loss just after a move: undo it where it rose too much
+            mse_now = (residual * residual).reshape(batch, -1).mean(axis=1)
+            worse = mse_now > last_mse * (1 + opts.relocate_tolerance)
+            if bool(worse.any()):
+                chosen, old_p, old_m, old_v = undo
+                rows = xp.arange(batch)[:, None]
+                keep = worse[:, None, None]
+                params[rows, chosen] = xp.where(keep, old_p, params[rows, chosen])
+                m[rows, chosen] = xp.where(keep, old_m, m[rows, chosen])
+                v[rows, chosen] = xp.where(keep, old_v, v[rows, chosen])
+                seen = params
+                render = kernel.forward(seen)
+                residual = render - target
+            undo = None
+        if moves:
+            last_mse = (residual * residual).reshape(batch, -1).mean(axis=1)
         if keep_history or (progress and step % 10 == 0):
             mse = (residual * residual).reshape(batch, -1).mean(axis=1)
             if keep_history:
@@ -321,7 +439,7 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
         bias1, bias2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
         lr = lr_base * (decay / bias1)
         params -= lr * m / (xp.sqrt(v / bias2) + eps)
-        clamp_covariance(xp, params, radius)
+        clamp_covariance(xp, params, radii)
         xp.clip(params[..., 0], 0, width, out=params[..., 0])
         xp.clip(params[..., 1], 0, height, out=params[..., 1])
     if progress:
@@ -337,12 +455,12 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
         normalised = to_normalised(params_np[i][alive_np[i]], height, width).astype(np.float16)
         fitted = SplatSet(normalised, height, width)
         if codec is not None and opts.quantize_method == "solve":
-            fitted = requantize(fitted, target_np[i], codec, 2 * radius)
+            fitted = requantize(fitted, target_np[i], codec, 2 * r_max)
         elif codec is not None:  # what a record with this codec decodes to
             decoded = np.asarray(codec.decode(codec.encode(normalised))).reshape(-1, 8)
             fitted = SplatSet(decoded.astype(np.float16), height, width)
         splats.append(fitted)
-    scores = evaluate_psnr(splats, target_np, radius, backend=opts.backend)
+    scores = evaluate_psnr(splats, target_np, r_max, backend=opts.backend)
     for s, score in zip(splats, scores):
         s.meta.update(psnr=round(float(score), 3), iters=opts.iters)
     return splats, scores, n_pruned, losses

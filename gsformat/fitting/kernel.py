@@ -197,37 +197,62 @@ class WindowKernel:
         return grad
 
 
-class ThreadedKernel:
-    """`WindowKernel` split over threads by splat ranges (NumPy only).
+class RangeKernel:
+    """Window kernels over contiguous splat ranges, each range with its own window half-size:
+    per-splat extents (size classes: a range of small windows, a range of large ones) and
+    threads (NumPy: each range split further by cost) are both ranges.
 
     NumPy's ufuncs, ``take`` and scipy's sparse products release the GIL, so T threads, each with
-    its own `WindowKernel` over N/T splats, use T cores. The partial images are summed in a fixed
-    order, so results do not depend on thread timing.
+    its own kernel over part of the splats, use T cores. The partial images are summed in a fixed
+    order, so results do not depend on thread timing. ``classes``: ``[(count, radius), …]``
+    in splat order; ``make``: the kernel for (batch, count, H, W, radius) — `WindowKernel`, or
+    the fused CUDA one.
     """
 
-    def __init__(self, xp, batch: int, n_splats: int, height: int, width: int, radius: int,
-                 threads: int):
+    def __init__(self, xp, batch: int, height: int, width: int, classes, threads: int = 1,
+                 make=None):
         from concurrent.futures import ThreadPoolExecutor
+        make = make or (lambda *a: WindowKernel(xp, *a))
         self.xp = xp
-        bounds = [round(i * n_splats / threads) for i in range(threads + 1)]
-        self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        self.kernels = [WindowKernel(xp, batch, s.stop - s.start, height, width, radius)
-                        for s in self.slices]
-        self.pool = ThreadPoolExecutor(max_workers=len(self.slices))
+        self.slices, self.kernels = [], []
+        cost = [count * min(2 * r + 1, height) * min(2 * r + 1, width) for count, r in classes]
+        start = 0
+        for (count, radius), c in zip(classes, cost):
+            pieces = max(1, min(count, round(threads * c / max(sum(cost), 1))))
+            bounds = [start + round(i * count / pieces) for i in range(pieces + 1)]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                if b > a:
+                    self.slices.append(slice(a, b))
+                    self.kernels.append(make(batch, b - a, height, width, radius))
+            start += count
+        self.pool = ThreadPoolExecutor(max_workers=len(self.slices)) if threads > 1 and len(
+            self.slices) > 1 else None
+
+    def _map(self, fn):
+        pairs = list(zip(self.kernels, self.slices))
+        return list(self.pool.map(fn, pairs)) if self.pool else [fn(p) for p in pairs]
 
     def forward(self, params):
-        parts = list(self.pool.map(lambda ks: ks[0].forward(params[:, ks[1]]),
-                                   zip(self.kernels, self.slices)))
-        image = parts[0]
+        parts = self._map(lambda ks: ks[0].forward(params[:, ks[1]]))
+        image = parts[0].copy() if len(parts) > 1 else parts[0]
         for part in parts[1:]:
             image += part
         return image
 
     def backward(self, params, grad_image):
-        planes = channel_planes(self.xp, grad_image)  # once, shared by the threads
-        grads = list(self.pool.map(lambda ks: ks[0].backward(params[:, ks[1]], grad_image, planes),
-                                   zip(self.kernels, self.slices)))
+        if all(isinstance(k, WindowKernel) for k in self.kernels):
+            planes = channel_planes(self.xp, grad_image)  # once, shared by the ranges
+            grads = self._map(lambda ks: ks[0].backward(params[:, ks[1]], grad_image, planes))
+        else:  # the fused CUDA kernels take the image as it is
+            grads = self._map(lambda ks: ks[0].backward(params[:, ks[1]], grad_image))
         return self.xp.concatenate(grads, axis=1)
 
     def close(self):
-        self.pool.shutdown()
+        if self.pool:
+            self.pool.shutdown()
+
+
+def ThreadedKernel(xp, batch: int, n_splats: int, height: int, width: int, radius: int,
+                   threads: int) -> RangeKernel:
+    """`WindowKernel` split over threads by splat ranges (NumPy only), one window size."""
+    return RangeKernel(xp, batch, height, width, [(n_splats, radius)], threads)
