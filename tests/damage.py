@@ -15,8 +15,9 @@ def shard_path(root, i=0):
     return os.path.join(root, info["zip_data"]["basename"]), info
 
 
-def rewrite_sample_record(root, mutate_record, shard=0, sample=1):
-    """Re-encode one sample's record, then fix sizes and hashes so only the record is bad."""
+def rewrite_sample_record(root, mutate_record, shard=0, sample=1, column="splats"):
+    """Re-encode one sample's record (or another column's bytes), then fix sizes and hashes so
+    only that value is bad."""
     from streaming.base.hashing import get_hash
     path, info = shard_path(root, shard)
     raw = bytearray(zstd.decompress(open(path, "rb").read()))
@@ -32,7 +33,7 @@ def rewrite_sample_record(root, mutate_record, shard=0, sample=1):
         vi += sizes[names.index(name)] is None
         parts[name] = bytes(raw[pos:pos + size])
         pos += size
-    parts["splats"] = mutate_record(parts["splats"])
+    parts[column] = mutate_record(parts[column])
     new_sizes = [len(parts[nm]) for nm, sz in zip(names, sizes) if sz is None]
     sample_bytes = np.array(new_sizes, "<u4").tobytes() + b"".join(parts[nm] for nm in names)
     delta = len(sample_bytes) - (end - start)

@@ -136,10 +136,18 @@ def test_non_finite_record_is_not_streamed(ds, tmp_path, workers):
     loader_fails(ds, tmp_path, r"shard\.00000\.mds, sample 1.*non-finite", workers)
 
 
-def test_duplicated_shard_entry(ds, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_duplicated_shard_entry(ds, tmp_path, workers):
     edit_index(ds, lambda index: index["shards"].append(index["shards"][0]))
     validate_reports(ds, "listed twice")
-    loader_fails(ds, tmp_path, "listed twice")
+    loader_fails(ds, tmp_path, "listed twice", workers)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_invalid_utf8_key_is_named(ds, tmp_path, workers):
+    rewrite_sample_record(ds, lambda key: b"\xff\xfe" + key, column="key")
+    validate_reports(ds, "shard.00000.mds, sample 1", "UTF-8")
+    loader_fails(ds, tmp_path, r"shard\.00000\.mds, sample 1.*'key'", workers)
 
 
 def test_duplicate_keys_across_shards_are_caught_while_streaming(ds, tmp_path, fitted_splats):
@@ -153,22 +161,23 @@ def test_duplicate_keys_across_shards_are_caught_while_streaming(ds, tmp_path, f
     loader_fails(ds, tmp_path, "key 'k000' appears twice")
 
 
-@pytest.mark.parametrize("remote", [True, False])
-def test_index_claiming_fewer_samples(ds, tmp_path, remote):
+@pytest.mark.parametrize("workers, remote", [(0, True), (0, False), (2, True)])
+def test_index_claiming_fewer_samples(ds, tmp_path, workers, remote):
     def edit(index):
         index["shards"][0]["samples"] -= 1
     edit_index(ds, edit)
     validate_reports(ds, "index says")
-    loader_fails(ds, tmp_path, "samples", remote=remote)
+    loader_fails(ds, tmp_path, "samples", workers, remote=remote)
 
 
-def test_manifest_with_unknown_major_is_refused(ds, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_manifest_with_unknown_major_is_refused(ds, tmp_path, workers):
     path = os.path.join(ds, "gsformat.json")
     manifest = json.load(open(path))
     manifest["format_version"] = [2, 0]
     json.dump(manifest, open(path, "w"))
     validate_reports(ds, "unknown major version 2")
-    loader_fails(ds, tmp_path, "unknown major version 2")
+    loader_fails(ds, tmp_path, "unknown major version 2", workers)
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -24,7 +24,6 @@ drawn from a seeded NumPy generator: the same splats on either backend for a see
 from __future__ import annotations
 
 
-
 def _box3(xp, image):
     """3×3 box blur of ``[B, H, W]`` (edges replicated)."""
     padded = xp.pad(image, ((0, 0), (1, 1), (1, 1)), mode="edge")

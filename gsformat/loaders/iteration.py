@@ -216,7 +216,14 @@ class _MappedRows:
                 raise FormatError(f"column {column!r} runs past the end of the sample",
                                   f"{name}, sample {local}")
             value = data[pos:pos + size]
-            row[column] = value if column == "splats" else self.decode(encoding, bytes(value))
+            if column == "splats":
+                row[column] = value
+            else:
+                try:
+                    row[column] = self.decode(encoding, bytes(value))
+                except Exception as exc:  # invalid UTF-8, a bad int, …: name the place
+                    raise FormatError(f"column {column!r} does not decode as {encoding}: "
+                                      f"{exc}", f"{name}, sample {local}") from None
             pos += size
         return row
 
