@@ -13,7 +13,8 @@ def add_convert_arguments(p) -> None:
                    default="auto")
     p.add_argument("--image-column", default=None, help="MDS sources: the image column")
     p.add_argument("--splats", type=int, default=1600, help="splat budget per image")
-    p.add_argument("--iters", type=int, default=2000, help="fitting iterations")
+    p.add_argument("--iters", type=int, default=1000,
+                   help="fitting iterations (1,000: the knee of PSNR per time, fit_bench.py)")
     p.add_argument("--size", type=int, default=224, help="canvas side after resizing")
     p.add_argument("--resize", choices=["center-crop", "pad", "keep"], default="center-crop")
     p.add_argument("--init", choices=["grid", "random"], default="grid")
