@@ -12,12 +12,15 @@ Prints JSON; ``--plot`` writes the curves as PNG.
     python benchmarks/rd_bench.py --plot benchmarks/results/rd_curves.png   (~45 min, 2 cores)
     python benchmarks/rd_bench.py --quick
     python benchmarks/rd_bench.py --decode-only   (decode cost alone, 1,600 splats: ~4 min)
+    python benchmarks/rd_bench.py --report-set --plot benchmarks/results/rd_report.png
+        (the held-out report set: lattice-rans +solve and raw vs JPEG and WebP, ~15 min)
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import os
 import sys
 import time
 
@@ -168,6 +171,43 @@ def main(quick: bool = False, plot: str | None = None) -> dict:
     return out
 
 
+def report_set(quick: bool = False) -> dict:
+    """The recommended lossy codec (lattice-rans, colours solved for the quantised geometry) and
+    raw FP16 against JPEG and WebP on `fit_bench.py`'s held-out report set (photographs no
+    default was tuned on): the curves and BD-rates over 25–32 dB."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from fit_bench import REPORT
+    names = list(REPORT[:2] if quick else REPORT)
+    size, iters = (96, 150) if quick else (224, 2000)
+    budgets = (100, 400) if quick else (400, 900, 1600, 3136)
+    images = np.stack([load_photo(n, size) for n in names])
+    curves: dict[str, list[dict]] = {}
+    for n in budgets:
+        result = fit_images(images, n, iters, batch_size=1)
+        add_point(curves, "raw-fp16", n, result, [])
+        for name, steps in LATTICE.items():
+            pipeline = lattice_pipeline(steps, RANS_ID)
+            refit = fit_images(images, n, 0, init_splats=result.splats, quantize=pipeline[0],
+                               batch_size=1)
+            add_point(curves, "r" + name[1:] + "+solve", n, refit, pipeline)
+        print(f"report set: {n} splats done", file=sys.stderr, flush=True)
+    curves["jpeg"] = pillow_curve(images, "JPEG")
+    curves["webp"] = pillow_curve(images, "WEBP")
+    splat_curves = [k for k in curves if k not in ("jpeg", "webp")]
+    out = {"images": names, "set": "report (benchmarks/fit_bench.py REPORT)", "size": size,
+           "iters": iters, "curves": curves,
+           "bd_rate_vs_jpeg_25_32db": {k: bd_rate(curves[k], curves["jpeg"])
+                                       for k in splat_curves + ["webp"]},
+           "bd_rate_vs_webp_25_32db": {k: bd_rate(curves[k], curves["webp"])
+                                       for k in splat_curves}}
+    scored = {k: v["percent"] for k, v in out["bd_rate_vs_jpeg_25_32db"].items()
+              if v is not None and k.startswith("r-")}
+    if scored:
+        best = min(scored, key=scored.get)
+        out["best_lattice_rans_vs_jpeg"] = {"setting": best, **out["bd_rate_vs_jpeg_25_32db"][best]}
+    return out
+
+
 def mean_bytes(splats, pipeline) -> float:
     """Mean record size of ``splats`` stored with ``pipeline``."""
     return float(np.mean([len(encode_record(s, pipeline)) for s in splats]))
@@ -282,8 +322,16 @@ if __name__ == "__main__":
                         help="only draw --plot from the curves of an earlier run's JSON")
     parser.add_argument("--decode-only", action="store_true",
                         help="only the decode cost, on the photographs fitted with 1,600 splats")
+    parser.add_argument("--report-set", action="store_true",
+                        help="lattice-rans (+solve) and raw against JPEG / WebP on the held-out "
+                             "report set of fit_bench.py")
     args = parser.parse_args()
-    if args.decode_only:
+    if args.report_set:
+        result = report_set(quick=args.quick)
+        if args.plot:
+            write_plot(result["curves"], args.plot)
+        print(json.dumps(result, indent=2))
+    elif args.decode_only:
         photos = np.stack([load_photo(n, 224) for n in SKIMAGE_PHOTOS])
         fitted = fit_images(photos, 1600, 2000, batch_size=1).splats
         print(json.dumps({"images": list(SKIMAGE_PHOTOS), "splats": 1600,
