@@ -378,7 +378,11 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
     n_move = max(1, int(opts.relocate_fraction * n))
     undo = None  # (indices, params, m, v) of the last move, until its loss is seen
     last_mse = residual = grad = None
+    rebin_due = False
     for step in range(opts.iters):
+        if rebin_due:  # before this step's forward: the kernels' ranges are the classes
+            rebin(xp, params, (m, v), classes)
+            rebin_due = False
         if step in moves and last_mse is not None:
             rows = xp.arange(batch)[:, None]
             before = residual / pixel_scale  # the previous step's render − target
@@ -387,8 +391,6 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
             undo = (chosen, params[rows, chosen].copy(), m[rows, chosen].copy(),
                     v[rows, chosen].copy())
             placement.relocate(xp, params, (m, v), before, chosen, sigma, radius, rng)
-            if len(classes) > 1:
-                rebin(xp, params, (m, v), classes)
         if step == prune_step:
             colours = xp.abs(params[..., 5:8])
             luminance = colours @ xp.asarray(BT709, dtype=xp.float32)
@@ -415,6 +417,7 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
                 render = kernel.forward(seen)
                 residual = render - target
             undo = None
+            rebin_due = len(classes) > 1  # once the move is kept or undone (rows stay put)
         if moves:
             last_mse = (residual * residual).reshape(batch, -1).mean(axis=1)
         if keep_history or (progress and step % 10 == 0):
