@@ -167,19 +167,16 @@ def _engine(opts: FitOptions, xp, batch: int, n: int, height: int, width: int, r
 def clamp_covariance(xp, params, radius) -> None:
     """l11, l22 ≥ MIN_SIGMA and 3·sqrt(λ_max(Σ)) ≤ R, in place (pixel units); ``radius``: one R,
     or one per splat ``[N]`` (size classes)."""
-    l11, l21, l22 = params[..., 2], params[..., 3], params[..., 4]
-    xp.maximum(l11, MIN_SIGMA, out=l11)
-    xp.maximum(l22, MIN_SIGMA, out=l22)
-    a, b, c = l11 * l11, l11 * l21, l21 * l21 + l22 * l22  # Σ = [[a, b], [b, c]]
-    lam_max = 0.5 * (a + c) + xp.sqrt(0.25 * (a - c) ** 2 + b * b)
-    scale = xp.minimum(1.0, radius / (3.0 * xp.sqrt(lam_max)))
+    xp.maximum(params[..., 2], MIN_SIGMA, out=params[..., 2])
+    xp.maximum(params[..., 4], MIN_SIGMA, out=params[..., 4])
+    scale = xp.minimum(1.0, radius / (3.0 * sigma_max(xp, params)))
     params[..., 2:5] *= scale[..., None]
 
 
 def sigma_max(xp, params):
     """√λ_max(Σ) per splat (pixel units): the longest axis of its covariance."""
     l11, l21, l22 = params[..., 2], params[..., 3], params[..., 4]
-    a, b, c = l11 * l11, l11 * l21, l21 * l21 + l22 * l22
+    a, b, c = l11 * l11, l11 * l21, l21 * l21 + l22 * l22  # Σ = [[a, b], [b, c]]
     return xp.sqrt(0.5 * (a + c) + xp.sqrt(0.25 * (a - c) ** 2 + b * b))
 
 

@@ -11,6 +11,8 @@ import shutil
 import tempfile
 import urllib.parse
 
+from .errors import FormatError
+
 
 def is_remote(path: str) -> bool:
     scheme = urllib.parse.urlparse(str(path)).scheme
@@ -29,7 +31,6 @@ def member(root: str, name: str) -> str:
         real_root = os.path.realpath(root)
         real = os.path.realpath(path)
         if os.path.commonpath([real_root, real]) != real_root:
-            from .errors import FormatError
             raise FormatError(f"{name!r} resolves outside the dataset (to {real})")
     return path
 
