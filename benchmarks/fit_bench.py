@@ -23,9 +23,11 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+
 from gsformat.fitting import cupy_available, fit_images
 from gsformat.fitting.fit import FIXED_WINDOW as FIXED
-from gsformat.samples import load_photo
+from samples import load_photo
 
 TUNING = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
           "immunohistochemistry", "retina")

@@ -30,11 +30,14 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+
 from gsformat.fitting import fit_images
-from gsformat.fitting.fit import FitOptions, geometry, window_kernel
+from gsformat.fitting.engine import window_kernel
+from gsformat.fitting.fit import FitOptions, geometry
 from gsformat.fitting.init import init_params
 from gsformat.fitting.kernel import WindowKernel
-from gsformat.samples import SKIMAGE_PHOTOS, load_photo
+from samples import SKIMAGE_PHOTOS, load_photo
 
 ITERS = 2000
 

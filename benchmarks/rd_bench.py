@@ -26,10 +26,12 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+
 from gsformat import SplatSet, decode_record, encode_record
 from gsformat.fitting import fit_images
-from gsformat.fitting.fit import evaluate_psnr
-from gsformat.samples import SKIMAGE_PHOTOS, load_photo
+from gsformat.fitting.engine import evaluate_psnr
+from samples import SKIMAGE_PHOTOS, load_photo
 
 LOSSY = {  # name → bits (position, covariance, colour)
     "q14-10-8": (14, 10, 8), "q12-8-8": (12, 8, 8), "q12-8-6": (12, 8, 6),

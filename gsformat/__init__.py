@@ -4,10 +4,12 @@ Heavy parts (torch, streaming, cupy) are imported lazily, so ``import gsformat``
 """
 from __future__ import annotations
 
-from . import codecs  # noqa: F401  (registers the gsformat.* numcodecs ids)
+from ._version import __version__
+# Importing the codecs registers the gsformat.* ids with numcodecs; every gsformat module is
+# imported through this package, so records always find them (format/record.py asks numcodecs'
+# registry, never the codec modules: the codecs sit below records, see tests/test_layers.py).
+from . import codecs  # noqa: F401
 from .format import FormatError, SplatSet, UnknownCodecError, decode_record, encode_record
-
-__version__ = "0.1.0"
 
 __all__ = ["FormatError", "UnknownCodecError", "SplatSet", "encode_record", "decode_record",
            "render_splats", "__version__"]

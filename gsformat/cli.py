@@ -53,7 +53,7 @@ def cmd_merge(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
     parser = argparse.ArgumentParser(prog="gsformat", description=__doc__)
     parser.add_argument("--version", action="version", version=f"gsformat {__version__}")
     parser.add_argument("--debug", action="store_true",

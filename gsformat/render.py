@@ -1,10 +1,10 @@
 """`render_splats`: the spec's sum renderer in PyTorch (CPU or CUDA), batched, memory-bounded."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from .format import constants as C
+from .format.render_math import dense_render, exact_radius, gaussian, sigma_max
 from .format.splatset import SplatSet
 
 DEFAULT_MAX_ELEMENTS = 1 << 24  # floats in one [B, chunk, H, W] block (64 MiB as float32)
@@ -41,21 +41,24 @@ def render_splats(splats, mask=None, height: int | None = None, width: int | Non
     Returns ``[B, 3, H, W]`` float32 on the splats' device, clamped to [0, 1] unless
     ``clamp=False``.
 
-    Each splat is evaluated over a window of ±6σ_max pixels (σ_max the largest standard
-    deviation in the batch), where the Gaussian has fallen below e⁻¹⁸ (under float32 precision);
-    when that window would cover the canvas, every pixel is evaluated. Work is split over splat
-    chunks so no block exceeds ``max_elements`` values. `_render_splats_dense` is the reference
-    twin.
+    Each splat is evaluated over the exact window of the batch (`render_math.exact_radius`:
+    ±6σ_max pixels, σ_max the largest standard deviation, where the Gaussian has fallen below
+    e⁻¹⁸, under float32 precision); when that window would cover the canvas, every pixel is
+    evaluated (`render_math.dense_render`, the reference twin). Work is split over splat chunks
+    so no block exceeds ``max_elements`` values.
     """
     import torch
     params, mask, height, width = _prepare(splats, mask, height, width)
-    colours = params[..., 5:8]
+    colours = params[..., C.COLOUR_COLS]
     if mask is not None:
         colours = colours * mask.to(params.device, params.dtype)[..., None]
     px = _to_pixel_units(params, height, width)
-    radius = _six_sigma_radius(px, mask)
+    sigma = sigma_max(torch, px)
+    if mask is not None:
+        sigma = sigma * mask.to(sigma.device, sigma.dtype)
+    radius = exact_radius(float(sigma.max()) if sigma.numel() else 1.0)
     if 2 * radius + 1 >= max(height, width):
-        image = _render_splats_dense(params, colours, height, width, max_elements)
+        image = _render_dense_chunks(px, colours, height, width, max_elements)
     else:
         image = _render_windowed(px, colours, height, width, radius, max_elements)
     image = image.permute(0, 3, 1, 2)
@@ -80,16 +83,6 @@ def _to_pixel_units(params, height, width):
     return params[..., :5] * scale
 
 
-def _six_sigma_radius(px, mask) -> int:
-    l11, l21, l22 = px[..., 2], px[..., 3], px[..., 4]
-    a, b, c = l11 * l11, l11 * l21, l21 * l21 + l22 * l22
-    lam = 0.5 * (a + c) + ((0.25 * (a - c) ** 2 + b * b)).sqrt()
-    if mask is not None:
-        lam = lam * mask.to(lam.device, lam.dtype)
-    lam_max = float(lam.max()) if lam.numel() else 1.0
-    return max(1, math.ceil(6 * math.sqrt(max(lam_max, 1e-12))))
-
-
 def _render_windowed(px, colours, height: int, width: int, radius: int, max_elements: int):
     """Each splat over its (2R+1)² window, clipped to the canvas; scatter by ``index_add_``."""
     import torch
@@ -108,35 +101,24 @@ def _render_windowed(px, colours, height: int, width: int, radius: int, max_elem
         x, y, l11, l21, l22 = p.unbind(-1)
         x0 = (x.floor() - radius).clamp(0, width - kx)
         y0 = (y.floor() - radius).clamp(0, height - ky)
-        z1 = (x0[..., None] + 0.5 + off_x - x[..., None]) / l11[..., None]       # [B, c, kx]
+        dx = x0[..., None] + 0.5 + off_x - x[..., None]                           # [B, c, kx]
         dy = y0[..., None] + 0.5 + off_y - y[..., None]                           # [B, c, ky]
-        z2 = (dy[..., :, None] - (l21[..., None] * z1)[..., None, :]) / l22[..., None, None]
-        g = torch.exp(-0.5 * (z2 * z2 + (z1 * z1)[..., None, :]))                 # [B, c, ky, kx]
+        g = gaussian(torch, dx[..., None, :], dy[..., :, None], l11[..., None, None],
+                     l21[..., None, None], l22[..., None, None])                  # [B, c, ky, kx]
         idx = ((y0 * width + x0).long() + image_base)[..., None] + cell            # [B, c, ky·kx]
         values = g.reshape(*g.shape[:2], -1, 1) * colours[:, first:first + chunk, None, :]
         image.index_add_(0, idx.reshape(-1), values.reshape(-1, 3))
     return image.reshape(batch, height, width, 3)
 
 
-def _render_splats_dense(params, colours, height: int, width: int, max_elements: int):
-    """Reference twin of `_render_windowed`: every splat over every pixel, ``[B, H, W, 3]``."""
+def _render_dense_chunks(px, colours, height: int, width: int, max_elements: int):
+    """Every splat over every pixel (`render_math.dense_render`), in splat chunks of at most
+    ``max_elements`` values → ``[B, H, W, 3]``."""
     import torch
-    batch, n = params.shape[:2]
-    ys = (torch.arange(height, device=params.device, dtype=torch.float32) + 0.5) / height
-    xs = (torch.arange(width, device=params.device, dtype=torch.float32) + 0.5) / width
-    image = torch.zeros(batch, height, width, 3, device=params.device)
+    batch, n = px.shape[:2]
+    image = torch.zeros(batch, height, width, 3, device=px.device)
     chunk = max(1, min(n, max_elements // max(batch * height * width, 1)))
     for first in range(0, n, chunk):
-        p = params[:, first:first + chunk]
-        x, y, l11, l21, l22 = (p[..., i, None, None] for i in range(5))
-        z1 = (xs - x) / l11                       # [B, c, 1, W]
-        z2 = ((ys[:, None] - y) - l21 * z1) / l22  # [B, c, H, W]
-        g = torch.exp(-0.5 * (z1 * z1 + z2 * z2))
-        image += torch.einsum("bchw,bck->bhwk", g, colours[:, first:first + chunk])
+        part = torch.cat([px[:, first:first + chunk], colours[:, first:first + chunk]], -1)
+        image += dense_render(torch, part, height, width)
     return image
-
-
-def psnr(a, b) -> float:
-    """PSNR in dB of two images in [0, 1] (tensors or arrays)."""
-    mse = float(((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).mean())
-    return 10 * math.log10(1 / max(mse, 1e-12))

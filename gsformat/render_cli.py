@@ -22,7 +22,8 @@ def render_samples(path: str, index: int, output: str, size: int | None = None,
     import torch
     from PIL import Image
     from .format.dataset import iter_dataset
-    from .render import psnr, render_splats
+    from .format.render_math import psnr
+    from .render import render_splats
     samples = list(itertools.islice(iter_dataset(path), index, index + count))
     if not samples:
         raise ValueError(f"{path}: no sample at index {index}")
@@ -36,7 +37,8 @@ def render_samples(path: str, index: int, output: str, size: int | None = None,
         tiles, entry = [], {"key": sample["key"], "n_splats": splats.n_splats}
         if "image" in sample:
             source = np.asarray(sample["image"].resize((width, height), Image.LANCZOS))
-            entry["psnr"] = psnr(recon.permute(1, 2, 0).numpy(), source / 255.0)
+            entry["psnr"] = float(psnr(recon.permute(1, 2, 0).numpy()[None],
+                                       source[None] / 255.0)[0])
             tiles.append(_label(source, f"{sample['key']} (stored image)"[:40]))
         text = f"{splats.n_splats} splats"
         if "psnr" in entry:

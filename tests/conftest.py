@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
 
+# the bundled photographs (scikit-image, scikit-learn: dev dependencies) live beside the examples
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def photo(name: str = "astronaut", size: int = 64) -> np.ndarray:
     """A bundled scikit-image photograph, centre-cropped and resized: uint8 [size, size, 3]."""
-    from gsformat.samples import load_photo
+    from samples import load_photo
     return load_photo(name, size)
 
 
@@ -49,7 +52,7 @@ def write_image_folder(root, broken: bool = False, size: int = 40):
     """Photographs in two class folders, some captions; optionally broken files too."""
     import os
     from PIL import Image
-    from gsformat.samples import load_photo
+    from samples import load_photo
     layout = {"people": ["astronaut"], "things": ["coffee", "rocket", "chelsea", "china"]}
     keys = []
     for cls, names in layout.items():
@@ -75,7 +78,7 @@ def write_tars(folder, n_tars: int = 2, per_tar: int = 3, missing_image: bool = 
     import os
     import tarfile
     from PIL import Image
-    from gsformat.samples import PHOTOS, load_photo
+    from samples import PHOTOS, load_photo
     os.makedirs(folder, exist_ok=True)
     keys, k = [], 0
     for t in range(n_tars):

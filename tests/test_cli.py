@@ -51,7 +51,7 @@ def test_lattice_codec_with_solved_colours(tmp_path, codec_id):
     out = str(tmp_path / "out")
     codec = '[{"id": "%s", "colour_step": 0.03}]' % codec_id
     assert main(["convert", str(tmp_path / "src"), out, "--codec", codec, "--quantize-aware",
-                 "--quantize-method", "solve", "--keep-image", *TINY]) == 0
+                 "--keep-image", *TINY]) == 0
     assert validate_dataset(out).valid
     for sample in iter_dataset(out):
         splats = sample["splats"]

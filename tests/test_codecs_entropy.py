@@ -64,20 +64,6 @@ def test_corrupt_input_is_a_format_error(fitted_splats, mutate):
         Entropy().decode(mutate(encoded))
 
 
-def test_quantisation_aware_fit_through_entropy_codec():
-    from gsformat import decode_record, encode_record
-    from gsformat.fitting import fit_images
-    from gsformat.fitting.fit import evaluate_psnr
-    from conftest import photo
-    image = photo("coffee", 40)[None]
-    codec = {"id": "gsformat.entropy", "position_bits": 10, "covariance_bits": 7,
-             "colour_bits": 6}
-    result = fit_images(image, 120, 40, backend="numpy", quantize=codec, quantize_at=0.5)
-    stored = decode_record(encode_record(result.splats[0], [codec]))
-    assert evaluate_psnr([stored], image / 255.0, 8)[0] == pytest.approx(result.psnr[0],
-                                                                          abs=0.05)
-
-
 @given(params=valid_params(), bits=st.tuples(st.integers(1, 16), st.integers(1, 16),
                                             st.integers(1, 16)))
 @settings(max_examples=60, deadline=None)

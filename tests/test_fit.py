@@ -5,7 +5,8 @@ import pytest
 from gsformat import SplatSet
 from gsformat.fitting import fit_images, fit_memory_bytes, render_splatsets
 from gsformat.fitting.reference import _render_dense
-from gsformat.fitting.fit import FitOptions, geometry, to_pixels
+from gsformat.fitting.fit import FitOptions, geometry
+from gsformat.format.render_math import to_pixels
 from conftest import photo
 
 
@@ -97,7 +98,7 @@ def test_batches_split_below_the_int32_window_limit(photos, monkeypatch):
         def __init__(self, xp, batch, *args):
             batches.append(batch)
             super().__init__(xp, batch, *args)
-    monkeypatch.setattr("gsformat.fitting.fit.WindowKernel", Counted)
+    monkeypatch.setattr("gsformat.fitting.engine.WindowKernel", Counted)
     split = fit_images(photos[:2], 64, 20, backend="numpy")
     assert set(batches) == {1}
     np.testing.assert_array_equal(split.psnr, whole.psnr)
@@ -134,21 +135,3 @@ def test_cupy_backend_is_refused_without_gpu():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="CuPy"):
         fit_images(np.zeros((1, 8, 8, 3)), 4, 1, backend="cupy")
-
-
-def test_quantisation_aware_refit_beats_post_hoc_quantisation(photos):
-    from gsformat import decode_record, encode_record
-    from gsformat.fitting.fit import evaluate_psnr
-    codec = {"id": "gsformat.quantize", "position_bits": 9, "covariance_bits": 6,
-             "colour_bits": 5}
-    base = fit_images(photos[:1], 200, 200, backend="numpy")
-    post_hoc = decode_record(encode_record(base.splats[0], [codec]))
-    post_psnr = evaluate_psnr([post_hoc], photos[:1] / 255.0, 8)[0]
-    refit = fit_images(photos[:1], 200, 60, backend="numpy", init_splats=base.splats,
-                       quantize=codec, quantize_at=0.0, lr_position=0.01,
-                       lr_covariance=0.005, lr_colour=0.003)
-    stored = decode_record(encode_record(refit.splats[0], [codec]))
-    # what the fitter reports is what the record decodes to
-    assert evaluate_psnr([stored], photos[:1] / 255.0, 8)[0] == pytest.approx(refit.psnr[0],
-                                                                               abs=0.05)
-    assert refit.psnr[0] > post_psnr + 0.3, (refit.psnr[0], post_psnr, base.psnr[0])

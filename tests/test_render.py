@@ -44,10 +44,11 @@ def test_tensor_input_needs_a_size(fitted):
 
 
 def test_windowed_path_matches_dense_twin(fitted):
-    from gsformat.render import _prepare, _render_splats_dense
+    from gsformat.render import _prepare, _render_dense_chunks, _to_pixel_units
     params, mask, h, w = _prepare(fitted, None, 96, 80)
     colours = params[..., 5:8] * mask[..., None]
-    dense = _render_splats_dense(params, colours, h, w, 1 << 22).permute(0, 3, 1, 2)
+    px = _to_pixel_units(params, h, w)
+    dense = _render_dense_chunks(px, colours, h, w, 1 << 16).permute(0, 3, 1, 2)  # chunked
     windowed = render_splats(fitted, height=96, width=80, clamp=False)
     torch.testing.assert_close(windowed, dense, atol=1e-5, rtol=1e-5)
     # a huge splat makes the window cover the canvas: the dense path takes over, same result
@@ -57,5 +58,5 @@ def test_windowed_path_matches_dense_twin(fitted):
     one = SplatSet(big, 40, 40)
     p, m, _, _ = _prepare(one, None, 40, 40)
     torch.testing.assert_close(render_splats(one, clamp=False),
-                               _render_splats_dense(p, p[..., 5:8], 40, 40, 1 << 22)
-                               .permute(0, 3, 1, 2))
+                               _render_dense_chunks(_to_pixel_units(p, 40, 40), p[..., 5:8],
+                                                    40, 40, 1 << 22).permute(0, 3, 1, 2))

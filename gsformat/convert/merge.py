@@ -17,7 +17,7 @@ from ..format import mds, storage
 from ..format.dataset import make_manifest, read_index, write_manifest
 from ..format.errors import FormatError
 
-from .run import CONVERT_JSON, PART_JSON, REJECTS
+from .options import CONVERT_JSON, PART_JSON, REJECTS
 
 
 def find_parts(root: str, digest: str | None) -> list[tuple[str, dict]]:

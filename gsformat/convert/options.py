@@ -4,6 +4,11 @@ from __future__ import annotations
 import json
 import os
 
+# names in an output folder (beside each part-NNNNN/ folder's own PART_JSON and REJECTS)
+CONVERT_JSON = "convert.json"
+PART_JSON = "part.json"
+REJECTS = "rejects.jsonl"
+
 
 def add_convert_arguments(p) -> None:
     p.add_argument("src", help="image folder, WebDataset tars (list, glob or {a..b} pattern) or "
@@ -25,11 +30,8 @@ def add_convert_arguments(p) -> None:
     p.add_argument("--codec", default="gsformat.planar",
                    help="codec id, 'raw', or a numcodecs JSON config list")
     p.add_argument("--quantize-aware", action="store_true",
-                   help="with a lossy codec: store what was optimised (see --quantize-method)")
-    p.add_argument("--quantize-method", choices=["solve", "ste"], default="solve",
-                   help="solve: after the fit, quantise the geometry, solve the colours by least "
-                        "squares and round them with error feedback; ste: fit through the "
-                        "quantiser for the last 10%% of iterations (straight-through)")
+                   help="with a lossy codec: after the fit, quantise the geometry, solve the "
+                        "colours by least squares for it and round them with error feedback")
     p.add_argument("--compression", default="zstd", help="shard compression ('none' for none)")
     p.add_argument("--batch", type=int, default=8, help="images fitted together")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")

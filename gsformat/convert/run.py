@@ -23,13 +23,10 @@ from ..format import storage
 from ..format.dataset import SplatWriter
 from ..fitting import fit_images
 from .imageio import RejectedImage, decode_image, encode_jpeg, resize
-from .options import parse_codecs, resolve_rank
+from ..fitting.images import MIN_SIDE
+from .options import CONVERT_JSON, PART_JSON, REJECTS, parse_codecs, resolve_rank
 from .sources import SourceError, open_source
 
-CONVERT_JSON = "convert.json"
-PART_JSON = "part.json"
-REJECTS = "rejects.jsonl"
-MIN_SIDE = 4
 MAX_SIZE = 8192  # --size: a 8192² float32 canvas batch is already ~800 MiB per image in the fit
 
 
@@ -44,7 +41,7 @@ def settings_of(args) -> dict:
             "quantize_aware": args.quantize_aware,
             "world_size": args.world_size}
     if args.quantize_aware:  # (absent otherwise: older outputs keep resuming)
-        settings["quantize_method"] = args.quantize_method
+        settings["quantize_method"] = "solve"  # the one method (kept: earlier outputs resume)
     return settings
 
 
@@ -172,8 +169,7 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
         seed = args.seed + zlib.crc32(f"{unit.name}/{batch[0][0].key}".encode())
         result = fit_images(images, args.splats, args.iters, backend=backend, init=args.init,
                             prune_threshold=args.prune_threshold, prune_at=args.prune_at,
-                            l1_colour=args.l1_colour, seed=seed, quantize=lossy,
-                            quantize_method=args.quantize_method)
+                            l1_colour=args.l1_colour, seed=seed, quantize=lossy)
         stats["fit_seconds"] += result.seconds
         for (item, image, nbytes), splats in zip(batch, result.splats):
             record_size = write_sample(writer, item, splats,

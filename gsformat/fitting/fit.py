@@ -8,24 +8,24 @@ the truncation is below float32 precision).
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from ..format import constants as C
+from ..format.render_math import BT709, sigma_max, to_normalised, to_pixels
 from ..format.splatset import SplatSet
 from .backend import get_xp, to_numpy
-from .cuda_kernel import MAX_WINDOW, CudaWindowKernel
+from .engine import evaluate_psnr, fused, make_engine, window_kernel
 from .images import as_float_rgb
 from .init import colour_from_pixels, init_params
 from . import placement
 from . import kernel as kernel_mod
-from .kernel import RangeKernel, WindowKernel, window_entries
+from .kernel import WindowKernel, window_entries
 from .solve import requantize
 
-BT709 = (0.2126, 0.7152, 0.0722)
 MIN_SIGMA = 0.3  # pixels: narrower splats alias and stop receiving useful gradients
 DEFAULT_MEMORY_LIMIT = 2 << 30
 
@@ -62,12 +62,9 @@ class FitOptions:
     engine: str = "window"         # "window" (fast path: threaded NumPy on a CPU, fused CUDA
                                    # kernels on a GPU) | "window-xp" (the array-code twin, either
                                    # backend) | "dense-torch" (reference baseline)
-    quantize: dict | None = None   # a lossy codec config (gsformat.quantize): fit through it
-    quantize_method: str = "solve"  # "solve": after the fit, quantise the geometry, solve the
-                                   # colours by least squares, round them with error feedback
-                                   # (solve.py); "ste": fit through the quantiser (straight-through)
-    quantize_at: float = 0.9       # "ste": fraction of iters after which the straight-through
-                                   # phase starts (0: from the first iteration, a warm re-fit)
+    quantize: dict | None = None   # a lossy codec config (e.g. gsformat.lattice-rans): after the
+                                   # fit, quantise the geometry, solve the colours for it by least
+                                   # squares and round them with error feedback (solve.py)
     batch_size: int | None = None  # images per fitting batch (None: as many as memory allows;
                                    # the array code: at most what int32 window indices allow)
     threads: int | None = None     # NumPy: threads over splat ranges (None: $GSFORMAT_THREADS,
@@ -121,49 +118,6 @@ def fit_memory_bytes(batch: int, n_splats: int, height: int, width: int,
                for count, r in size_classes(n_splats, radius, opts))
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _fused(xp, height: int, width: int, radius: int) -> bool:
-    """Whether `window_kernel` gives the fused CUDA kernels (CuPy, windows they handle)."""
-    return xp.__name__ == "cupy" and window_entries(1, height, width, radius) < MAX_WINDOW
-
-
-def window_kernel(xp, batch: int, n: int, height: int, width: int, radius: int):
-    """The windowed renderer for ``xp``: fused CUDA kernels on CuPy, the array code on NumPy."""
-    if _fused(xp, height, width, radius):
-        return CudaWindowKernel(xp, batch, n, height, width, radius)
-    return WindowKernel(xp, batch, n, height, width, radius)
-
-
-def _engine(opts: FitOptions, xp, batch: int, n: int, height: int, width: int, radius: int,
-            classes=None):
-    classes = classes or [(n, radius)]
-    if opts.engine == "window":
-        threads = opts.threads or int(os.environ.get("GSFORMAT_THREADS", 0)) or \
-            min(usable_cores(), 8)
-        if xp is np:
-            return RangeKernel(xp, batch, height, width, classes,
-                               threads if n >= 64 * threads else 1)
-        if len(classes) == 1:
-            return window_kernel(xp, batch, n, height, width, radius)
-        return RangeKernel(xp, batch, height, width, classes,
-                           make=lambda *a: window_kernel(xp, *a))
-    if opts.engine == "window-xp":
-        return RangeKernel(xp, batch, height, width, classes)
-    if len(classes) > 1:
-        raise ValueError("engine 'dense-torch' has no size classes (large_fraction=0)")
-    if opts.engine == "dense-torch":
-        from .reference import DenseTorchEngine
-        return DenseTorchEngine(xp, batch, n, height, width, radius)
-    raise ValueError(f"engine must be 'window', 'window-xp' or 'dense-torch', "
-                     f"got {opts.engine!r}")
-
-
 def clamp_covariance(xp, params, radius) -> None:
     """l11, l22 ≥ MIN_SIGMA and 3·sqrt(λ_max(Σ)) ≤ R, in place (pixel units); ``radius``: one R,
     or one per splat ``[N]`` (size classes)."""
@@ -171,13 +125,6 @@ def clamp_covariance(xp, params, radius) -> None:
     xp.maximum(params[..., 4], MIN_SIGMA, out=params[..., 4])
     scale = xp.minimum(1.0, radius / (3.0 * sigma_max(xp, params)))
     params[..., 2:5] *= scale[..., None]
-
-
-def sigma_max(xp, params):
-    """√λ_max(Σ) per splat (pixel units): the longest axis of its covariance."""
-    l11, l21, l22 = params[..., 2], params[..., 3], params[..., 4]
-    a, b, c = l11 * l11, l11 * l21, l21 * l21 + l22 * l22  # Σ = [[a, b], [b, c]]
-    return xp.sqrt(0.5 * (a + c) + xp.sqrt(0.25 * (a - c) ** 2 + b * b))
 
 
 def rebin(xp, params, moments, classes) -> None:
@@ -202,34 +149,6 @@ def rebin(xp, params, moments, classes) -> None:
             array[b, down] = rows
 
 
-def psnr(render, target) -> np.ndarray:
-    """PSNR per image of ``render`` clamped to [0, 1] against ``target`` (both [B, H, W, 3])."""
-    xp = get_xp("cupy") if hasattr(render, "get") else np
-    mse = ((xp.clip(render, 0, 1) - target) ** 2).reshape(len(target), -1).mean(axis=1)
-    return to_numpy(10 * xp.log10(1.0 / xp.maximum(mse, 1e-12)))
-
-
-def to_normalised(params: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pixel-unit ``[..., 8]`` → spec units: mean ÷ (W, H), L ← diag(1/W, 1/H)·L."""
-    out = np.array(params, np.float32)
-    out[..., 0] /= width
-    out[..., 1] /= height
-    out[..., 2] /= width
-    out[..., 3] /= height
-    out[..., 4] /= height
-    return out
-
-
-def to_pixels(params: np.ndarray, height: int, width: int) -> np.ndarray:
-    out = np.array(params, np.float32)
-    out[..., 0] *= width
-    out[..., 1] *= height
-    out[..., 2] *= width
-    out[..., 3] *= height
-    out[..., 4] *= height
-    return out
-
-
 def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
                progress: Callable[[int, int, float], None] | None = None,
                history: bool = False, init_splats: list[SplatSet] | None = None,
@@ -240,12 +159,9 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
     options: any field of `FitOptions` (learning rates, init, pruning τ, L1 colour term, seed,
     backend, …). ``progress(step, iters, mean_loss)`` is called every few iterations.
     init_splats: one `SplatSet` per image to start from (a warm re-fit) instead of ``init``.
-    quantize: a lossy codec config; what is stored and decoded is then what was optimised, and
-    the returned splats and PSNR are the decoded ones. ``quantize_method="solve"`` (default):
-    after the fit, the geometry is quantised, the colours solved by least squares for it and
-    rounded onto the codec's lattice with error feedback (`gsformat.fitting.solve`).
-    ``"ste"``: from ``quantize_at·iters`` on, the forward pass sees the quantised parameters and
-    the gradient passes straight through to the float ones.
+    quantize: a lossy codec config; the returned splats and PSNR are then what a record with it
+    decodes to: after the fit the geometry is quantised, the colours solved by least squares for
+    it and rounded onto the codec's lattice with error feedback (`gsformat.fitting.solve`).
     Returns a `FitResult` with one `SplatSet` per image (splats in spec units, FP16).
     """
     opts = FitOptions(n_splats=n_splats, iters=iters, **options)
@@ -262,7 +178,7 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
     _, radius, _ = geometry(n_splats, height, width, opts)
     # the array code's window matrix must fit cuSPARSE's int32 indices (the final PSNR render
     # uses a 2R window and splits itself, see render_splatsets)
-    if not (opts.engine == "window" and _fused(get_xp(opts.backend), height, width, radius)):
+    if not (opts.engine == "window" and fused(get_xp(opts.backend), height, width, radius)):
         entries = max(window_entries(count, height, width, r)
                       for count, r in size_classes(n_splats, radius, opts))
         batch = min(batch, max(1, kernel_mod.MAX_WINDOW_ENTRIES // entries))
@@ -279,27 +195,6 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
     return FitResult(splats, np.concatenate([p[1] for p in parts]),
                      np.concatenate([p[2] for p in parts]), time.perf_counter() - start, hist,
                      opts)
-
-
-def quantizer(codec):
-    """float16 rows ``[N, 8]`` → what a record with ``codec`` decodes them to, in the same order.
-
-    Codecs that reorder splats say so with a ``quantize_rows`` method (or, for
-    `gsformat.entropy`, an order-keeping twin); for the others it is decode(encode(·))."""
-    if hasattr(codec, "quantize_rows"):
-        return codec.quantize_rows
-    twin = getattr(codec, "_quantize", codec)
-    return lambda rows: np.asarray(twin.decode(twin.encode(rows))).reshape(rows.shape)
-
-
-def _quantized(params_px, quantize_rows, height: int, width: int, xp):
-    """The codec's quantisation per image, back in pixel units (the straight-through forward)."""
-    host = to_numpy(params_px)
-    out = np.empty_like(host)
-    for i in range(len(host)):
-        fp16 = to_normalised(host[i], height, width).astype(np.float16)
-        out[i] = to_pixels(quantize_rows(fp16).astype(np.float32), height, width)
-    return xp.asarray(out)
 
 
 def _warm_params(splats: list[SplatSet], n: int, height: int, width: int) -> np.ndarray:
@@ -338,7 +233,7 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
     r_max = classes[-1][1]
     rng = PerImageRandom(opts.seed, seed_offset, batch)
     target = xp.asarray(target_np)
-    kernel = _engine(opts, xp, batch, n, height, width, radius, classes)
+    kernel = make_engine(opts.engine, opts.threads, xp, batch, height, width, classes)
     if init_splats is not None:
         params = xp.asarray(_warm_params(init_splats, n, height, width))
         clamp_covariance(xp, params, radii)
@@ -351,15 +246,10 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
         if opts.init == "grid":
             colour_from_pixels(window_kernel(xp, batch, n, height, width, r_max), params,
                                target)
-    codec = ste_codec = None
+    codec = None
     if opts.quantize:
         from ..format.record import get_codec
         codec = get_codec(opts.quantize)
-        ste_codec = quantizer(codec)
-    if opts.quantize_method not in ("solve", "ste"):
-        raise ValueError(f"quantize_method must be 'solve' or 'ste', got {opts.quantize_method!r}")
-    ste = codec is not None and opts.quantize_method == "ste"
-    quantize_step = int(opts.quantize_at * opts.iters) if ste else opts.iters + 1
 
     lr_base = xp.asarray([opts.lr_position] * 2 + [opts.lr_covariance] * 3
                          + [opts.lr_colour] * 3, dtype=xp.float32)
@@ -389,16 +279,14 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
                     v[rows, chosen].copy())
             placement.relocate(xp, params, (m, v), before, chosen, sigma, radius, rng)
         if step == prune_step:
-            colours = xp.abs(params[..., 5:8])
+            colours = xp.abs(params[..., C.COLOUR_COLS])
             luminance = colours @ xp.asarray(BT709, dtype=xp.float32)
             alive &= luminance >= opts.prune_threshold
-            params[..., 5:8] *= alive[..., None]
+            params[..., C.COLOUR_COLS] *= alive[..., None]
             m *= alive[..., None]
             v *= alive[..., None]
             n_pruned = to_numpy((~alive).sum(axis=1))
-        seen = _quantized(params, ste_codec, height, width, xp) if step >= quantize_step \
-            else params
-        render = kernel.forward(seen)
+        render = kernel.forward(params)
         residual = render - target  # [B, H, W, 3]
         if undo is not None:  # the loss just after a move: undo it where it rose too much
             mse_now = (residual * residual).reshape(batch, -1).mean(axis=1)
@@ -410,8 +298,7 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
                 params[rows, chosen] = xp.where(keep, old_p, params[rows, chosen])
                 m[rows, chosen] = xp.where(keep, old_m, m[rows, chosen])
                 v[rows, chosen] = xp.where(keep, old_v, v[rows, chosen])
-                seen = params
-                render = kernel.forward(seen)
+                render = kernel.forward(params)
                 residual = render - target
             undo = None
             rebin_due = len(classes) > 1  # once the move is kept or undone (rows stay put)
@@ -424,9 +311,9 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
             if progress and step % 10 == 0:
                 progress(step, opts.iters, float(mse.mean()))
         residual *= pixel_scale  # ∂(mean squared error)/∂render
-        grad = kernel.backward(seen, residual)  # straight through: ∂/∂seen applied to params
+        grad = kernel.backward(params, residual)
         if opts.l1_colour:
-            grad[..., 5:8] += (opts.l1_colour / n) * xp.sign(params[..., 5:8])
+            grad[..., C.COLOUR_COLS] += (opts.l1_colour / n) * xp.sign(params[..., C.COLOUR_COLS])
         if prune_step >= 0:
             grad *= alive[..., None]
         # Adam with a cosine-decayed, per-parameter-group learning rate
@@ -454,48 +341,10 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
     for i in range(batch):
         normalised = to_normalised(params_np[i][alive_np[i]], height, width).astype(np.float16)
         fitted = SplatSet(normalised, height, width)
-        if codec is not None and opts.quantize_method == "solve":
+        if codec is not None:
             fitted = requantize(fitted, target_np[i], codec, 2 * r_max)
-        elif codec is not None:  # what a record with this codec decodes to
-            decoded = np.asarray(codec.decode(codec.encode(normalised))).reshape(-1, 8)
-            fitted = SplatSet(decoded.astype(np.float16), height, width)
         splats.append(fitted)
     scores = evaluate_psnr(splats, target_np, r_max, backend=opts.backend)
     for s, score in zip(splats, scores):
         s.meta.update(psnr=round(float(score), 3), iters=opts.iters)
     return splats, scores, n_pruned, losses
-
-
-def render_splatsets(splats: list[SplatSet], radius: int | None = None,
-                     backend: str = "numpy") -> np.ndarray:
-    """Render same-canvas `SplatSet`s with the windowed renderer → ``[B, H, W, 3]`` float32.
-
-    ``radius`` defaults to 6σ_max of the splats (exact to float32 precision)."""
-    xp = get_xp(backend)
-    height, width = splats[0].canvas_hw
-    n = max(max(s.n_splats for s in splats), 1)
-    params = np.zeros((len(splats), n, 8), np.float32)
-    params[..., 2] = params[..., 4] = 1.0  # padding splats: unit size, colour 0
-    for i, s in enumerate(splats):
-        params[i, :s.n_splats] = to_pixels(s.params.astype(np.float32), height, width)
-    if radius is None:
-        cov = np.concatenate([s.covariances() for s in splats]) if n else np.zeros((1, 2, 2))
-        scale = np.array([width, height], np.float32)
-        lam = np.linalg.eigvalsh(cov * np.outer(scale, scale)).max() if len(cov) else 1.0
-        radius = max(2, math.ceil(6 * math.sqrt(max(lam, 1e-6))))
-    # in chunks of images whose window matrix fits cuSPARSE's int32 indices
-    chunk = max(1, kernel_mod.MAX_WINDOW_ENTRIES // window_entries(n, height, width, radius))
-    parts = []
-    for first in range(0, len(splats), chunk):
-        part = params[first:first + chunk]
-        kernel = window_kernel(xp, len(part), n, height, width, radius)
-        parts.append(to_numpy(kernel.forward(xp.asarray(part))))
-    return np.concatenate(parts)
-
-
-def evaluate_psnr(splats: list[SplatSet], target_np: np.ndarray, radius: int,
-                  backend: str = "numpy") -> np.ndarray:
-    """PSNR of stored splats, rendered with a 2R window (≥ 6σ for fitted splats)."""
-    backend = "numpy" if backend == "auto" else backend
-    render = render_splatsets(splats, radius=2 * radius, backend=backend)
-    return psnr(render, target_np)

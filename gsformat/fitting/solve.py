@@ -18,7 +18,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
+from ..format import constants as C
+from ..format.render_math import to_pixels
 from ..format.splatset import SplatSet
+from .kernel import WindowKernel
 
 DAMP = 1e-4           # H + DAMP·mean(diag H)·I: keeps the factorisation well conditioned
 RIDGE = 1e-6          # least-squares ridge (splats that cover no pixel get colour 0)
@@ -31,7 +34,6 @@ def colour_system(params_px: np.ndarray, target: np.ndarray, radius: int):
     params_px ``[N, 8]`` float32 pixel units, target ``[H, W, 3]`` float in [0, 1].
     Returns (H ``[N, N]`` scipy CSC float64, b ``[N, 3]`` float64).
     """
-    from .kernel import WindowKernel
     height, width, _ = target.shape
     kernel = WindowKernel(np, 1, len(params_px), height, width, radius)
     kernel.forward(np.asarray(params_px, np.float32)[None])
@@ -85,13 +87,23 @@ def _round_with_feedback_reference(colours, hessian, step) -> np.ndarray:
     return work
 
 
+def quantizer(codec):
+    """float16 rows ``[N, 8]`` → what a record with ``codec`` decodes them to, in the same order.
+
+    Codecs that reorder splats say so with a ``quantize_rows`` method (or, for
+    `gsformat.entropy`, an order-keeping twin); for the others it is decode(encode(·))."""
+    if hasattr(codec, "quantize_rows"):
+        return codec.quantize_rows
+    twin = getattr(codec, "_quantize", codec)
+    return lambda rows: np.asarray(twin.decode(twin.encode(rows))).reshape(rows.shape)
+
+
 def requantize(splats: SplatSet, image: np.ndarray, codec, radius: int) -> SplatSet:
     """A fitted `SplatSet` → what a record with ``codec`` should store: quantised geometry,
     least-squares colours, rounded with feedback onto the codec's colour lattice (codecs with a
     ``colour_step``; others quantise the solved colours themselves). ``image``: ``[H, W, 3]``
     float in [0, 1]; ``radius``: the window half-size of the renderer the colours are solved for.
     The result's values are exactly what decoding the record gives (in the input order)."""
-    from .fit import quantizer, to_pixels
     quantize_rows = quantizer(codec)
     height, width = splats.canvas_hw
     rows = quantize_rows(np.asarray(splats.params, np.float16))  # geometry as stored
@@ -102,7 +114,7 @@ def requantize(splats: SplatSet, image: np.ndarray, codec, radius: int) -> Splat
     if step is not None and len(rows) <= MAX_FEEDBACK_SPLATS:
         colours = round_with_feedback(colours, hessian.toarray(), step)
     solved = rows.astype(np.float64)
-    solved[:, 5:8] = colours
+    solved[:, C.COLOUR_COLS] = colours
     if not np.isfinite(solved).all():  # a degenerate system: keep the plain quantisation
         return SplatSet(rows, height, width, dict(splats.meta))
     final = quantize_rows(solved.astype(np.float16))

@@ -17,7 +17,8 @@ import numpy as np
 from . import constants as C
 from . import mds, storage
 from .errors import FormatError
-from .record import decode_record, encode_record, read_header
+from .._version import __version__
+from .record import _codec_config, decode_record, encode_record, get_codec, read_header
 from .splatset import SplatSet
 
 
@@ -103,8 +104,6 @@ class SplatWriter:
 
 def make_manifest(columns: dict, n_samples: int, codecs=(), stats: dict | None = None,
                   **extra) -> dict:
-    from .record import _codec_config, get_codec
-    from .. import __version__
     manifest = {
         "format": C.MANIFEST_FORMAT,
         "format_version": list(C.FORMAT_VERSION),

@@ -13,6 +13,8 @@ Fixed-size encodings here: ``int`` (int64, 8 bytes). Variable: ``str`` (UTF-8), 
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 
 import numpy as np
@@ -24,6 +26,27 @@ MAX_SHARD_BYTES = (1 << 32) - 1  # MDS offsets are uint32
 FIXED_SIZES = {"int": 8, "int8": 1, "int16": 2, "int32": 4, "int64": 8, "uint8": 1,
                "uint16": 2, "uint32": 4, "uint64": 8, "float16": 2, "float32": 4,
                "float64": 8}
+
+
+@functools.lru_cache(maxsize=None)
+def hash_names() -> frozenset[str]:
+    """The shard hash algorithms MDS names (streaming's set: hashlib's and xxhash's)."""
+    names = {a for a in hashlib.algorithms_available
+             if hasattr(hashlib, a) and not a.startswith("shake_")}
+    try:
+        import xxhash
+        names |= set(xxhash.algorithms_available)
+    except ImportError:  # an xxh* hash is then reported as one this reader cannot check
+        pass
+    return frozenset(names)
+
+
+def hex_digest(algo: str, data: bytes) -> str:
+    """``algo``'s hex digest of ``data``, as streaming's ``get_hash`` computes it."""
+    if algo.startswith("xxh"):
+        import xxhash
+        return getattr(xxhash, algo)(data).hexdigest()
+    return getattr(hashlib, algo)(data).hexdigest()
 
 
 def decompress(data: bytes, compression: str | None, raw_size: int) -> bytes:

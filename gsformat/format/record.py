@@ -56,7 +56,6 @@ def get_codec(config: Codec | dict) -> Codec:
         return config
     config = _codec_config(config)
     _check_allowed(config["id"])
-    import gsformat.codecs  # noqa: F401  (registers gsformat.* ids)
     try:
         return numcodecs.get_codec(dict(config))
     except (TypeError, ValueError, OverflowError) as exc:
@@ -94,7 +93,6 @@ def decoder_for(config) -> Codec | None:
     if codec_id == ZSTD_ID:
         decoder = None
     else:
-        import gsformat.codecs  # noqa: F401  (registers gsformat.* ids)
         cls = numcodecs.registry.codec_registry.get(codec_id)
         if cls is None or not hasattr(cls, "DECODE_PARAMS"):
             raise UnknownCodecError(f"unknown codec id {codec_id!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 
 import msgpack
 import numpy as np
@@ -38,7 +39,9 @@ def write_once(path: str, data: bytes) -> None:
 def main() -> None:
     from gsformat import SplatSet, encode_record
     from gsformat.fitting import fit_images
-    from gsformat.samples import load_photo
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                    "examples"))
+    from samples import load_photo
 
     two = SplatSet(np.array([[0.25, 0.5, 0.1, 0.0, 0.05, 1.0, 0.5, 0.0],
                              [0.75, 0.5, 0.05, -0.02, 0.1, 0.0, 0.25, 1.0]], np.float16),

@@ -1,0 +1,95 @@
+"""Choosing and running the windowed renderer: the fitter's engines, and rendering fitted splats.
+
+`make_engine` picks what `FitOptions.engine` names (the threaded NumPy range kernel, the fused
+CUDA kernels, the array-code twin, or the dense autograd baseline); `render_splatsets` renders
+stored splats with a window wide enough to be exact (`render_math.exact_radius`).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..format.render_math import exact_radius, psnr, sigma_max, to_pixels
+from ..format.splatset import SplatSet
+from .backend import get_xp, to_numpy
+from .cuda_kernel import MAX_WINDOW, CudaWindowKernel
+from . import kernel as kernel_mod
+from .kernel import RangeKernel, WindowKernel, window_entries
+
+ENGINES = ("window", "window-xp", "dense-torch")
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def fused(xp, height: int, width: int, radius: int) -> bool:
+    """Whether `window_kernel` gives the fused CUDA kernels (CuPy, windows they handle)."""
+    return xp.__name__ == "cupy" and window_entries(1, height, width, radius) < MAX_WINDOW
+
+
+def window_kernel(xp, batch: int, n: int, height: int, width: int, radius: int):
+    """The windowed renderer for ``xp``: fused CUDA kernels on CuPy, the array code on NumPy."""
+    if fused(xp, height, width, radius):
+        return CudaWindowKernel(xp, batch, n, height, width, radius)
+    return WindowKernel(xp, batch, n, height, width, radius)
+
+
+def make_engine(engine: str, threads: int | None, xp, batch: int, height: int, width: int,
+                classes: list[tuple[int, int]]):
+    """The forward/backward engine for one fitting batch; ``classes``: ``[(count, R), …]``."""
+    n = sum(count for count, _ in classes)
+    if engine == "window":
+        threads = threads or int(os.environ.get("GSFORMAT_THREADS", 0)) or \
+            min(usable_cores(), 8)
+        if xp is np:
+            return RangeKernel(xp, batch, height, width, classes,
+                               threads if n >= 64 * threads else 1)
+        if len(classes) == 1:
+            return window_kernel(xp, batch, n, height, width, classes[0][1])
+        return RangeKernel(xp, batch, height, width, classes,
+                           make=lambda *a: window_kernel(xp, *a))
+    if engine == "window-xp":
+        return RangeKernel(xp, batch, height, width, classes)
+    if engine == "dense-torch":
+        if len(classes) > 1:
+            raise ValueError("engine 'dense-torch' has no size classes (large_fraction=0)")
+        from .reference import DenseTorchEngine
+        return DenseTorchEngine(height, width)
+    raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+
+
+def render_splatsets(splats: list[SplatSet], radius: int | None = None,
+                     backend: str = "numpy") -> np.ndarray:
+    """Render same-canvas `SplatSet`s with the windowed renderer → ``[B, H, W, 3]`` float32.
+
+    ``radius`` defaults to the exact window of the splats (`render_math.exact_radius`)."""
+    xp = get_xp(backend)
+    height, width = splats[0].canvas_hw
+    n = max(max(s.n_splats for s in splats), 1)
+    params = np.zeros((len(splats), n, 8), np.float32)
+    params[..., 2] = params[..., 4] = 1.0  # padding splats: unit size, colour 0
+    for i, s in enumerate(splats):
+        params[i, :s.n_splats] = to_pixels(s.params.astype(np.float32), height, width)
+    if radius is None:
+        radius = exact_radius(float(sigma_max(np, params).max()))
+    # in chunks of images whose window matrix fits cuSPARSE's int32 indices
+    chunk = max(1, kernel_mod.MAX_WINDOW_ENTRIES // window_entries(n, height, width, radius))
+    parts = []
+    for first in range(0, len(splats), chunk):
+        part = params[first:first + chunk]
+        kernel = window_kernel(xp, len(part), n, height, width, radius)
+        parts.append(to_numpy(kernel.forward(xp.asarray(part))))
+    return np.concatenate(parts)
+
+
+def evaluate_psnr(splats: list[SplatSet], target_np: np.ndarray, radius: int,
+                  backend: str = "numpy") -> np.ndarray:
+    """PSNR of stored splats, rendered with a 2R window (≥ 6σ for fitted splats, whose 3σ ≤ R)."""
+    backend = "numpy" if backend == "auto" else backend
+    render = render_splatsets(splats, radius=2 * radius, backend=backend)
+    return psnr(render, target_np)
