@@ -143,10 +143,8 @@ def _with_numpy(buf: bytes):
 def run_batch(group: str, seed: int, count: int) -> dict:
     """Mutate and decode ``count`` records of one seed group; a summary of what happened."""
     from gsformat import FormatError, decode_record
-    from gsformat.codecs.lattice import to_float16
     if not _SEEDS:
         _SEEDS.update(seeds())
-        to_float16(np.ones(2, np.float32))  # torch's import is no decode's cost
     rng = np.random.default_rng([seed, len(group)])
     stats = {"n": 0, "decoded": 0, "rejected": 0, "other": [], "disagree": [], "over_64mib": 0,
              "over_1s": 0, "over_budget": 0, "max_peak": 0, "max_seconds": 0.0, "codecs": {}}
@@ -184,8 +182,6 @@ def run_batch(group: str, seed: int, count: int) -> dict:
 def baseline() -> dict:
     """Each seed's own decode: seconds and peak, per group (the same machine, the same run)."""
     from gsformat import decode_record
-    from gsformat.codecs.lattice import to_float16
-    to_float16(np.ones(2, np.float32))
     out = {}
     for group, records in seeds().items():
         times, peaks = [], []

@@ -1,12 +1,12 @@
 """Rate–distortion study: splat records against JPEG and WebP on the same photographs.
 
 For 400, 900, 1,600 and 3,136 splats on 224² crops of the bundled scikit-image photographs:
-bytes per image and PSNR for raw FP16, the lossless codec, and each lossy setting with and
-without a quantisation-aware re-fit; JPEG and WebP (Pillow) at qualities 10–95; a BD-rate style
-summary (average byte change against JPEG at equal PSNR over 25–32 dB); decode cost (records/s
-per codec vs raw FP16 and vs Pillow's JPEG decode of the same images); the L1 colour term's
-effect at 1,600 splats. "+qat": a 200-iteration straight-through warm re-fit; "+solve": the
-geometry quantised, the colours solved by least squares and (lattice) rounded with feedback.
+bytes per image and PSNR for raw FP16, the lossless codec, and each lattice / lattice-rans
+setting post hoc and with the re-fit after quantisation ("+solve": the geometry quantised, the
+colours solved by least squares and rounded with feedback); JPEG and WebP (Pillow) at qualities
+10–95; a BD-rate style summary (average byte change against JPEG at equal PSNR over 25–32 dB);
+decode cost (records/s per codec vs raw FP16 and vs Pillow's JPEG decode of the same images);
+the L1 colour term's effect at 1,600 splats.
 Prints JSON; ``--plot`` writes the curves as PNG.
 
     python benchmarks/rd_bench.py --plot benchmarks/results/rd_curves.png   (~45 min, 2 cores)
@@ -31,11 +31,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from gsformat import SplatSet, decode_record, encode_record
 from gsformat.fitting import fit_images
 from gsformat.fitting.engine import evaluate_psnr
+from gsformat.format.render_math import psnr
 from samples import SKIMAGE_PHOTOS, load_photo
 
-LOSSY = {  # name → bits (position, covariance, colour)
-    "q14-10-8": (14, 10, 8), "q12-8-8": (12, 8, 8), "q12-8-6": (12, 8, 6),
-    "q10-8-6": (10, 8, 6), "q10-6-6": (10, 6, 6)}
 LATTICE = {  # name → steps (position, ln scale, shear, colour) of gsformat.lattice
     "l-fine": (2.0 ** -12, 0.03, 0.03, 0.015), "l-mid": (2.0 ** -11, 0.05, 0.05, 0.022),
     "l-lean": (2.0 ** -11, 0.06, 0.08, 0.03), "l-coarse": (2.0 ** -10, 0.08, 0.1, 0.045)}
@@ -52,31 +50,14 @@ def lattice_pipeline(steps, codec_id: str = "gsformat.lattice"):
     return [config | ({"level": 19} if codec_id == "gsformat.lattice" else {})]
 
 
-def quantize_pipeline(bits):
-    return [{"id": "gsformat.quantize", "position_bits": bits[0], "covariance_bits": bits[1],
-             "colour_bits": bits[2]}, {"id": "zstd", "level": 19}]
-
-
-def entropy_pipeline(bits):
-    return [{"id": "gsformat.entropy", "position_bits": bits[0], "covariance_bits": bits[1],
-             "colour_bits": bits[2], "level": 19}]
-
-
 def lossy_pipelines():
-    """name → pipeline for every lossy setting: quantize+zstd ('q…'), entropy ('e…'), lattice
-    ('l-…') and lattice-rans ('r-…': the same values as 'l-…', a different entropy stage)."""
+    """name → pipeline for every lossy setting: lattice ('l-…') and lattice-rans ('r-…': the same
+    values as 'l-…', a different entropy stage). (The legacy quantize and entropy codecs, and a
+    straight-through re-fit, are in the runs of benchmarks/RESULTS.md before 2026-12-02.)"""
     out = {}
-    for name, bits in LOSSY.items():
-        out[name] = quantize_pipeline(bits)
-        out["e" + name[1:]] = entropy_pipeline(bits)
     out.update({name: lattice_pipeline(steps) for name, steps in LATTICE.items()})
     out.update({"r" + name[1:]: lattice_pipeline(steps, RANS_ID) for name, steps in LATTICE.items()})
     return out
-
-
-def psnr(a, b) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return 10 * np.log10(1 / max(mse, 1e-12))
 
 
 def pillow_curve(images, fmt: str) -> list[dict]:
@@ -89,7 +70,7 @@ def pillow_curve(images, fmt: str) -> list[dict]:
             Image.fromarray(image).save(buf, format=fmt, quality=q)
             decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
             sizes.append(buf.tell())
-            scores.append(psnr(decoded / 255.0, image / 255.0))
+            scores.append(psnr(decoded[None] / 255.0, image[None] / 255.0)[0])
         points.append({"quality": q, "bytes": float(np.mean(sizes)),
                        "psnr": float(np.mean(scores))})
     return points
@@ -113,7 +94,7 @@ def bd_rate(curve: list[dict], anchor: list[dict], lo: float = 25.0, hi: float =
 
 def main(quick: bool = False, plot: str | None = None) -> dict:
     names = list(SKIMAGE_PHOTOS[:2] if quick else SKIMAGE_PHOTOS)
-    size, iters, refit_iters = (96, 150, 30) if quick else (224, 2000, 200)
+    size, iters = (96, 150) if quick else (224, 2000)
     budgets = (100, 400) if quick else (400, 900, 1600, 3136)
     images = np.stack([load_photo(n, size) for n in names])
     targets = images / 255.0
@@ -131,17 +112,6 @@ def main(quick: bool = False, plot: str | None = None) -> dict:
             score = evaluate_psnr(decoded, targets, 16) if pipeline else result.psnr
             curves.setdefault(name, []).append({"splats": n, "bytes": float(np.mean(
                 [len(r) for r in records])), "psnr": float(np.mean(score))})
-        for name, bits in LOSSY.items():
-            # "+qat": a straight-through warm re-fit (shared by q and e: same values);
-            # "+solve": geometry quantised, colours solved by least squares (gsformat.fitting.solve)
-            for suffix, method, its in (("+qat", "ste", refit_iters), ("+solve", "solve", 0)):
-                refit = fit_images(images, n, its, init_splats=result.splats,
-                                   quantize=quantize_pipeline(bits)[0], quantize_at=0.0,
-                                   quantize_method=method, lr_position=0.01,
-                                   lr_covariance=0.005, lr_colour=0.003, batch_size=1)
-                for label, pipeline in ((name, quantize_pipeline(bits)),
-                                        ("e" + name[1:], entropy_pipeline(bits))):
-                    add_point(curves, label + suffix, n, refit, pipeline)
         for name, steps in LATTICE.items():  # + colours solved and rounded with feedback
             refit = fit_images(images, n, 0, init_splats=result.splats,
                                quantize=lattice_pipeline(steps)[0], batch_size=1)
@@ -150,7 +120,7 @@ def main(quick: bool = False, plot: str | None = None) -> dict:
         print(f"{n} splats done", file=sys.stderr)
     curves["jpeg"] = pillow_curve(images, "JPEG")
     curves["webp"] = pillow_curve(images, "WEBP")
-    out = {"images": names, "size": size, "iters": iters, "refit_iters": refit_iters,
+    out = {"images": names, "size": size, "iters": iters,
            "curves": curves,
            "bd_rate_vs_jpeg_25_32db": {k: bd_rate(v, curves["jpeg"]) for k, v in curves.items()
                                        if k != "jpeg"}}
@@ -255,7 +225,6 @@ def decode_cost(splats, images, rounds: int = 7, repeat: int = 10) -> dict:
     (the ratios come from the same rounds)."""
     from PIL import Image
     pipelines = {"raw-fp16": [], "planar": [{"id": "gsformat.planar", "level": 19}],
-                 "q12-8-8": quantize_pipeline((12, 8, 8)), "e12-8-8": entropy_pipeline((12, 8, 8)),
                  "l-mid": lattice_pipeline(LATTICE["l-mid"]),
                  "r-mid": lattice_pipeline(LATTICE["l-mid"], RANS_ID)}
     work = {name: (decode_record, [encode_record(s, p) for s in splats])
@@ -294,8 +263,7 @@ def write_plot(curves: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for name, points in curves.items():
         pts = sorted(points, key=lambda p: p["bytes"])
-        if name.startswith("q") or (name.startswith("e") and name != "e10-6-6+solve") \
-                or name in ("raw-fp16",) or (name[:2] in ("l-", "r-") and "+" not in name) \
+        if name in ("raw-fp16",) or (name[:2] in ("l-", "r-") and "+" not in name) \
                 or name in ("l-fine+solve", "l-lean+solve"):
             continue  # the plot shows the lattice curves and the best earlier one; JSON has all
         style = "k-o" if name == "jpeg" else "k--s" if name == "webp" else (

@@ -6,7 +6,7 @@ from codec_harness import (check_backwards_compatibility, check_config, check_re
                            write_fixture_once)
 from gsformat import FormatError
 from gsformat.codecs import Entropy, Quantize
-from gsformat.codecs.entropy import gather_bits, spread_bits
+from gsformat.codecs.legacy.entropy import gather_bits, spread_bits
 from strategies import valid_params
 
 
@@ -36,20 +36,6 @@ def test_smaller_than_quantize_plus_zstd_on_real_splats(fitted_splats):
     params = fitted_splats[0].params
     quantized = numcodecs.Zstd(19).encode(Quantize(12, 10, 8).encode(params))
     assert len(Entropy(12, 10, 8).encode(params)) < len(quantized)
-
-
-def test_config_and_repr():
-    codec = Entropy(position_bits=13, covariance_bits=9, colour_bits=7, level=5)
-    check_config(codec)
-    assert codec.get_config() == {"id": "gsformat.entropy", "position_bits": 13,
-                                  "covariance_bits": 9, "colour_bits": 7, "level": 5}
-    with pytest.raises(ValueError):
-        Entropy(level=0)
-
-
-def test_golden_fixtures(fitted_splats):
-    write_fixture_once(Entropy(12, 10, 8), "astronaut64-256-12-10-8", fitted_splats[0].params)
-    assert check_backwards_compatibility("gsformat.entropy") >= 1
 
 
 @pytest.mark.parametrize("mutate", [

@@ -144,16 +144,3 @@ def test_empty_record_and_raw_planes():
     encoded = rans.encode([noise])  # incompressible: stored raw
     assert encoded[0] == rans.RAW_MODE
     assert np.array_equal(rans.decode(encoded, 200, 1)[0], noise)
-
-
-def test_config_repr_and_fixtures(fitted_splats):
-    codec = LatticeRans(position_step=1 / 1024, scale_step=0.04, shear_step=0.06,
-                        colour_step=0.03)
-    check_config(codec)
-    check_repr(codec)
-    assert codec.get_config() == {"id": "gsformat.lattice-rans", "position_step": 1 / 1024,
-                                  "scale_step": 0.04, "shear_step": 0.06, "colour_step": 0.03}
-    write_fixture_once(LatticeRans(), "astronaut64-256-default", fitted_splats[0].params)
-    write_fixture_once(LatticeRans(2.0 ** -12, 0.02, 0.02, 0.01), "astronaut64-256-fine",
-                       fitted_splats[0].params)
-    assert check_backwards_compatibility("gsformat.lattice-rans") >= 2

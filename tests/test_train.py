@@ -26,6 +26,7 @@ def test_stem_variable_counts_to_m_tokens_and_respects_padding():
     torch.testing.assert_close(stem(splats[1:, :20], None), out[1:], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # builds the 150 M-parameter ViT-B-16 (a few seconds, ~600 MB)
 def test_describe_vit_b16_stage2_fraction():
     from gsformat.train.model import describe
     info = describe("ViT-B-16")
@@ -115,4 +116,10 @@ def test_cli_describe_and_zeroshot(tmp_path, digits_dataset, capsys):
                  str(tmp_path / "cli" / "final.pt")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["classification"]["n_classes"] == 10
-    assert 0 <= result["classification"]["top1"] <= 1 and "retrieval" in result
+    from gsformat.format.dataset import read_manifest
+    n = read_manifest(os.path.join(digits_dataset, "splats"))["n_samples"]
+    cls, ret = result["classification"], result["retrieval"]
+    assert result["n_samples"] == n  # every sample evaluated once
+    assert abs(cls["top1"] * n - round(cls["top1"] * n)) < 1e-6  # a count of hits over n
+    assert 0 <= cls["top1"] <= cls["top5"] <= 1 and cls["chance"] == 0.1
+    assert ret["image_to_text_R@1"] <= ret["image_to_text_R@5"] <= ret["image_to_text_R@10"]

@@ -11,11 +11,10 @@ The contract every codec here keeps (SPEC.md § 5):
 """
 from numcodecs import register_codec
 
-from .entropy import Entropy
 from .lattice import Lattice
 from .lattice_rans import LatticeRans
+from .legacy import Entropy, Quantize  # read-only legacy: decoded, not offered to writers
 from .planar import Planar
-from .quantize import Quantize
 
 for _codec in (Planar, Quantize, Entropy, Lattice, LatticeRans):
     register_codec(_codec)

@@ -9,7 +9,8 @@ from ..format import constants as C
 from ..format.errors import FormatError
 from ..format.zstd_frame import decompress_exact
 
-__all__ = ["as_splat_rows", "read_u32", "leading_u32", "STEP", "BITS", "zstd_compress", "zstd_decompress", "ndarray_copy"]
+__all__ = ["as_splat_rows", "read_u32", "leading_u32", "STEP", "BITS", "zstd_level",
+           "zstd_compress", "zstd_decompress", "ndarray_copy"]
 
 
 def as_splat_rows(buf) -> np.ndarray:
@@ -43,6 +44,13 @@ def leading_u32(buf) -> int:
 
 STEP = (float, 0, 1)  # a lattice step: a finite number in (0, 1]
 BITS = (int, 1, 16)   # a quantize bit depth
+
+
+def zstd_level(level) -> int:
+    """An encoder's zstd level, checked: an integer in [1, 22]."""
+    if isinstance(level, bool) or int(level) != level or not 1 <= int(level) <= 22:
+        raise ValueError(f"zstd level must be an integer in [1, 22], got {level!r}")
+    return int(level)
 
 
 def zstd_compress(raw: bytes | np.ndarray, level: int) -> bytes:

@@ -46,7 +46,8 @@ from numcodecs.abc import Codec
 from ..format import constants as C
 from ..format.errors import FormatError
 from ..format.zstd_frame import decompress_exact
-from ._common import STEP, as_splat_rows, leading_u32, ndarray_copy, read_u32, zstd_compress
+from ._common import (STEP, as_splat_rows, leading_u32, ndarray_copy, read_u32, zstd_compress,
+                      zstd_level)
 
 HEADER_BYTES = 4 + 4 + 4 * 8 + 8  # n, Wc, code_min, planes
 CHUNK = 1 << 15  # splats per step of the NumPy arithmetic: its scratch stays ~10 MiB at any N
@@ -59,24 +60,6 @@ except ImportError:
     _NATIVE = None
 if os.environ.get("GSFORMAT_NO_NATIVE"):  # force the NumPy decoder (benchmarks, debugging)
     _NATIVE = None
-
-
-_TORCH = []
-
-
-def to_float16(single: np.ndarray) -> np.ndarray:
-    """float32 → float16 (round to nearest even). PyTorch's conversion is vectorised (~5× NumPy's
-    here); both round the same way, so the values do not depend on which one ran."""
-    if not _TORCH:
-        try:
-            import torch
-            _TORCH.append(torch)
-        except Exception:  # not installed, or a broken install: NumPy gives the same values
-            _TORCH.append(None)
-    torch = _TORCH[0]
-    if torch is None:
-        return single.astype(np.float16)
-    return torch.from_numpy(single).to(torch.float16).numpy()
 
 
 def ycocg_r(rgb):
@@ -133,13 +116,11 @@ class Lattice(Codec):
                            ("shear_step", shear_step), ("colour_step", colour_step)):
             if not (np.isfinite(step) and 0 < float(step) <= 1):
                 raise ValueError(f"{name} must be in (0, 1], got {step}")
-        if not 1 <= int(level) <= 22:
-            raise ValueError(f"zstd level must be in [1, 22], got {level}")
         self.position_step = float(position_step)
         self.scale_step = float(scale_step)
         self.shear_step = float(shear_step)
         self.colour_step = float(colour_step)
-        self.level = int(level)
+        self.level = zstd_level(level)
         # step per attribute slot of the decoded codes (x, y, s1, k, s2, r, g, b)
         self._steps = np.array([self.position_step] * 2 + [self.scale_step, self.shear_step,
                                self.scale_step] + [self.colour_step] * 3)
@@ -180,7 +161,8 @@ class Lattice(Codec):
         else:
             values[2], values[4] = scales
         values[3] *= values[4]  # l21 = shear · l22
-        return to_float16(values.astype(np.float32)).T
+        with np.errstate(over="ignore"):  # → inf, refused by the reader's value check
+            return values.astype(np.float32).astype(np.float16).T  # nearest even, twice
 
     def quantize_rows(self, rows) -> np.ndarray:
         """What decode(encode(rows)) holds, in the input order: float16 ``[N, 8]``."""

@@ -20,7 +20,7 @@ from numcodecs.abc import Codec
 from ..format import constants as C
 from ..format.errors import FormatError
 from ._common import (as_splat_rows, leading_u32, ndarray_copy, read_u32, zstd_compress,
-                      zstd_decompress)
+                      zstd_decompress, zstd_level)
 
 
 class Planar(Codec):
@@ -44,9 +44,7 @@ class Planar(Codec):
     DECODE_PARAMS: dict = {}  # `level` is the encoder's alone (SPEC.md § 5.2)
 
     def __init__(self, level: int = 9):
-        if not 1 <= int(level) <= 22:
-            raise ValueError(f"zstd level must be in [1, 22], got {level}")
-        self.level = int(level)
+        self.level = zstd_level(level)
 
     def encode(self, buf) -> bytes:
         rows = as_splat_rows(buf)  # [N, 8]

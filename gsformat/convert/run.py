@@ -80,6 +80,10 @@ def check_args(args) -> list[dict]:
         if not isinstance(config, dict) or not isinstance(config.get("id"), str):
             raise ValueError(f"--codec: each codec config must be a JSON object with an 'id', "
                              f"got {config!r}")
+        if config["id"] in LEGACY_CODECS:
+            raise ValueError(f"--codec: {config['id']} is a legacy codec (readers decode it, "
+                             f"writers should not write it: SPEC.md § 5); use "
+                             f"gsformat.lattice-rans (lossy) or gsformat.planar (lossless)")
         get_codec(config)  # FormatError (one line) for an unknown id or a bad parameter
     if args.device == "gpu":
         from ..fitting.backend import cupy_available
@@ -134,8 +138,8 @@ class Progress:
         self.bar.close()
 
 
-LOSSY_CODECS = ("gsformat.quantize", "gsformat.entropy", "gsformat.lattice",
-                "gsformat.lattice-rans")
+LOSSY_CODECS = ("gsformat.lattice", "gsformat.lattice-rans")
+LEGACY_CODECS = ("gsformat.quantize", "gsformat.entropy")
 
 
 def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progress,

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from ..format import constants as C
+
 
 def grid_shape(n_splats: int, height: int, width: int) -> tuple[int, int]:
     """(rows, cols) of the largest grid with ≤ n_splats cells and cells close to square."""
@@ -37,7 +39,7 @@ def init_params(kind: str, batch: int, n_splats: int, height: int, width: int, s
     elif kind == "random":
         params[..., 0] = rng.uniform(0, width, (batch, n_splats))
         params[..., 1] = rng.uniform(0, height, (batch, n_splats))
-        params[..., 5:8] = rng.uniform(0, 1, (batch, n_splats, 3))
+        params[..., C.COLOUR_COLS] = rng.uniform(0, 1, (batch, n_splats, 3))
     else:
         raise ValueError(f"init must be 'grid' or 'random', got {kind!r}")
     params[..., 2] = params[..., 4] = sigma
@@ -51,8 +53,8 @@ def colour_from_pixels(kernel, params, target):
     Σ_j G_j there): the overlap of neighbouring splats is divided out.
     """
     xp = kernel.xp
-    ones = xp.ones_like(params[..., 5:8])
-    params[..., 5:8] = ones
+    ones = xp.ones_like(params[..., C.COLOUR_COLS])
+    params[..., C.COLOUR_COLS] = ones
     coverage = kernel.forward(params)[..., 0]  # [B, H, W]
     g = kernel.g.reshape(kernel.B, kernel.N, -1)
     weight = g.sum(axis=-1) + 1e-12

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 
+from ..format import constants as C
+
 SQRT_HALF = math.sqrt(0.5)
 # cuSPARSE (CuPy's sparse products) indexes the window matrix with int32: a batch must hold fewer
 # window entries (images × splats × ky·kx) than this, or the product fails inside cuSPARSE
@@ -134,7 +136,7 @@ class WindowKernel:
             if moved.any():
                 self.idx[moved] = base[moved][:, None] + self.cell_offset
         self.base = base
-        return self.splat_colours(params[..., 5:8])
+        return self.splat_colours(params[..., C.COLOUR_COLS])
 
     def splat_colours(self, colours):
         """Scatter G·colour into the images: ``[B, H, W, 3]`` float32.
@@ -157,7 +159,7 @@ class WindowKernel:
 
         grad_planes: `channel_planes(grad_image)` when the caller already has it."""
         xp, B, N = self.xp, self.B, self.N
-        colours = params[..., 5:8]
+        colours = params[..., C.COLOUR_COLS]
         l11, l21, l22 = params[..., 2], params[..., 3], params[..., 4]
         grad = xp.empty((B, N, 8), xp.float32)
         if grad_planes is None:
@@ -165,7 +167,7 @@ class WindowKernel:
         g = self.g.reshape(B, N, -1)
         for c in range(3):  # gather ∂L/∂I under every window, one channel at a time
             _take_into(xp, grad_planes[c], self.idx, self.gathered[c])
-        grad[..., 5:8] = xp.einsum("bnk,cbnk->bnc", g, self.gathered)  # ∂L/∂colour = Σ G·∂L/∂I
+        grad[..., C.COLOUR_COLS] = xp.einsum("bnk,cbnk->bnc", g, self.gathered)  # ∂L/∂colour = Σ G·∂L/∂I
         # A = G · ∂L/∂G with ∂L/∂G = Σ_c colour_c · ∂L/∂I_c (in place: no large temporaries)
         a = self.tmp.reshape(B, N, -1)
         _einsum_into(xp, "cbnk,bnc->bnk", self.gathered, colours, out=a)  # 2.5× three passes

@@ -23,6 +23,8 @@ drawn from a seeded NumPy generator: the same splats on either backend for a see
 """
 from __future__ import annotations
 
+from ..format import constants as C
+
 
 def _box3(xp, image):
     """3×3 box blur of ``[B, H, W]`` (edges replicated)."""
@@ -72,9 +74,9 @@ def removal_cost(xp, params, grad, pixels: int):
     """What removing each splat would add to the mean squared error, ``[B, N]``: with r the
     residual and G the splat's Gaussian, ΔL = Σ_c (−c·∂L/∂c + c²·ΣG²/P), where ∂L/∂c =
     (2/P)·Σ r·G is the fit's own colour gradient and ΣG² ≈ π·l11·l22 (pixels; P = H·W·3)."""
-    colour = params[..., 5:8]
+    colour = params[..., C.COLOUR_COLS]
     area = xp.pi * xp.abs(params[..., 2] * params[..., 4])
-    return (-colour * grad[..., 5:8]).sum(axis=-1) + (colour * colour).sum(axis=-1) * (
+    return (-colour * grad[..., C.COLOUR_COLS]).sum(axis=-1) + (colour * colour).sum(axis=-1) * (
         area / pixels)
 
 
@@ -104,7 +106,7 @@ def relocate(xp, params, moments, residual, chosen, sigma: float, radius: int, r
     moved[..., 0:2] = centres
     moved[..., 2] = moved[..., 4] = sigma
     moved[..., 3] = 0.0
-    moved[..., 5:8] = 0.5 * _fit_colour(xp, centres, sigma, residual, radius)
+    moved[..., C.COLOUR_COLS] = 0.5 * _fit_colour(xp, centres, sigma, residual, radius)
     params[rows, chosen] = moved
     for moment in moments:
         moment[rows, chosen] = 0.0

@@ -47,8 +47,6 @@ MAX_FIT_KEYS = 64                  # entries in the optional fit map
 MANIFEST_NAME = "gsformat.json"
 MANIFEST_FORMAT = "gsformat"
 INDEX_NAME = "index.json"
-SPLATS_COLUMN = "splats"
-KEY_COLUMN = "key"
 # MDS encodings of every column a gsformat dataset may have.
 COLUMN_ENCODINGS = {
     "key": "str",

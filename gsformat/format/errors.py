@@ -20,5 +20,9 @@ class FormatError(ValueError):
         return FormatError(self.reason, inner)
 
 
+class LegacyCodecWarning(UserWarning):
+    """Encoding with a codec that readers decode but writers should not write (SPEC.md § 5)."""
+
+
 class UnknownCodecError(FormatError):
     """A record names a codec id that is not registered with numcodecs."""

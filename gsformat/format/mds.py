@@ -73,9 +73,10 @@ def sample_spans(shard: bytes) -> list[tuple[int, int]]:
     return list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
 
 
-def decode_sample(data: bytes, names: list[str], encodings: list[str],
-                  sizes: list[int | None]) -> dict:
-    """One MDS sample → {column: str | int | bytes}, every size checked."""
+def decode_sample(data, names: list[str], encodings: list[str], sizes: list[int | None],
+                  views: frozenset = frozenset()) -> dict:
+    """One MDS sample (bytes, or a memoryview of a mapped shard) → {column: str | int | bytes},
+    every size checked; the columns named in ``views`` stay views of ``data`` (no copy)."""
     n_var = sum(size is None for size in sizes)
     if len(data) < 4 * n_var:
         raise FormatError("sample too short for its column sizes")
@@ -87,13 +88,17 @@ def decode_sample(data: bytes, names: list[str], encodings: list[str],
             raise FormatError(f"column {name!r} runs past the end of the sample")
         raw = data[pos:pos + size]
         pos += size
-        if encoding == "str":
+        if name in views:
+            sample[name] = raw
+        elif encoding == "str":
             try:
-                sample[name] = raw.decode("utf-8")
+                sample[name] = str(raw, "utf-8")
             except UnicodeDecodeError:
                 raise FormatError(f"column {name!r} is not valid UTF-8") from None
         elif encoding in FIXED_SIZES and encoding.startswith(("int", "uint")):
             sample[name] = int.from_bytes(raw, "little", signed=encoding.startswith("int"))
+        elif encoding in FIXED_SIZES:  # float16/32/64
+            sample[name] = float(np.frombuffer(raw, "<f%d" % size)[0])
         else:
             sample[name] = bytes(raw)
     if pos != len(data):

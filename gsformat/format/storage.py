@@ -83,16 +83,6 @@ def write_bytes(path: str, data: bytes) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def exists(path: str) -> bool:
-    if not is_remote(path):
-        return os.path.exists(path)
-    try:
-        read_bytes(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
 def list_files(root: str) -> list[str]:
     """Every file below ``root`` as a path relative to it (sorted)."""
     if not is_remote(root):
@@ -102,8 +92,8 @@ def list_files(root: str) -> list[str]:
                 found.append(os.path.relpath(os.path.join(dirpath, name), root))
         return sorted(found)
     from streaming.base.storage.upload import CloudUploader
-    uploader = CloudUploader.get((tempfile.mkdtemp(prefix="gsformat-ls-"), root), keep_local=True,
-                                 exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gsformat-ls-") as scratch:  # the uploader's local
+        uploader = CloudUploader.get((scratch, root), keep_local=True, exist_ok=True)  # side
+        names = uploader.list_objects("") or []  # it prepends the remote's own path
     prefix = urllib.parse.urlparse(root).path.lstrip("/").rstrip("/")
-    names = uploader.list_objects("") or []  # it prepends the remote's own path
     return sorted(n[len(prefix) + 1:] if n.startswith(prefix + "/") else n for n in names)

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BT709 = np.array([0.2126, 0.7152, 0.0722], np.float32)
+from ..format import constants as C
+from ..format.render_math import BT709
 
 
 def splat_strength(params: np.ndarray) -> np.ndarray:
     """Integrated contribution of each splat: BT.709 luminance of |colour| × l11 · l22
     (a Gaussian's integral is 2π·det L·|c|). `max_splats` keeps the strongest."""
     p = params.astype(np.float32)
-    return (np.abs(p[:, 5:8]) @ BT709) * p[:, 2] * p[:, 4]
+    return (np.abs(p[:, C.COLOUR_COLS]) @ np.asarray(BT709, np.float32)) * p[:, 2] * p[:, 4]
 
 
 def keep_strongest(params: np.ndarray, max_splats: int) -> np.ndarray:
@@ -55,7 +56,7 @@ class SplatAugment:
         if self.position_jitter:
             out[:, 0:2] += rng.normal(0, self.position_jitter, (len(out), 2))
         if self.colour_jitter:
-            out[:, 5:8] += rng.normal(0, self.colour_jitter, (len(out), 3))
+            out[:, C.COLOUR_COLS] += rng.normal(0, self.colour_jitter, (len(out), 3))
         if self.dropout:
             out = out[rng.random(len(out)) >= self.dropout]
         return out.astype(params.dtype)

@@ -25,6 +25,7 @@ from time import sleep, time_ns
 
 import numpy as np
 
+from ..format import mds
 from ..format.errors import FormatError
 
 try:  # streaming's epoch state; without it, streaming's own iterator is used
@@ -157,24 +158,25 @@ class ShardwiseIteration:
 
 class _MappedRows:
     """MDS rows read from memory maps of the shards (a few kept open), instead of streaming's
-    open–seek–read–close per sample. ``read`` returns None whenever streaming's own path is needed
+    open–seek–read–close per sample, parsed by the format's own MDS reader (`format.mds`: every
+    count, offset and size checked). ``read`` returns None whenever streaming's own path is needed
     (a shard not on disk yet, or not an MDS shard), so `get_item`'s download and retry logic stays
     in charge of the cache. A mapping outlives an eviction of its file (the data stays valid).
     The ``splats`` column comes as a memoryview of the mapping (the record decoder copies what it
-    keeps); every other column is decoded by streaming's MDS decoders.
+    keeps); the ``image`` column as JPEG bytes.
     """
 
     def __init__(self, dataset, keep: int = 4):
-        from streaming.base.format.mds.encodings import mds_decode
-        self.dataset, self.keep, self.decode = dataset, keep, mds_decode
-        self.open: dict[int, tuple] = {}  # shard id → (mmap, offsets, columns, name)
+        self.dataset, self.keep = dataset, keep
+        self.open: dict[int, tuple] = {}  # shard id → (mmap, spans, config, first, name)
 
     def _map(self, shard_id: int):
         shard = self.dataset.shards[shard_id]
         names = getattr(shard, "column_names", None)
         if names is None or not hasattr(shard, "raw_data"):
             return None
-        path = os.path.join(shard.dirname, shard.split, shard.raw_data.basename)
+        name = shard.raw_data.basename
+        path = os.path.join(shard.dirname, shard.split, name)
         try:
             with open(path, "rb") as f:
                 # MAP_POPULATE (Linux): map every page now, in one call, instead of one page
@@ -183,52 +185,38 @@ class _MappedRows:
                                    flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         except (FileNotFoundError, ValueError):  # not there (yet), or empty
             return None
-        num, size = int.from_bytes(mapped[:4], "little"), len(mapped)
-        if 4 + 4 * (num + 1) > size or num != shard.samples:
+        try:
+            spans = mds.sample_spans(mapped)
+            if len(spans) != shard.samples:
+                raise FormatError(f"header claims {len(spans)} samples, the index "
+                                  f"{shard.samples}")
+        except FormatError as exc:
             mapped.close()
-            raise FormatError(f"header claims {num} samples ({shard.samples} in the index) in a "
-                              f"{size}-byte shard", shard.raw_data.basename)
-        offsets = np.frombuffer(mapped[4:8 + 4 * num], "<u4").tolist()
-        if offsets != sorted(offsets) or offsets[0] < 8 + 4 * num or offsets[-1] > len(mapped):
-            mapped.close()
-            raise FormatError("sample offsets are inconsistent", shard.raw_data.basename)
-        columns = list(zip(names, shard.column_encodings, shard.column_sizes))
-        n_var = sum(1 for _, _, size in columns if not size)
+            raise exc.at(name) from None
+        config = (list(names), list(shard.column_encodings), list(shard.column_sizes))
         first = int(self.dataset.sample_offset_per_shard[shard_id])
         if len(self.open) >= self.keep:
             self.open.pop(next(iter(self.open)))  # unmapped when no row views it any more
-        self.open[shard_id] = (mapped, offsets, columns, n_var, first, shard.raw_data.basename)
+        self.open[shard_id] = (mapped, spans, config, first, name)
         return self.open[shard_id]
 
     def read(self, shard_id: int, sample_id: int) -> dict | None:
         entry = self.open.get(shard_id) or self._map(shard_id)
         if entry is None:
             return None
-        mapped, offsets, columns, n_var, first, name = entry
+        mapped, spans, config, first, name = entry
         local = sample_id - first
-        begin, end = offsets[local], offsets[local + 1]  # checked when the shard was mapped
-        data = memoryview(mapped)[begin:end]  # no copy: msgpack reads the record in place
-        sizes = iter(np.frombuffer(data, "<u4", n_var).tolist())
-        pos, row = 4 * n_var, {}
-        for column, encoding, size in columns:
-            size = size or next(sizes)
-            if pos + size > len(data):
-                raise FormatError(f"column {column!r} runs past the end of the sample",
-                                  f"{name}, sample {local}")
-            value = data[pos:pos + size]
-            if column == "splats":
-                row[column] = value
-            else:
-                try:
-                    row[column] = self.decode(encoding, bytes(value))
-                except Exception as exc:  # invalid UTF-8, a bad int, …: name the place
-                    raise FormatError(f"column {column!r} does not decode as {encoding}: "
-                                      f"{exc}", f"{name}, sample {local}") from None
-            pos += size
-        return row
+        begin, end = spans[local]  # checked when the shard was mapped
+        try:  # a view, no copy: msgpack reads the record in place
+            return mds.decode_sample(memoryview(mapped)[begin:end], *config, views=_VIEWS)
+        except FormatError as exc:
+            raise exc.at(f"{name}, sample {local}") from None
 
     def close(self) -> None:
         self.open.clear()  # a mapping is unmapped once the last row viewing it is gone
+
+
+_VIEWS = frozenset({"splats"})
 
 
 def _shard_name(dataset, shard_id: int) -> str:

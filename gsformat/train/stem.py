@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from ..format import constants as C
+
 EPS = 1e-6
 
 
@@ -22,7 +24,7 @@ def splat_features(splats: torch.Tensor, n_bands: int) -> torch.Tensor:
     shear = (l21 / torch.sqrt((l11 * l22).clamp_min(EPS)))[..., None]
     freqs = (2.0 ** torch.arange(n_bands, device=splats.device, dtype=splats.dtype)) * math.pi
     angles = (mu[..., None] * freqs).flatten(-2)  # [B, N, 2·bands]
-    return torch.cat([mu, angles.sin(), angles.cos(), log_diag, shear, splats[..., 5:8]], -1)
+    return torch.cat([mu, angles.sin(), angles.cos(), log_diag, shear, splats[..., C.COLOUR_COLS]], -1)
 
 
 class CrossAttentionBlock(nn.Module):

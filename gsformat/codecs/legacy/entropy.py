@@ -1,4 +1,5 @@
-"""``gsformat.entropy`` — lossy: quantise, order along a Morton curve, delta-code, zstd.
+"""``gsformat.entropy`` — legacy (SPEC.md § 5.4: readers MUST decode it, writers SHOULD NOT
+write it; encoding warns): quantise, order along a Morton curve, delta-code, zstd.
 
 The quantisation is exactly `gsformat.quantize`'s (same coding domains, ranges and codes, so the
 same error bound, SPEC.md § 5.3); the order of splats carries no meaning, so the codec sorts
@@ -22,11 +23,12 @@ from __future__ import annotations
 import numpy as np
 from numcodecs.abc import Codec
 
-from ..format import constants as C
-from ..format.errors import FormatError
-from ._common import (BITS, as_splat_rows, leading_u32, ndarray_copy, read_u32, zstd_compress,
-                      zstd_decompress)
-from .quantize import CHUNK, HEADER_BYTES, LOG_COLS, Quantize, to_domain
+from ...format import constants as C
+from ...format.errors import FormatError
+from .._common import (BITS, as_splat_rows, leading_u32, ndarray_copy, read_u32, zstd_compress,
+                       zstd_decompress, zstd_level)
+from .quantize import (CHUNK, HEADER_BYTES, Quantize, dequantize, quantize_codes, read_ranges,
+                       steps_of, to_domain, warn_legacy)
 
 
 def spread_bits(v: np.ndarray) -> np.ndarray:
@@ -83,12 +85,10 @@ class Entropy(Codec):
     def __init__(self, position_bits: int = 12, covariance_bits: int = 10, colour_bits: int = 8,
                  level: int = 19):
         self._quantize = Quantize(position_bits, covariance_bits, colour_bits)
-        if not 1 <= int(level) <= 22:
-            raise ValueError(f"zstd level must be in [1, 22], got {level}")
         self.position_bits = int(position_bits)
         self.covariance_bits = int(covariance_bits)
         self.colour_bits = int(colour_bits)
-        self.level = int(level)
+        self.level = zstd_level(level)
 
     def get_config(self):
         return {"id": self.codec_id, "position_bits": self.position_bits,
@@ -96,16 +96,10 @@ class Entropy(Codec):
                 "level": self.level}
 
     def encode(self, buf) -> bytes:
-        values = to_domain(as_splat_rows(buf))  # [N, 8]
-        n = len(values)
-        lo = values.min(axis=0) if n else np.zeros(C.PARAMS_PER_SPLAT)
-        hi = values.max(axis=0) if n else np.zeros(C.PARAMS_PER_SPLAT)
-        step = self._quantize.steps(lo, hi)
-        codes = np.zeros((n, C.PARAMS_PER_SPLAT), np.uint64)
-        for col, bits in enumerate(self._quantize.bits):
-            scale = 0.0 if step[col] == 0 else 1.0 / step[col]
-            codes[:, col] = np.minimum(np.rint((values[:, col] - lo[col]) * scale),
-                                       (1 << bits) - 1)
+        warn_legacy(self.codec_id)
+        lo, hi, codes = quantize_codes(to_domain(as_splat_rows(buf)), self._quantize.bits)
+        codes = codes.astype(np.uint64)
+        n = len(codes)
         header = np.uint32(n).tobytes() + lo.astype("<f8").tobytes() + hi.astype("<f8").tobytes()
         if n == 0:
             return header
@@ -135,7 +129,7 @@ class Entropy(Codec):
         bits = np.array(self._quantize.bits, np.int64)
         masks = (np.int64(1) << bits[2:, None]) - 1  # mod 2^b as a mask (two's complement:
         # the same non-negative residue, 5× cheaper)
-        steps = self._quantize.steps(lo, hi)[:, None]
+        steps = steps_of(self._quantize.bits, lo, hi)
         morton_planes = raw[:4 * n].reshape(4, n)[::-1]  # least significant plane first
         word_planes = raw[4 * n:].reshape(6, 2, n)[:, ::-1]  # [attr, lo/hi, splat]
         rows = np.empty((n, C.PARAMS_PER_SPLAT), np.float16)
@@ -158,24 +152,14 @@ class Entropy(Codec):
             codes[2:] = sums & masks
             if (codes[:2] > ((1 << bits[:2]) - 1)[:, None]).any():
                 raise FormatError("entropy payload decodes to codes beyond their bit depth")
-            with np.errstate(over="ignore"):  # → inf, refused by the reader's value check
-                values = lo[:, None] + codes * steps
-                values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
-                rows[part] = values.T
+            rows[part] = dequantize(codes, lo, steps).T
         return ndarray_copy(rows.reshape(-1), out)
 
     def _header(self, buf):
         """(bytes, n_splats, lo, hi) after the checks both decoders share."""
         data = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
         n = read_u32(data, 0, "splat count", C.MAX_SPLATS)
-        if data.size < HEADER_BYTES:
-            raise FormatError("truncated header")
-        ranges = data[4:HEADER_BYTES].view("<f8").reshape(2, C.PARAMS_PER_SPLAT)
-        lo, hi = ranges[0].astype(np.float64), ranges[1].astype(np.float64)
-        with np.errstate(over="ignore"):
-            spans = hi - lo  # SPEC.md § 5.3: finite, like the ranges themselves
-        if not (np.isfinite(ranges).all() and (hi >= lo).all() and np.isfinite(spans).all()):
-            raise FormatError("entropy payload has non-finite, inverted or overflowing ranges")
+        lo, hi = read_ranges(data, "entropy")
         if n == 0 and data.size != HEADER_BYTES:
             raise FormatError("empty entropy payload has trailing bytes")
         return data, n, lo, hi
@@ -199,6 +183,5 @@ class Entropy(Codec):
         limits = (1 << np.array(self._quantize.bits, np.int64)) - 1
         if (codes > limits[:, None]).any():
             raise FormatError("entropy payload decodes to codes beyond their bit depth")
-        values = lo[:, None] + codes * self._quantize.steps(lo, hi)[:, None]
-        values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
+        values = dequantize(codes, lo, steps_of(self._quantize.bits, lo, hi))
         return ndarray_copy(values.T.astype(np.float16).reshape(-1), out)

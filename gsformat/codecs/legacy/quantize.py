@@ -1,4 +1,6 @@
-"""``gsformat.quantize`` — lossy: per-attribute uniform quantisation, bit-packed.
+"""``gsformat.quantize`` — legacy (SPEC.md § 5.3: readers MUST decode it, writers SHOULD NOT
+write it; encoding warns): per-attribute uniform quantisation, bit-packed. `gsformat.lattice`
+is smaller and decodes faster at every setting (benchmarks/RESULTS.md).
 
 Each attribute is mapped to a coding domain, quantised uniformly between its per-record minimum and
 maximum, and packed at its group's bit depth (positions, covariance, colour). The covariance
@@ -18,12 +20,14 @@ means ``|ln l̂ − ln l| ≤ step / 2 + 2⁻¹¹``.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from numcodecs.abc import Codec
 
-from ..format import constants as C
-from ..format.errors import FormatError
-from ._common import BITS, as_splat_rows, leading_u32, ndarray_copy, read_u32
+from ...format import constants as C
+from ...format.errors import FormatError, LegacyCodecWarning
+from .._common import BITS, as_splat_rows, leading_u32, ndarray_copy, read_u32
 
 LOG_COLS = (2, 4)  # l11, l22 are coded in the log domain
 GROUPS = ((0, 1), (2, 3, 4), (5, 6, 7))  # attributes sharing a bit depth
@@ -42,10 +46,52 @@ def to_domain(rows: np.ndarray) -> np.ndarray:
     return values
 
 
-def from_domain(values: np.ndarray) -> np.ndarray:
-    values = values.copy()
-    values[:, LOG_COLS] = np.exp(values[:, LOG_COLS])
+def quantize_codes(values: np.ndarray, bits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coding-domain values ``[N, 8]`` → (lo ``[8]``, hi ``[8]``, codes ``[N, 8]`` uint32): each
+    attribute rounded onto 2^b levels between its record minimum and maximum."""
+    n = len(values)
+    lo = values.min(axis=0) if n else np.zeros(C.PARAMS_PER_SPLAT)
+    hi = values.max(axis=0) if n else np.zeros(C.PARAMS_PER_SPLAT)
+    step = steps_of(bits, lo, hi)
+    codes = np.zeros((n, C.PARAMS_PER_SPLAT), np.uint32)
+    for col, b in enumerate(bits):
+        scale = 0.0 if step[col] == 0 else 1.0 / step[col]
+        codes[:, col] = np.minimum(np.rint((values[:, col] - lo[col]) * scale), (1 << b) - 1)
+    return lo, hi, codes
+
+
+def steps_of(bits, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Quantisation step per attribute for a record's ranges."""
+    return (hi - lo) / ((1 << np.array(bits)) - 1)
+
+
+def read_ranges(data: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The header's (lo, hi) float64 ``[8]`` each, checked (SPEC.md § 5.3: finite, lo ≤ hi,
+    hi − lo finite)."""
+    if data.size < HEADER_BYTES:
+        raise FormatError("truncated header")
+    ranges = data[4:HEADER_BYTES].view("<f8").reshape(2, C.PARAMS_PER_SPLAT)
+    lo, hi = ranges[0].astype(np.float64), ranges[1].astype(np.float64)
+    with np.errstate(over="ignore"):
+        spans = hi - lo
+    if not (np.isfinite(ranges).all() and (hi >= lo).all() and np.isfinite(spans).all()):
+        raise FormatError(f"{what} payload has non-finite, inverted or overflowing ranges")
+    return lo, hi
+
+
+def dequantize(codes: np.ndarray, lo: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Codes ``[8, m]`` → values ``[8, m]`` float64 (lo + code·step, exp of the log columns:
+    float64 to the end, one rounding to FP16 after, SPEC.md § 5.3)."""
+    with np.errstate(over="ignore"):  # → inf, refused by the reader's value check
+        values = lo[:, None] + codes * steps[:, None]
+        values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
     return values
+
+
+def warn_legacy(codec_id: str) -> None:
+    warnings.warn(f"{codec_id} is a legacy codec: readers decode it, writers should not write "
+                  f"it (SPEC.md § 5); gsformat.lattice-rans is smaller at the same error",
+                  LegacyCodecWarning, stacklevel=3)
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> bytes:
@@ -126,21 +172,15 @@ class Quantize(Codec):
         """Bits per attribute in canonical order."""
         return (self.position_bits,) * 2 + (self.covariance_bits,) * 3 + (self.colour_bits,) * 3
 
-    def steps(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Quantisation step per attribute for a record's ranges."""
-        return (hi - lo) / ((1 << np.array(self.bits)) - 1)
-
     def encode(self, buf) -> bytes:
-        values = to_domain(as_splat_rows(buf))  # [N, 8]
-        n = len(values)
-        lo = values.min(axis=0) if n else np.zeros(C.PARAMS_PER_SPLAT)
-        hi = values.max(axis=0) if n else np.zeros(C.PARAMS_PER_SPLAT)
-        step = self.steps(lo, hi)
-        parts = [np.uint32(n).tobytes(), lo.astype("<f8").tobytes(), hi.astype("<f8").tobytes()]
-        for col, bits in enumerate(self.bits):
-            scale = 0.0 if step[col] == 0 else 1.0 / step[col]
-            codes = np.rint((values[:, col] - lo[col]) * scale).astype(np.uint32)
-            parts.append(pack_codes(np.minimum(codes, (1 << bits) - 1), bits))
+        warn_legacy(self.codec_id)
+        return self._encode(buf)
+
+    def _encode(self, buf) -> bytes:
+        lo, hi, codes = quantize_codes(to_domain(as_splat_rows(buf)), self.bits)
+        parts = [np.uint32(len(codes)).tobytes(), lo.astype("<f8").tobytes(),
+                 hi.astype("<f8").tobytes()]
+        parts += [pack_codes(codes[:, col], bits) for col, bits in enumerate(self.bits)]
         return b"".join(parts)
 
     def decoded_nbytes(self, buf) -> int:
@@ -155,15 +195,10 @@ class Quantize(Codec):
         if data.size != expected:
             raise FormatError(f"quantized payload has {data.size} bytes, expected {expected} "
                               f"for {n} splats at bits {self.bits}")
-        ranges = data[4:HEADER_BYTES].view("<f8").reshape(2, C.PARAMS_PER_SPLAT)
-        lo, hi = ranges[0].astype(np.float64), ranges[1].astype(np.float64)
-        with np.errstate(over="ignore"):
-            spans = hi - lo  # SPEC.md § 5.3: finite, like the ranges themselves
-        if not (np.isfinite(ranges).all() and (hi >= lo).all() and np.isfinite(spans).all()):
-            raise FormatError("quantized payload has non-finite, inverted or overflowing ranges")
+        lo, hi = read_ranges(data, "quantized")
         starts = HEADER_BYTES + np.concatenate([[0], np.cumsum(stream_bytes)[:-1]])
         padded = np.concatenate([data, np.zeros(3, np.uint8)])
-        steps = self.steps(lo, hi)[:, None]
+        steps = steps_of(self.bits, lo, hi)
         rows = np.empty((n, C.PARAMS_PER_SPLAT), np.float16)
         for first in range(0, n, CHUNK):  # CHUNK splats at a time: bounded scratch at any N
             m = min(CHUNK, n - first)
@@ -172,8 +207,5 @@ class Quantize(Codec):
                 codes[list(cols)] = unpack_streams(data, starts[list(cols)], m,
                                                    self.bits[cols[0]], first, padded)
             with np.errstate(over="ignore"):  # → inf, refused by the reader's value check
-                values = lo[:, None] + codes * steps  # [8, m] coding domain
-                # float64 to the end, as SPEC.md § 5.3 says: one rounding, to FP16
-                values[list(LOG_COLS)] = np.exp(values[list(LOG_COLS)])
-                rows[first:first + m] = values.T
+                rows[first:first + m] = dequantize(codes, lo, steps).T
         return ndarray_copy(rows.reshape(-1), out)
