@@ -1,0 +1,43 @@
+"""Smoke runs of the long studies in benchmarks/ (their figures come from full runs, README)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+
+def test_rd_bench_report_set_quick():
+    import rd_bench
+    out = rd_bench.report_set(quick=True)
+    json.dumps(out)  # what the script prints
+    curves = out["curves"]
+    assert {"raw-fp16", "r-mid+solve", "jpeg", "webp"} <= set(curves)
+    # lossy records are smaller than raw ones, and cost PSNR, at every budget
+    for raw, lossy in zip(curves["raw-fp16"], curves["r-mid+solve"]):
+        assert lossy["bytes"] < 0.75 * raw["bytes"] and lossy["psnr"] <= raw["psnr"] + 0.05
+    assert out["best_lattice_rans_vs_jpeg"]["setting"].startswith("r-")
+
+
+@pytest.mark.slow
+def test_rd_bench_quick(tmp_path):
+    import rd_bench
+    out = rd_bench.main(quick=True, plot=str(tmp_path / "rd.png"))
+    assert os.path.getsize(tmp_path / "rd.png") > 10_000
+    assert not any(name.startswith(("q", "e")) for name in out["curves"])  # no legacy codecs
+    costs = out["decode_cost"]
+    assert costs["r-mid_decode_cost_vs_jpeg"] > 0 and costs["raw-fp16_records_per_s"] > 0
+
+
+def test_fit_bench_quality_and_compare():
+    import fit_bench
+    from samples import load_photo
+    photos = {"astronaut": load_photo("astronaut", 40), "china": load_photo("china", 40)}
+    results = fit_bench.quality(photos, (40,), (20,))
+    gains = fit_bench.compare(results, (40,), 20)
+    assert set(results) == {"fixed/40/20", "extents/40/20"}
+    assert set(gains["40"]) >= {"mean_gain_db"}
+    assert set(fit_bench.TUNING).isdisjoint(fit_bench.REPORT)  # held-out by construction
