@@ -62,12 +62,12 @@ def test_memory_estimate_covers_buffers():
 
 
 def test_threaded_kernel_matches_single():
-    from gsformat.fitting.kernel import ThreadedKernel
+    from gsformat.fitting.kernel import RangeKernel
     rng = np.random.default_rng(5)
     params = make_params(rng, 2, 300, 40, 52, 6, 2.0)
     target = rng.random((2, 40, 52, 3), dtype=np.float32)
     results = []
-    for kernel in (WindowKernel(np, 2, 300, 40, 52, 6), ThreadedKernel(np, 2, 300, 40, 52, 6, 3)):
+    for kernel in (WindowKernel(np, 2, 300, 40, 52, 6), RangeKernel(np, 2, 40, 52, [(300, 6)], 3)):
         image = kernel.forward(params)
         results.append((image, kernel.backward(params, (image - target) * 1e-3)))
     np.testing.assert_allclose(results[1][0], results[0][0], atol=1e-6)

@@ -107,12 +107,10 @@ def size_classes(n_splats: int, radius: int, opts: FitOptions) -> list[tuple[int
 
 
 def fit_memory_bytes(batch: int, n_splats: int, height: int, width: int,
-                     window_scale: float = FitOptions.window_scale,
-                     min_radius: int = FitOptions.min_radius,
-                     large_fraction: float = 0.0, large_scale: float = 2.5) -> int:
-    """Bytes one fitting batch holds (buffers of the kernel and the optimiser)."""
-    opts = FitOptions(window_scale=window_scale, min_radius=min_radius,
-                      large_fraction=large_fraction, large_scale=large_scale)
+                     opts: FitOptions | None = None, **options) -> int:
+    """Bytes one fitting batch holds (buffers of the kernel and the optimiser) with ``opts``, or
+    `FitOptions` with ``options`` (the window sizes and size classes decide it)."""
+    opts = opts or FitOptions(**options)
     _, radius, _ = geometry(n_splats, height, width, opts)
     return sum(WindowKernel.bytes_needed(batch, count, height, width, r)
                for count, r in size_classes(n_splats, radius, opts))
@@ -172,8 +170,7 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
                          f"{height}×{width} image), got {n_splats}")
     if iters < 0:
         raise ValueError(f"iters must be ≥ 0, got {iters}")
-    per_image = fit_memory_bytes(1, n_splats, height, width, opts.window_scale,
-                                 opts.min_radius, opts.large_fraction, opts.large_scale)
+    per_image = fit_memory_bytes(1, n_splats, height, width, opts=opts)
     batch = opts.batch_size or max(1, opts.memory_limit // per_image)
     _, radius, _ = geometry(n_splats, height, width, opts)
     # the array code's window matrix must fit cuSPARSE's int32 indices (the final PSNR render

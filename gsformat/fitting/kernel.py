@@ -252,9 +252,3 @@ class RangeKernel:
     def close(self):
         if self.pool:
             self.pool.shutdown()
-
-
-def ThreadedKernel(xp, batch: int, n_splats: int, height: int, width: int, radius: int,
-                   threads: int) -> RangeKernel:
-    """`WindowKernel` split over threads by splat ranges (NumPy only), one window size."""
-    return RangeKernel(xp, batch, height, width, [(n_splats, radius)], threads)
