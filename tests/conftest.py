@@ -73,7 +73,8 @@ def write_image_folder(root, broken: bool = False, size: int = 40):
 
 
 def write_tars(folder, n_tars: int = 2, per_tar: int = 3, missing_image: bool = False):
-    """WebDataset shards: key.jpg + key.txt (+ key.cls); optionally a key with no image."""
+    """WebDataset shards: key.jpg + key.txt (+ key.cls); optionally a key with no image.
+    Returns the dataset keys convert gives them: ``<tar name>/<key>`` with several tars."""
     import io
     import os
     import tarfile
@@ -94,7 +95,7 @@ def write_tars(folder, n_tars: int = 2, per_tar: int = 3, missing_image: bool = 
                 add(f"{key}.jpg", buf.getvalue())
                 add(f"{key}.txt", f"caption {k}".encode())
                 add(f"{key}.cls", str(k % 3).encode())
-                keys.append(key)
+                keys.append(f"{t:05d}/{key}" if n_tars > 1 else key)
                 k += 1
             if missing_image and t == 0:
                 add("orphan.txt", b"a caption without an image")

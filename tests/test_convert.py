@@ -66,9 +66,11 @@ def test_webdataset_tars_brace_pattern(tmp_path):
     assert validate_dataset(str(out)).valid
     assert sorted(keys_of(out)) == keys
     samples = {s["key"]: s for s in iter_dataset(str(out))}
-    assert samples["sample0004"]["caption"] == "caption 4" and samples["sample0004"]["label"] == 1
+    fourth = samples["00002/sample0004"]  # keys prefixed by their tar: unique by construction
+    assert fourth["caption"] == "caption 4" and fourth["label"] == 1
     rejects = [json.loads(l) for l in open(out / "rejects.jsonl")]
-    assert [r["key"] for r in rejects] == ["orphan"] and "no image member" in rejects[0]["reason"]
+    assert [r["key"] for r in rejects] == ["00000/orphan"]
+    assert "no image member" in rejects[0]["reason"]
 
 
 def test_mds_source(tmp_path):
@@ -89,7 +91,7 @@ def test_mds_source(tmp_path):
 def test_empty_or_missing_source_fails_before_work(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert convert(tmp_path / "empty", tmp_path / "out") == 2
-    assert "no images" in capsys.readouterr().err
+    assert "no images, tars or MDS index" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert convert(tmp_path / "nowhere", tmp_path / "out") == 2
 

@@ -11,8 +11,10 @@ REJECTS = "rejects.jsonl"
 
 
 def add_convert_arguments(p) -> None:
-    p.add_argument("src", help="image folder, WebDataset tars (list, glob or {a..b} pattern) or "
-                               "MDS dataset; local path or URL (s3://...)")
+    p.add_argument("src", nargs="+",
+                   help="image folder, WebDataset tars (several, globs, {a..b} or {a,b} "
+                        "patterns, 'pipe:CMD') or MDS dataset; a local path or any URL "
+                        "(file://, s3://, http(s)://, gs://, hf://, memory://, ...)")
     p.add_argument("out", help="output dataset directory or URL")
     p.add_argument("--source-format", choices=["auto", "folder", "webdataset", "mds"],
                    default="auto")
@@ -46,6 +48,9 @@ def add_convert_arguments(p) -> None:
                                                           "SLURM_PROCID)")
     p.add_argument("--world-size", type=int, default=None, help="number of ranks (or WORLD_SIZE,"
                                                                 " SLURM_NTASKS)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes on this node, each converting whole source units (default "
+                        "1; the fitter's threads are shared out between them)")
     p.add_argument("--no-progress", action="store_true")
 
 

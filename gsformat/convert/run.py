@@ -25,14 +25,16 @@ from ..fitting import fit_images
 from .imageio import RejectedImage, decode_image, encode_jpeg, resize
 from ..fitting.images import MIN_SIDE
 from .options import CONVERT_JSON, PART_JSON, REJECTS, parse_codecs, resolve_rank
-from .sources import SourceError, open_source
+from . import locations
+from .sources import SourceError, UnitError, open_source
 
 MAX_SIZE = 8192  # --size: a 8192² float32 canvas batch is already ~800 MiB per image in the fit
 
 
 def settings_of(args) -> dict:
     """Everything that decides the output; resuming requires the same settings."""
-    settings = {"src": args.src, "source_format": args.source_format, "splats": args.splats,
+    src = args.src[0] if isinstance(args.src, list) and len(args.src) == 1 else args.src
+    settings = {"src": src, "source_format": args.source_format, "splats": args.splats,
             "iters": args.iters, "size": args.size, "resize": args.resize, "init": args.init,
             "prune_threshold": args.prune_threshold, "prune_at": args.prune_at,
             "l1_colour": args.l1_colour, "codecs": parse_codecs(args.codec),
@@ -66,10 +68,13 @@ def check_args(args) -> list[dict]:
                                    ("--size", args.size, MIN_SIDE, MAX_SIZE),
                                    ("--batch", args.batch, 1, None),
                                    ("--chunk-size", args.chunk_size, 1, None),
+                                   ("--workers", args.workers, 1, None),
                                    ("--limit", args.limit, 0, None)):
         if value is not None and (value < low or (high is not None and value > high)):
             span = f"≥ {low}" if high is None else f"in [{low}, {high}]"
             raise ValueError(f"{name} must be {span}, got {value}")
+    if args.workers > 1 and args.limit is not None:
+        raise ValueError("--limit needs --workers 1 (it counts images in source order)")
     if not 0 <= args.prune_at <= 1 or not math.isfinite(args.prune_threshold):
         raise ValueError("--prune-at must be in [0, 1] and --prune-threshold finite")
     try:
@@ -118,21 +123,31 @@ def columns_of(source, args) -> list[str]:
 
 
 class Progress:
-    """A tqdm bar with images/s, running mean PSNR and rejects (silent when disabled)."""
+    """A tqdm bar with its total and ETA: over images (``unit="img"``) or over source units
+    (``"shard"``: tars and MDS shards, whose image counts are unknown until read), with
+    images/s, running mean PSNR and rejects (silent when disabled)."""
 
-    def __init__(self, total, disable: bool):
+    def __init__(self, total, disable: bool, unit: str = "img"):
         from tqdm import tqdm
-        self.bar = tqdm(total=total, unit="img", desc="convert", disable=disable,
+        self.per_unit = unit != "img"
+        self.bar = tqdm(total=total, unit=unit, desc="convert", disable=disable,
                         dynamic_ncols=True, file=sys.stderr)
         self.psnr_sum, self.n_ok, self.n_rejected = 0.0, 0, 0
+        self.start = time.perf_counter()
 
     def update(self, psnr_values, rejected: int = 0):
         self.n_ok += len(psnr_values)
         self.psnr_sum += float(np.sum(psnr_values))
         self.n_rejected += rejected
-        self.bar.update(len(psnr_values) + rejected)
+        if not self.per_unit:
+            self.bar.update(len(psnr_values) + rejected)
+        rate = self.n_ok / max(time.perf_counter() - self.start, 1e-9)
         self.bar.set_postfix(psnr=f"{self.psnr_sum / max(self.n_ok, 1):.2f}",
-                             rejects=self.n_rejected, refresh=False)
+                             rejects=self.n_rejected, img_s=f"{rate:.2f}", refresh=False)
+
+    def unit_done(self):
+        if self.per_unit:
+            self.bar.update(1)
 
     def close(self):
         self.bar.close()
@@ -185,6 +200,20 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
             stats["pixel_bytes"] += image.size
         progress.update(result.psnr)
 
+    try:
+        _fill(source, unit, args, budget, stats, pending, seen, reject, flush)
+    except BaseException:
+        writer._writer.cancel_future_jobs()  # keep no half-written part: a rerun redoes it
+        raise
+    writer.finish()
+    rejects_text = "".join(json.dumps(r) + "\n" for r in rejects)
+    storage.write_bytes(storage.join(part_dir, REJECTS), rejects_text.encode())
+    storage.write_bytes(storage.join(part_dir, PART_JSON), json.dumps(stats).encode())  # last
+    return stats
+
+
+def _fill(source, unit, args, budget, stats, pending, seen, reject, flush) -> None:
+    """Read, check, resize and batch the unit's images; ``flush`` fits and writes a batch."""
     for item in source.items(unit):
         if budget[0] <= 0:
             stats["complete"] = False
@@ -216,11 +245,6 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
             flush(image.shape)
     for shape in list(pending):
         flush(shape)
-    writer.finish()
-    rejects_text = "".join(json.dumps(r) + "\n" for r in rejects)
-    storage.write_bytes(storage.join(part_dir, REJECTS), rejects_text.encode())
-    storage.write_bytes(storage.join(part_dir, PART_JSON), json.dumps(stats).encode())  # last
-    return stats
 
 
 def write_sample(writer, item, splats, image, columns) -> int:
@@ -234,13 +258,69 @@ def write_sample(writer, item, splats, image, columns) -> int:
         extra["caption"] = item.caption if item.caption is not None else ""
     if "label" in columns:
         extra["label"] = item.label if item.label is not None else -1
+    if "meta" in columns:
+        extra["meta"] = item.meta if item.meta is not None else ""
     if image is not None:
         extra["image"] = Image.open(io.BytesIO(encode_jpeg(image)))
     writer.write(item.key, record, **extra)
     return len(record)
 
 
+def convert_with_retries(source, unit, part_dir, args, digest, progress, budget) -> dict:
+    """`convert_unit`, redone from scratch after a transient failure (`locations.with_retries`);
+    a unit that still cannot be read raises `UnitError` and is left unfinished."""
+    spent = budget[0]
+
+    def attempt():
+        budget[0] = spent  # a retried unit starts over, its items uncounted
+        return convert_unit(source, unit, part_dir, args, digest, progress, budget)
+    return locations.with_retries(attempt)
+
+
+def _unit_task(source, unit, part_dir, args, digest) -> tuple[str, dict | str]:
+    """One unit in a worker process (or a Ray task): ("ok", part stats) or ("failed", why)."""
+    progress = Progress(None, disable=True)
+    try:
+        return "ok", convert_with_retries(source, unit, part_dir, args, digest, progress,
+                                          [math.inf])
+    except UnitError as exc:
+        return "failed", str(exc)
+
+
+def _run_units(todo, source, args, digest, progress, budget) -> list[str]:
+    """Convert the units ``todo`` ([(unit, part_dir)]) here or in ``args.workers`` processes;
+    returns one line per unit that failed."""
+    failures = []
+    if args.workers <= 1:
+        for unit, part_dir in todo:
+            try:
+                convert_with_retries(source, unit, part_dir, args, digest, progress, budget)
+            except UnitError as exc:
+                failures.append(str(exc))
+            progress.unit_done()
+            if budget[0] <= 0:
+                break
+        return failures
+    import concurrent.futures
+    import multiprocessing
+    threads = max(1, (os.cpu_count() or 1) // args.workers)  # the fitter's threads per worker
+    os.environ.setdefault("GSFORMAT_THREADS", str(threads))
+    context = multiprocessing.get_context("spawn")  # no forked threads or locks
+    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+        futures = [pool.submit(_unit_task, source, unit, part_dir, args, digest)
+                   for unit, part_dir in todo]
+        for future in concurrent.futures.as_completed(futures):
+            status, value = future.result()
+            if status == "ok":
+                progress.update(value["psnr"], value["n_rejected"])
+            else:
+                failures.append(value)
+            progress.unit_done()
+    return failures
+
+
 def run_convert(args) -> int:
+    from ..format.validate import validate_dataset
     from .merge import merge_parts
     args.rank, args.world_size = resolve_rank(args.rank, args.world_size)
     check_args(args)
@@ -252,39 +332,50 @@ def run_convert(args) -> int:
     settings = settings_of(args)
     digest = prepare_out(args, settings, source)
     units = source.units()[args.rank::args.world_size]
-    total = sum(len(u.refs) for u in units) if source.kind == "folder" else None
-    if total is not None and args.limit is not None:
-        total = min(total, args.limit)
-    progress = Progress(total, disable=args.no_progress)
-    budget = [args.limit if args.limit is not None else math.inf]
+    todo, skipped, budget = [], 0, [args.limit if args.limit is not None else math.inf]
+    for unit in units:
+        part_dir = storage.join(args.out, f"part-{unit.name}")
+        done = read_json_or_none(storage.join(part_dir, PART_JSON))
+        if done and done.get("hash") == digest and not args.overwrite:
+            skipped += 1
+            budget[0] -= done["n_written"] + done["n_rejected"]
+        else:
+            todo.append((unit, part_dir))
+    if source.kind == "folder":  # a bar over images; over units for tars and shards
+        total = sum(len(u.refs) for u, _ in todo)
+        total = total if args.limit is None else min(total, max(int(budget[0]), 0))
+        progress = Progress(total, disable=args.no_progress)
+    else:
+        progress = Progress(len(todo), disable=args.no_progress, unit="shard")
     start = time.perf_counter()
-    skipped = 0
     try:
-        for unit in units:
-            part_dir = storage.join(args.out, f"part-{unit.name}")
-            done = read_json_or_none(storage.join(part_dir, PART_JSON))
-            if done and done.get("hash") == digest and not args.overwrite:
-                skipped += 1
-                budget[0] -= done["n_written"] + done["n_rejected"]
-                continue
-            convert_unit(source, unit, part_dir, args, digest, progress, budget)
-            if budget[0] <= 0:
-                break
+        failures = _run_units(todo, source, args, digest, progress, budget) \
+            if budget[0] > 0 else []
     finally:
         progress.close()
     print(f"rank {args.rank}/{args.world_size}: {progress.n_ok} images converted, "
           f"{progress.n_rejected} rejected, {skipped} finished parts skipped, "
-          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
-    if args.world_size == 1:
-        finished = read_json_or_none(storage.join(args.out, "gsformat.json"))
-        if skipped == len(units) and finished and finished.get("parts") == [
-                f"part-{unit.name}" for unit in sorted(units, key=lambda u: u.name)]:
-            print(f"nothing to do: {args.out} is complete ({finished.get('n_samples')} samples "
-                  f"in {skipped} parts)", file=sys.stderr)
-            return 0
-        manifest = merge_parts(args.out)
-        print(json.dumps(manifest["summary"], indent=2))
-    else:
+          f"{len(failures)} failed, {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if failures:  # never marked finished: a rerun converts exactly these
+        for line in failures:
+            print(f"gsformat convert: failed: {line}", file=sys.stderr)
+        print(f"gsformat convert: {len(failures)} of {len(units)} units could not be read; "
+              f"re-run the same command to convert them", file=sys.stderr)
+        return 1
+    if args.world_size > 1:
         print(f"rank {args.rank} done; run `gsformat merge {args.out}` once every rank has "
               f"finished", file=sys.stderr)
+        return 0
+    finished = read_json_or_none(storage.join(args.out, "gsformat.json"))
+    if skipped == len(units) and finished and finished.get("parts") == [
+            f"part-{unit.name}" for unit in sorted(units, key=lambda u: u.name)]:
+        print(f"nothing to do: {args.out} is complete ({finished.get('n_samples')} samples "
+              f"in {skipped} parts)", file=sys.stderr)
+        return 0
+    manifest = merge_parts(args.out)
+    report = validate_dataset(args.out)  # what convert wrote must validate
+    if not report.valid:
+        print(report.text(), file=sys.stderr)
+        return 1
+    print(json.dumps(manifest["summary"], indent=2))
     return 0

@@ -1,25 +1,32 @@
-"""Image sources for ``gsformat convert``: folders, WebDataset tars, MDS datasets.
+"""Image sources for ``gsformat convert``: folders, WebDataset tars, MDS datasets, at any
+location `locations` reads (local, ``file://``, ``s3://``, fsspec URLs, ``pipe:``).
 
 A source is split into *units* (a chunk of files, one tar, one MDS shard) in a deterministic
 order; a unit is what a rank converts and what resumption skips once it is finished. Items carry
-their key, the encoded image bytes, and caption / label where the source has them.
+their key, the encoded image bytes, and caption / label / sidecar metadata where the source has
+them. A unit that cannot be read raises `UnitError` (the unit is then not finished: a rerun
+converts it); an item that cannot be used is yielded with a ``reason`` (it is rejected).
+
+Keys are unique by construction: a folder's keys are relative paths without the extension (with
+it, for images that share a stem); a tar's or MDS shard's keys are the source's own, prefixed by
+the unit (``<tar name>/<key>``, ``<shard name>/<key>``) when the source has several units.
 """
 from __future__ import annotations
 
-import glob
 import io
 import json
 import os
-import re
 import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ..format import mds, storage
+from ..format import mds
 from ..format.errors import FormatError
+from . import locations
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "gif")
 MAX_IMAGE_BYTES = 256 << 20
+MAX_SIDECAR_BYTES = 1 << 20
 
 
 @dataclass
@@ -30,66 +37,69 @@ class Item:
     caption: str | None = None
     label: int | None = None
     reason: str | None = None   # set for an item that must be rejected
+    meta: str | None = None     # a sidecar's JSON text (img2dataset's .json), as stored
 
 
 @dataclass
 class Unit:
     name: str                   # stable, used for the part directory
     refs: list = field(default_factory=list)
+    label: str = ""             # the key prefix of this unit's items ("" for none)
 
 
 class SourceError(ValueError):
     """The source as a whole cannot be read (empty, missing, unknown format)."""
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """``shards/{00000..00002}.tar`` → three names (zero padding kept); ``{a,b}`` lists too."""
-    match = re.search(r"\{([^{}]*)\}", pattern)
-    if not match:
-        return [pattern]
-    body, head, tail = match.group(1), pattern[:match.start()], pattern[match.end():]
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.group(1), rng.group(2)
-        options = [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
-    else:
-        options = body.split(",")
-    return [name for option in options for name in expand_braces(head + option + tail)]
+class UnitError(OSError):
+    """One unit could not be read (missing, network, permission): not finished, retried on a
+    rerun. The message names the location and the cause."""
+
+
+def _unit_labels(paths: list[str], suffix: str) -> list[str]:
+    """Each path relative to the paths' common directory, ``suffix`` dropped: unit key prefixes
+    (distinct for distinct paths)."""
+    if len(paths) == 1:
+        return [""]
+    split = [p.replace(os.sep, "/").split("/") for p in paths]
+    depth = 0  # directories every path shares (compared as strings: URLs keep their "//")
+    while all(len(parts) > depth + 1 and parts[depth] == split[0][depth] for parts in split):
+        depth += 1
+    out = []
+    for parts in split:
+        rel = "/".join(parts[depth:])
+        out.append(rel[:-len(suffix)] if suffix and rel.endswith(suffix) else rel)
+    return out
 
 
 # ---- folders ------------------------------------------------------------------------------
 class FolderSource:
-    """Images below a directory (recursive). Class sub-folders (every image one or more levels
-    down) give ``label`` = index of the first path component in sorted order; a ``.txt`` beside
-    an image (same stem) gives its caption. Keys are relative paths without extension."""
+    """Images below a directory or prefix (recursive). Class sub-folders (every image one or
+    more levels down) give ``label`` = index of the first path component in sorted order; a
+    ``.txt`` beside an image (same stem) gives its caption."""
 
     kind = "folder"
 
-    def __init__(self, root: str, chunk_size: int = 512):
-        if storage.is_remote(root):
-            raise SourceError("image folders must be local; put remote images in WebDataset "
-                              "tars or an MDS dataset")
-        if not os.path.isdir(root):
-            raise SourceError(f"{root}: not a directory")
-        self.root = root
-        files = storage.list_files(root)
+    def __init__(self, root: str, chunk_size: int = 512, files: list[str] | None = None):
+        self.root = root.rstrip("/") if locations.scheme_of(root) else root
+        files = locations.list_files(root) if files is None else files
         self.images = [f for f in files if f.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
         self.captions = {f.rsplit(".", 1)[0] for f in files if f.endswith(".txt")}
         if not self.images:
             raise SourceError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-        nested = [os.sep in f for f in self.images]
-        self.class_names = (sorted({f.split(os.sep)[0] for f in self.images})
+        stems = [f.rsplit(".", 1)[0] for f in self.images]
+        shared = {s for s in stems if stems.count(s) > 1} if len(set(stems)) < len(stems) else ()
+        self.keys = {f: (f if stem in shared else stem).replace(os.sep, "/")
+                     for f, stem in zip(self.images, stems)}
+        nested = ["/" in f.replace(os.sep, "/") for f in self.images]
+        self.class_names = (sorted({f.replace(os.sep, "/").split("/")[0] for f in self.images})
                             if all(nested) else None)
         self.chunk_size = chunk_size
 
     @property
     def columns(self) -> list[str]:
-        cols = ["source"]
-        if self.captions:
-            cols.append("caption")
-        if self.class_names:
-            cols.append("label")
-        return cols
+        return ["source"] + (["caption"] if self.captions else []) + (
+            ["label"] if self.class_names else [])
 
     def units(self) -> list[Unit]:
         return [Unit(f"files-{i // self.chunk_size:05d}", self.images[i:i + self.chunk_size])
@@ -97,21 +107,30 @@ class FolderSource:
 
     def items(self, unit: Unit) -> Iterator[Item]:
         for rel in unit.refs:
-            path = os.path.join(self.root, rel)
+            path = locations.join(self.root, rel)
             stem = rel.rsplit(".", 1)[0]
-            caption = None
-            if self.captions:
-                caption = ""
-                if stem in self.captions:
-                    with open(os.path.join(self.root, stem + ".txt"), encoding="utf-8",
-                              errors="replace") as f:
-                        caption = f.read().strip()
-            label = self.class_names.index(rel.split(os.sep)[0]) if self.class_names else None
+            label = (self.class_names.index(rel.replace(os.sep, "/").split("/")[0])
+                     if self.class_names else None)
             try:
-                data = storage.read_bytes(path, MAX_IMAGE_BYTES)
-                yield Item(stem.replace(os.sep, "/"), data, path, caption, label)
-            except (OSError, ValueError) as exc:
-                yield Item(stem, None, path, caption, label, reason=f"unreadable: {exc}")
+                caption = None
+                if self.captions:
+                    caption = ""
+                    if stem in self.captions:
+                        text = locations.with_retries(lambda: locations.read_bytes(
+                            locations.join(self.root, stem + ".txt"), MAX_SIDECAR_BYTES))
+                        caption = text.decode("utf-8", "replace").strip()
+                data = locations.with_retries(lambda: locations.read_bytes(path,
+                                                                           MAX_IMAGE_BYTES))
+            except ValueError as exc:  # over the size limit: this image only
+                yield Item(self.keys[rel], None, path, None, label, reason=f"unreadable: {exc}")
+                continue
+            except Exception as exc:
+                if locations.scheme_of(path) == "" and not locations.is_transient(exc):
+                    yield Item(self.keys[rel], None, path, None, label,
+                               reason=f"unreadable: {exc}")  # a broken local file: rejected
+                    continue
+                raise UnitError(f"{path}: {type(exc).__name__}: {exc}") from None
+            yield Item(self.keys[rel], data, path, caption, label)
 
 
 # ---- WebDataset tars ----------------------------------------------------------------------
@@ -123,77 +142,74 @@ def _split_member(name: str) -> tuple[str, str]:
 
 
 class WebDatasetSource:
-    """WebDataset/img2dataset tar shards: a list, a glob or a brace pattern; local or URL.
-    Per key: the image member (jpg, png, …), caption from ``.txt`` or ``.json`` (``caption`` or
-    ``text``), label from ``.cls``. A key without an image member is rejected."""
+    """WebDataset/img2dataset tar shards at any location (a list, globs, brace patterns,
+    ``pipe:`` commands). Per key: the image member (jpg, png, …); caption from ``.txt``, else
+    ``.json``'s ``caption`` or ``text``; label from ``.cls``; the ``.json`` sidecar itself (url,
+    original size, exif, hashes: img2dataset's) kept as the ``meta`` column. A key without an
+    image member is rejected. Members are read as the tar streams past (a tar is never held in
+    memory whole)."""
 
     kind = "webdataset"
+    columns = ["source", "caption", "label", "meta"]
 
-    def __init__(self, spec: str | list[str]):
-        specs = spec if isinstance(spec, list) else spec.split()
-        tars = []
-        for item in specs:
-            for name in expand_braces(item):
-                if storage.is_remote(name):
-                    tars.append(name)
-                elif any(c in name for c in "*?["):
-                    tars.extend(sorted(glob.glob(name)))
-                elif os.path.isdir(name):
-                    tars.extend(sorted(glob.glob(os.path.join(name, "*.tar"))))
-                else:
-                    tars.append(name)
+    def __init__(self, tars: list[str]):
         if not tars:
-            raise SourceError(f"{spec}: no tar shards found")
-        missing = [t for t in tars if not storage.is_remote(t) and not os.path.exists(t)]
-        if missing:
-            raise SourceError(f"tar shards not found: {', '.join(missing[:5])}")
+            raise SourceError("no tar shards given")
         self.tars = tars
         self.class_names = None
 
-    columns = ["source", "caption", "label"]
-
     def units(self) -> list[Unit]:
-        return [Unit(f"tar-{i:05d}", [t]) for i, t in enumerate(self.tars)]
+        labels = _unit_labels(self.tars, ".tar")
+        return [Unit(f"tar-{i:05d}", [t], label) for i, (t, label)
+                in enumerate(zip(self.tars, labels))]
 
     def items(self, unit: Unit) -> Iterator[Item]:
         path = unit.refs[0]
+        prefix = f"{unit.label}/" if unit.label else ""
         try:
-            data = storage.read_bytes(path)
-            archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
-            members = [m for m in archive.getmembers() if m.isfile()]
-        except (OSError, tarfile.TarError) as exc:
-            yield Item(os.path.basename(path), None, path, reason=f"unreadable tar: {exc}")
-            return
-        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-        for member in members:
-            key, ext = _split_member(member.name)
-            groups.setdefault(key, {})[ext] = member
-        for key, parts in groups.items():
-            where = f"{path}#{key}"
-            image_ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
-            caption, label = "", -1
-            try:
-                if "txt" in parts:
-                    caption = archive.extractfile(parts["txt"]).read().decode("utf-8",
-                                                                              "replace").strip()
-                elif "json" in parts:
-                    meta = json.loads(archive.extractfile(parts["json"]).read())
-                    caption = str(meta.get("caption") or meta.get("text") or "")
-                if "cls" in parts:
-                    label = int(archive.extractfile(parts["cls"]).read().strip())
-            except (ValueError, OSError, tarfile.TarError) as exc:
-                yield Item(key, None, where, reason=f"bad caption/label member: {exc}")
-                continue
-            if image_ext is None:
-                yield Item(key, None, where, caption, label,
-                           reason=f"no image member (has: {', '.join(sorted(parts))})")
-                continue
-            try:
-                blob = archive.extractfile(parts[image_ext]).read()
-            except (OSError, tarfile.TarError) as exc:
-                yield Item(key, None, where, caption, label, reason=f"unreadable member: {exc}")
-                continue
-            yield Item(key, blob, where, caption, label)
+            with locations.open_stream(path) as stream:
+                archive = tarfile.open(fileobj=stream, mode="r|*")
+                key, parts = None, {}
+                for member in archive:
+                    if not member.isfile():
+                        continue
+                    name_key, ext = _split_member(member.name)
+                    if name_key != key and key is not None:
+                        yield self._item(prefix + key, f"{path}#{key}", parts)
+                        parts = {}
+                    key = name_key
+                    if member.size > MAX_IMAGE_BYTES:
+                        parts[ext] = None  # over the limit: the sample is rejected below
+                        continue
+                    parts[ext] = archive.extractfile(member).read()
+                if key is not None:
+                    yield self._item(prefix + key, f"{path}#{key}", parts)
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            raise UnitError(f"{path}: {type(exc).__name__}: {exc}") from None
+
+    @staticmethod
+    def _item(key: str, where: str, parts: dict) -> Item:
+        caption, label, meta = "", -1, None
+        try:
+            if parts.get("txt") is not None:
+                caption = parts["txt"].decode("utf-8", "replace").strip()
+            if parts.get("json") is not None and len(parts["json"]) <= MAX_SIDECAR_BYTES:
+                sidecar = json.loads(parts["json"])
+                meta = json.dumps(sidecar, sort_keys=True)
+                if "txt" not in parts and isinstance(sidecar, dict):
+                    caption = str(sidecar.get("caption") or sidecar.get("text") or "")
+            if parts.get("cls") is not None:
+                label = int(parts["cls"].strip())
+        except ValueError as exc:
+            return Item(key, None, where, reason=f"bad caption/label/json member: {exc}")
+        image_ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
+        if image_ext is None:
+            return Item(key, None, where, caption, label, meta=meta,
+                        reason=f"no image member (has: {', '.join(sorted(parts))})")
+        if parts[image_ext] is None:
+            return Item(key, None, where, caption, label, meta=meta,
+                        reason=f"image member over {MAX_IMAGE_BYTES} bytes")
+        return Item(key, parts[image_ext], where, caption, label, meta=meta)
 
 
 # ---- MDS datasets -------------------------------------------------------------------------
@@ -202,19 +218,22 @@ IMAGE_ENCODINGS = ("jpeg", "png", "pil", "bytes")
 
 class MDSSource:
     """An MDS dataset with an image column (jpeg, png, pil or bytes) and optional caption and
-    label columns; local or URL. One unit per shard. Pickle columns are never decoded."""
+    label columns, at any location. One unit per shard. Pickle columns are never decoded."""
 
     kind = "mds"
 
     def __init__(self, root: str, image_column: str | None = None):
-        from ..format.dataset import read_index
+        self.root = root.rstrip("/") if locations.scheme_of(root) else root
         try:
-            self.index = read_index(root)
+            index_bytes = locations.with_retries(lambda: locations.read_bytes(
+                locations.join(self.root, "index.json"), 64 << 20))
+            self.index = mds.read_index(index_bytes)
         except FileNotFoundError:
             raise SourceError(f"{root}: no index.json (not an MDS dataset)") from None
         except FormatError as exc:
-            raise SourceError(f"{root}: {exc}") from None
-        self.root = root
+            raise SourceError(f"{root}: index.json: {exc}") from None
+        except Exception as exc:
+            raise SourceError(f"{root}/index.json: {type(exc).__name__}: {exc}") from None
         if not self.index["shards"]:
             raise SourceError(f"{root}: the MDS index lists no shards")
         names, encodings, _ = mds.shard_config(self.index["shards"][0])
@@ -247,31 +266,44 @@ class MDSSource:
             ["label"] if self.label_column else [])
 
     def units(self) -> list[Unit]:
-        return [Unit(f"shard-{i:05d}", [i]) for i in range(len(self.index["shards"]))]
+        shards = self.index["shards"]
+        names = [info["raw_data"]["basename"] for info in shards]
+        labels = _unit_labels(names, ".mds")
+        return [Unit(f"shard-{i:05d}", [i], label) for i, label in enumerate(labels)]
+
+    def _read_shard(self, info: dict) -> bytes:
+        raw, zipped = info["raw_data"], info.get("zip_data")
+        name = (zipped or raw)["basename"]
+        url = locations.join(self.root, name)
+        try:
+            data = locations.with_retries(lambda: locations.read_bytes(url, mds.MAX_SHARD_BYTES))
+        except Exception as exc:
+            raise UnitError(f"{url}: {type(exc).__name__}: {exc}") from None
+        return mds.decompress(data, info.get("compression") if zipped else None, raw["bytes"])
 
     def items(self, unit: Unit) -> Iterator[Item]:
-        from streaming.base.format.mds.encodings import mds_decode
-        from ..format.dataset import read_shard
         info = self.index["shards"][unit.refs[0]]
         name = info["raw_data"]["basename"]
+        prefix = f"{unit.label}/" if unit.label else ""
         try:
-            raw = read_shard(self.root, info)
-            samples = list(mds.iter_samples(raw, info))
-        except (OSError, ValueError) as exc:
-            yield Item(name, None, f"{self.root}/{name}", reason=f"unreadable shard: {exc}")
+            samples = list(mds.iter_samples(self._read_shard(info), info))
+        except FormatError as exc:  # the shard itself is damaged: every sample rejected
+            yield Item(prefix + name, None, f"{self.root}/{name}",
+                       reason=f"unreadable shard: {exc}")
             return
         for i, sample in samples:
             where = f"{name}#{i}"
             if isinstance(sample, FormatError):
-                yield Item(where, None, where, reason=sample.reason)
+                yield Item(prefix + f"{i:06d}", None, where, reason=sample.reason)
                 continue
             key = sample.get(self.key_column) if self.key_column else None
-            key = key or f"{os.path.splitext(name)[0]}-{i:06d}"
+            key = prefix + (key or f"{os.path.splitext(name)[0]}-{i:06d}")
             caption = sample.get(self.caption_column) if self.caption_column else None
             label = sample.get(self.label_column) if self.label_column else None
             data = sample[self.image_column]
             if self.image_encoding == "pil":  # streaming's raw-pixel layout → PNG bytes
                 try:
+                    from streaming.base.format.mds.encodings import mds_decode
                     buffer = io.BytesIO()
                     mds_decode("pil", data).save(buffer, format="PNG")
                     data = buffer.getvalue()
@@ -281,23 +313,60 @@ class MDSSource:
             yield Item(key, data, where, caption, label)
 
 
-def open_source(src: str, source_format: str = "auto", chunk_size: int = 512,
+def _resolve(spec: str) -> tuple[str, list[str]]:
+    """One SRC argument → (kind, locations): ``webdataset`` with tar URLs, ``mds`` or
+    ``folder`` with the root. Patterns must match something."""
+    if spec.startswith("pipe:"):
+        return "webdataset", [spec]
+    names = locations.expand(spec)
+    if any(c in spec for c in locations.GLOB_CHARS) or "{" in spec:
+        if not names:
+            raise SourceError(f"{spec}: matches nothing")
+        if all(n.endswith(".tar") for n in names):
+            return "webdataset", names
+    if len(names) > 1 or (names and names[0].endswith(".tar")):
+        return "webdataset", names
+    root = names[0] if names else spec
+    kind = locations.scheme_of(root)
+    if kind == "" and not os.path.exists(root):
+        raise SourceError(f"{root}: not found (expected a folder, tar shards or MDS)")
+    if kind == "" and not os.path.isdir(root):
+        raise SourceError(f"{root}: not a folder, tar shard or MDS dataset")
+    try:
+        files = locations.with_retries(lambda: locations.list_files(root))
+    except Exception as exc:
+        raise SourceError(f"{root}: cannot list: {type(exc).__name__}: {exc}") from None
+    if "index.json" in files:
+        return "mds", [root]
+    tars = [f for f in files if f.endswith(".tar") and "/" not in f.replace(os.sep, "/")]
+    if tars:
+        return "webdataset", [locations.join(root, t) for t in tars]
+    if not files:
+        raise SourceError(f"{root}: no images, tars or MDS index (empty, or not found)")
+    return "folder", [root]
+
+
+def open_source(srcs: list[str] | str, source_format: str = "auto", chunk_size: int = 512,
                 image_column: str | None = None):
-    """The source for ``src`` (detected unless ``source_format`` names it)."""
-    if source_format == "auto":
-        if any(s.endswith(".tar") or ".tar" in s or "{" in s for s in src.split()):
-            source_format = "webdataset"
-        elif storage.is_remote(src) or os.path.exists(os.path.join(src, "index.json")):
-            source_format = "mds"
-        elif os.path.isdir(src):
-            tars = glob.glob(os.path.join(src, "*.tar"))
-            source_format = "webdataset" if tars else "folder"
-        else:
-            raise SourceError(f"{src}: not found (expected a folder, tar shards or MDS)")
-    if source_format == "folder":
-        return FolderSource(src, chunk_size)
-    if source_format == "webdataset":
-        return WebDatasetSource(src)
-    if source_format == "mds":
-        return MDSSource(src, image_column)
-    raise SourceError(f"unknown source format {source_format!r}")
+    """The source for one or more SRC arguments (detected unless ``source_format`` names it).
+    Several arguments must be of one kind: tars (any mix of locations) join into one source."""
+    srcs = [srcs] if isinstance(srcs, str) else list(srcs)
+    resolved = [_resolve(spec) if source_format in ("auto", "webdataset") or len(srcs) > 1
+                else (source_format, [spec]) for spec in srcs]
+    kinds = {kind for kind, _ in resolved}
+    if source_format != "auto":
+        kinds = {source_format}
+    if len(kinds) > 1:
+        raise SourceError(f"SRC arguments of different kinds ({', '.join(sorted(kinds))}): "
+                          f"convert them separately")
+    kind = kinds.pop()
+    found = [name for _, names in resolved for name in names]
+    if kind == "webdataset":
+        return WebDatasetSource(found)
+    if len(found) != 1:
+        raise SourceError(f"one {kind} source at a time, got {len(found)}")
+    if kind == "folder":
+        return FolderSource(found[0], chunk_size)
+    if kind == "mds":
+        return MDSSource(found[0], image_column)
+    raise SourceError(f"unknown source format {kind!r}")

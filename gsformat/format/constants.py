@@ -55,6 +55,7 @@ COLUMN_ENCODINGS = {
     "label": "int",
     "source": "str",
     "image": "jpeg",
+    "meta": "str",    # 1.4: a source's sidecar metadata as JSON text (img2dataset's .json)
 }
 REQUIRED_COLUMNS = ("key", "splats")
 DEFAULT_COMPRESSION = "zstd"
