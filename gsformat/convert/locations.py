@@ -130,9 +130,12 @@ def open_stream(url: str):
         command = url[len("pipe:"):]
         process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE)
+        failure = None
         try:
             yield process.stdout
             process.stdout.read()  # drain, so the command can finish
+        except Exception as exc:  # a truncated tar: the command's own failure says why
+            failure = exc
         finally:
             process.stdout.close()
             error = process.stderr.read().decode("utf-8", "replace").strip()
@@ -140,7 +143,9 @@ def open_stream(url: str):
         if status != 0:
             first = shlex.split(command)[0] if command.strip() else command
             raise OSError(f"{url}: {first} exited with status {status}"
-                          + (f" ({error.splitlines()[-1]})" if error else ""))
+                          + (f" ({error.splitlines()[-1]})" if error else "")) from None
+        if failure is not None:
+            raise failure
     elif kind == "s3":
         with tempfile.TemporaryDirectory(prefix="gsformat-src-") as tmp:
             local = os.path.join(tmp, "object")
