@@ -15,6 +15,11 @@ def cmd_validate(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .format.dataset import read_index, read_manifest
+    if args.html:
+        from .render_cli import write_html
+        done = write_html(args.path, args.html, count=args.count)
+        print(f"wrote {done['output']}: {done['cards']} of {done['samples']} samples shown")
+        return 0
     manifest = read_manifest(args.path)
     index = read_index(args.path)
     shards = index["shards"]
@@ -26,7 +31,19 @@ def cmd_inspect(args) -> int:
                                       for s in shards),
                   "bytes_raw": sum(s["raw_data"]["bytes"] for s in shards)},
     }
-    print(json.dumps(summary, indent=2))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    idx, stats = summary["index"], manifest.get("stats", {})
+    lines = [f"{args.path}: gsformat {'.'.join(map(str, manifest.get('format_version', [])))}, "
+             f"{idx['n_samples']:,} samples in {idx['n_shards']} shards, "
+             f"{idx['bytes_stored']:,} bytes stored ({idx['bytes_raw']:,} uncompressed)",
+             f"  columns: {', '.join(manifest.get('columns', {}))}",
+             f"  codecs: {json.dumps(manifest.get('codecs', [])) or 'raw'}"]
+    for name, value in stats.items():
+        lines.append(f"  {name}: {value:.4g}" if isinstance(value, float) else
+                     f"  {name}: {value}")
+    print("\n".join(lines))
     return 0
 
 
@@ -65,8 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("inspect", help="print the manifest and summary statistics")
+    p = sub.add_parser("inspect", help="summary statistics (--json: the manifest and index "
+                                       "figures; --html: a page to browse the samples)")
     p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--html", metavar="FILE", default=None,
+                   help="write a static page: a grid of stored image | rendered splats with key, "
+                        "caption or label, PSNR and bytes; histograms of PSNR and bytes")
+    p.add_argument("--count", type=int, default=24, help="--html: samples shown")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("render", help="render samples (beside their stored source images) to PNG")

@@ -1,54 +1,185 @@
-"""``gsformat render``: samples of a dataset as a PNG — stored source image beside the splats."""
+"""``gsformat render`` and ``gsformat inspect --html``: samples of a dataset as pictures — the
+stored source image beside the rendered splats, labelled with key, caption or label, PSNR and
+record bytes; as a PNG grid, or as a static HTML page with histograms over every record."""
 from __future__ import annotations
 
+import base64
+import html
+import io
 import itertools
+import math
 
 import numpy as np
 
+LABEL_HEIGHT = 28  # two lines of PIL's default font under each cell
 
-def _label(tile: np.ndarray, text: str) -> np.ndarray:
+
+def sample_tiles(path: str, index: int = 0, count: int = 1, size: int | None = None,
+                 class_names=None):
+    """Per sample ``index … index+count-1``: a dict of key, text (caption or class), n_splats,
+    psnr (against the stored image, else the fit's), bytes (of the record), and the uint8
+    tiles ``stored`` (None without an image column) and ``splats`` ``[H, W, 3]``."""
+    from PIL import Image
+    from .format.dataset import iter_dataset
+    from .format.record import decode_record
+    from .format.render_math import psnr
+    from .render import render_splats
+    for sample in itertools.islice(iter_dataset(path, decode=False), index, index + count):
+        record = sample["splats"]
+        splats = decode_record(record)
+        height, width = (size, round(size * splats.width / splats.height)) if size else \
+            splats.canvas_hw
+        recon = render_splats(splats, height=height, width=width)[0].permute(1, 2, 0).numpy()
+        entry = {"key": sample["key"], "n_splats": splats.n_splats, "bytes": len(record),
+                 "text": _text_of(sample, class_names), "stored": None,
+                 "splats": (recon * 255 + 0.5).astype(np.uint8),
+                 "psnr": splats.meta.get("psnr"), "psnr_of": "fit"}
+        if sample.get("image"):
+            image = Image.open(io.BytesIO(sample["image"])).convert("RGB")
+            entry["stored"] = np.asarray(image.resize((width, height), Image.LANCZOS))
+            entry["psnr"] = float(psnr(recon[None], entry["stored"][None] / 255.0)[0])
+            entry["psnr_of"] = "stored image"
+        yield entry
+
+
+def _text_of(sample: dict, class_names) -> str:
+    if sample.get("caption"):
+        return str(sample["caption"])
+    label = sample.get("label")
+    if label is not None and label >= 0:
+        return str(class_names[label]) if class_names and label < len(class_names) \
+            else f"label {label}"
+    return ""
+
+
+def _cell(entry: dict) -> np.ndarray:
+    """[stored | splats] over a two-line label: key; PSNR, bytes and caption."""
     from PIL import Image, ImageDraw
-    image = Image.fromarray(tile)
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, image.width, 13), fill=(0, 0, 0))
-    draw.text((3, 1), text, fill=(255, 255, 255))
-    return np.asarray(image)
+    tiles = [t for t in (entry["stored"], entry["splats"]) if t is not None]
+    pixels = np.concatenate([np.pad(t, ((0, 0), (0, 2), (0, 0))) for t in tiles], axis=1)
+    width = max(pixels.shape[1], 150)
+    canvas = Image.new("RGB", (width, pixels.shape[0] + LABEL_HEIGHT), (0, 0, 0))
+    canvas.paste(Image.fromarray(pixels), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    quality = f"{entry['psnr']:.1f} dB" if entry["psnr"] is not None else "—"
+    lines = (entry["key"], f"{quality}, {entry['bytes']:,} B"
+             + (f" · {entry['text']}" if entry["text"] else ""))
+    chars = max(8, width // 6)
+    for i, line in enumerate(lines):
+        draw.text((2, pixels.shape[0] + 2 + 13 * i), line[:chars], fill=(255, 255, 255))
+    return np.asarray(canvas)
 
 
 def render_samples(path: str, index: int, output: str, size: int | None = None,
                    count: int = 1) -> list[dict]:
-    """Write rows of [source image (when stored) | reconstruction] for samples
-    ``index … index+count-1``; returns per-sample info (key, n_splats, psnr)."""
-    import torch
+    """Write samples ``index … index+count-1`` as a labelled grid PNG (up to 4 cells a row);
+    returns per-sample info (key, n_splats, psnr, bytes)."""
     from PIL import Image
-    from .format.dataset import iter_dataset
-    from .format.render_math import psnr
-    from .render import render_splats
-    samples = list(itertools.islice(iter_dataset(path), index, index + count))
-    if not samples:
+    from .format.dataset import read_manifest
+    names = _class_names(path, read_manifest)
+    entries = list(sample_tiles(path, index, count, size, names))
+    if not entries:
         raise ValueError(f"{path}: no sample at index {index}")
-    rows, info = [], []
-    for sample in samples:
-        splats = sample["splats"]
-        height, width = (size, round(size * splats.width / splats.height)) if size else \
-            splats.canvas_hw
-        recon = render_splats(splats, height=height, width=width)[0]
-        recon_u8 = (recon.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-        tiles, entry = [], {"key": sample["key"], "n_splats": splats.n_splats}
-        if "image" in sample:
-            source = np.asarray(sample["image"].resize((width, height), Image.LANCZOS))
-            entry["psnr"] = float(psnr(recon.permute(1, 2, 0).numpy()[None],
-                                       source[None] / 255.0)[0])
-            tiles.append(_label(source, f"{sample['key']} (stored image)"[:40]))
-        text = f"{splats.n_splats} splats"
-        if "psnr" in entry:
-            text += f", {entry['psnr']:.1f} dB"
-        elif "psnr" in splats.meta:
-            text += f", fit {splats.meta['psnr']:.1f} dB"
-        tiles.append(_label(recon_u8, text))
-        rows.append(np.concatenate(tiles, axis=1))
-        info.append(entry)
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    Image.fromarray(np.concatenate(rows, axis=0)).save(output)
-    return info
+    cells = [_cell(e) for e in entries]
+    columns = min(4, len(cells))
+    cell_h, cell_w = max(c.shape[0] for c in cells), max(c.shape[1] for c in cells)
+    rows = math.ceil(len(cells) / columns)
+    grid = np.full((rows * (cell_h + 4), columns * (cell_w + 4), 3), 32, np.uint8)
+    for i, cell in enumerate(cells):
+        top, left = (i // columns) * (cell_h + 4), (i % columns) * (cell_w + 4)
+        grid[top:top + cell.shape[0], left:left + cell.shape[1]] = cell
+    Image.fromarray(grid).save(output)
+    return [{k: e[k] for k in ("key", "n_splats", "psnr", "bytes")} for e in entries]
+
+
+def _class_names(path: str, read_manifest):
+    try:
+        return read_manifest(path).get("class_names")
+    except Exception:  # a dataset without a manifest still renders
+        return None
+
+
+def _png_uri(tile: np.ndarray) -> str:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(tile).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _histogram_svg(values, title: str, unit: str, bins: int = 24) -> str:
+    """A bar histogram as inline SVG (no script: the page needs none)."""
+    values = np.asarray([v for v in values if v is not None and math.isfinite(v)], float)
+    if not len(values):
+        return f"<figure><figcaption>{html.escape(title)}: no values</figcaption></figure>"
+    counts, edges = np.histogram(values, bins=bins)
+    w, h, pad = 360, 150, 22
+    bar = (w - 2 * pad) / bins
+    top = counts.max() or 1
+    rects = "".join(
+        f'<rect x="{pad + i * bar:.1f}" y="{h - pad - (h - 2 * pad) * c / top:.1f}" '
+        f'width="{bar - 1:.1f}" height="{(h - 2 * pad) * c / top:.1f}" fill="#4a78b0">'
+        f'<title>{edges[i]:.2f}–{edges[i + 1]:.2f} {unit}: {c}</title></rect>'
+        for i, c in enumerate(counts))
+    def number(v):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    axis = (f'<text x="{pad}" y="{h - 6}" font-size="11">{number(edges[0])}</text>'
+            f'<text x="{w - pad}" y="{h - 6}" font-size="11" text-anchor="end">'
+            f'{number(edges[-1])} {html.escape(unit)}</text>')
+    return (f'<figure><svg width="{w}" height="{h}" role="img">{rects}{axis}</svg>'
+            f"<figcaption>{html.escape(title)} (n = {len(values)}, mean {number(values.mean())} "
+            f"{html.escape(unit)})</figcaption></figure>")
+
+
+def write_html(path: str, output: str, count: int = 24, size: int | None = None) -> dict:
+    """A static page: the first ``count`` samples as [stored | splats] cards with key, caption or
+    label, PSNR and bytes; histograms of the fit PSNR and the record bytes of every sample."""
+    from .format.dataset import iter_dataset, read_manifest
+    from .format.record import read_header
+    manifest = read_manifest(path)
+    names = manifest.get("class_names")
+    psnrs, sizes = [], []
+    for sample in iter_dataset(path, decode=False):  # headers only: no payload is decoded
+        header = read_header(sample["splats"])
+        psnrs.append(header.get("fit", {}).get("psnr"))
+        sizes.append(len(sample["splats"]))
+    cards = []
+    for entry in sample_tiles(path, 0, count, size, names):
+        images = "".join(f'<img src="{_png_uri(t)}" alt="{alt}" title="{alt}">'
+                         for t, alt in ((entry["stored"], "stored image"),
+                                        (entry["splats"], f"{entry['n_splats']} splats"))
+                         if t is not None)
+        quality = (f"{entry['psnr']:.2f} dB ({entry['psnr_of']})" if entry["psnr"] is not None
+                   else "")
+        cards.append(f'<div class="card">{images}<div class="key">{html.escape(entry["key"])}'
+                     f'</div><div>{html.escape(entry["text"])}</div><div class="num">'
+                     f'{quality} · {entry["bytes"]:,} B · {entry["n_splats"]} splats</div></div>')
+    title = f"gsformat dataset {path}"
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 24px; background: #fafafa; color: #222; }}
+.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr));
+         gap: 12px; }}
+.card {{ background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; }}
+.card img {{ width: 48%; margin-right: 2%; image-rendering: pixelated; }}
+.key {{ font-weight: 600; word-break: break-all; }} .num {{ color: #555; font-size: 12px; }}
+.hist {{ display: flex; gap: 24px; flex-wrap: wrap; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{manifest.get("n_samples", len(sizes))} samples · codecs
+{html.escape(", ".join(c.get("id", "?") for c in manifest.get("codecs", [])) or "raw")} ·
+format {".".join(map(str, manifest.get("format_version", [])))} · left: the stored source image
+(where the dataset keeps it), right: its splats rendered.</p>
+<div class="hist">{_histogram_svg(psnrs, "fit PSNR per record", "dB")}
+{_histogram_svg(sizes, "bytes per record", "B")}</div>
+<h2>First {len(cards)} samples</h2>
+<div class="grid">{"".join(cards)}</div>
+<script>  // the page's own check: every embedded picture decoded (a browser test reads this)
+addEventListener("load", () => {{ for (const img of document.images)
+  if (!img.naturalWidth) console.error("picture did not decode: " + img.alt); }});
+</script>
+</body></html>
+"""
+    from .format import storage
+    storage.write_bytes(output, page.encode())
+    return {"samples": len(sizes), "cards": len(cards), "output": output}

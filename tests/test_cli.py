@@ -19,12 +19,12 @@ def test_inspect_and_render(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert main(["convert", str(tmp_path / "src"), out, "--keep-image", *TINY]) == 0
     capsys.readouterr()
-    assert main(["inspect", out]) == 0
+    assert main(["inspect", out, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["index"]["n_samples"] == 5 and info["manifest"]["fit"]["splats"] == 24
     png = str(tmp_path / "r.png")
     assert main(["render", out, "--index", "1", "--count", "2", "--size", "32", "-o", png]) == 0
-    assert Image.open(png).size == (64, 2 * 32 + 4)  # [stored | splats] per row
+    assert Image.open(png).size == (2 * (150 + 4), 32 + 28 + 4)  # two labelled cells a row
     assert main(["render", out, "--index", "99", "-o", png]) == 2  # a clear error, no trace
 
 
