@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml setup.py gsformat/codecs/_lattice_native.c gsformat/cod
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	$(BIN)/python -m pip install -q -e '.[all,ray,dev]'
 	touch $(STAMP)
 
 # `pip install .` exactly as a user without extras runs it (rebuilt when the package changes)

@@ -113,9 +113,11 @@ def test_two_ranks_then_merge_equal_one_rank(tmp_path):
     for rank in (0, 1):
         assert convert(tmp_path / "src", tmp_path / "ranks", "--rank", rank, "--world-size", 2,
                        "--chunk-size", 2) == 0
-    assert not (tmp_path / "ranks" / "gsformat.json").exists()  # not merged yet
-    assert main(["merge", str(tmp_path / "ranks")]) == 0
+        # the last rank to finish merges; before it, nothing claims a complete dataset
+        assert (tmp_path / "ranks" / "gsformat.json").exists() == (rank == 1)
     assert validate_dataset(str(tmp_path / "ranks")).valid
+    assert sorted(keys_of(tmp_path / "ranks")) == expected
+    assert main(["merge", str(tmp_path / "ranks")]) == 0  # `merge` by hand: the same dataset
     assert sorted(keys_of(tmp_path / "ranks")) == expected
 
 

@@ -201,3 +201,47 @@ def test_workers_give_the_single_process_dataset(tmp_path, monkeypatch):
     a = {s["key"]: s["splats"] for s in iter_dataset(str(one), decode=False)}
     b = {s["key"]: s["splats"] for s in iter_dataset(str(two), decode=False)}
     assert a == b and len(a) == 5
+
+
+def test_ray_gives_the_single_process_dataset_and_resumes_after_a_kill(tmp_path, monkeypatch):
+    """A local Ray (2 CPUs): the same keys and records as one process; killed half-way, a
+    rerun gives every key once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    pytest.importorskip("ray")
+    monkeypatch.setenv("GSFORMAT_THREADS", "1")
+    write_image_folder(tmp_path / "src")
+    one, ray_out = tmp_path / "one", tmp_path / "ray"
+    common = [str(tmp_path / "src"), "--chunk-size", "1", *TINY]
+    assert main(["convert", common[0], str(one), *common[1:]]) == 0
+    cli = [sys.executable, "-m", "gsformat.cli", "convert", common[0], str(ray_out),
+           *common[1:], "--distributor", "ray", "--workers", "2", "--iters", "300"]
+    proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(ray_out.glob("part-*/part.json")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, half-way
+    proc.wait()
+    finished = -1
+    while finished != len(list(ray_out.glob("part-*/part.json"))):  # tasks in flight may end
+        finished = len(list(ray_out.glob("part-*/part.json")))
+        time.sleep(2)
+    assert 1 <= finished < 5, finished
+    done = subprocess.run(cli[:-2] + ["--iters", "4"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0 and "other settings" in done.stderr  # --iters is a setting
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{finished} finished parts skipped" in done.stderr
+    keys = keys_of(ray_out)
+    assert keys == sorted(set(keys)) and len(keys) == 5 and validate_dataset(str(ray_out)).valid
+    # the same records as one process at the same settings
+    same = tmp_path / "ray-same"
+    assert main(["convert", common[0], str(same), *common[1:], "--distributor", "ray",
+                 "--workers", "2"]) == 0
+    a = {s["key"]: s["splats"] for s in iter_dataset(str(one), decode=False)}
+    b = {s["key"]: s["splats"] for s in iter_dataset(str(same), decode=False)}
+    assert a == b

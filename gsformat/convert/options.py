@@ -51,6 +51,10 @@ def add_convert_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="processes on this node, each converting whole source units (default "
                         "1; the fitter's threads are shared out between them)")
+    p.add_argument("--distributor", choices=["local", "ray"], default="local",
+                   help="local: this process (or --workers processes); ray: every unit a Ray "
+                        "task, on the cluster at RAY_ADDRESS or a local Ray with --workers CPUs "
+                        "(GPU tasks with --device gpu); OUT must be reachable from every node")
     p.add_argument("--no-progress", action="store_true")
 
 

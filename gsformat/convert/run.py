@@ -73,8 +73,14 @@ def check_args(args) -> list[dict]:
         if value is not None and (value < low or (high is not None and value > high)):
             span = f"≥ {low}" if high is None else f"in [{low}, {high}]"
             raise ValueError(f"{name} must be {span}, got {value}")
-    if args.workers > 1 and args.limit is not None:
-        raise ValueError("--limit needs --workers 1 (it counts images in source order)")
+    if (args.workers > 1 or args.distributor != "local") and args.limit is not None:
+        raise ValueError("--limit needs one local worker (it counts images in source order)")
+    if args.distributor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ValueError("--distributor ray needs Ray (pip install 'gsformat[ray]')") \
+                from None
     if not 0 <= args.prune_at <= 1 or not math.isfinite(args.prune_threshold):
         raise ValueError("--prune-at must be in [0, 1] and --prune-threshold finite")
     try:
@@ -279,6 +285,8 @@ def convert_with_retries(source, unit, part_dir, args, digest, progress, budget)
 
 def _unit_task(source, unit, part_dir, args, digest) -> tuple[str, dict | str]:
     """One unit in a worker process (or a Ray task): ("ok", part stats) or ("failed", why)."""
+    if args.device == "gpu":
+        bind_gpu()
     progress = Progress(None, disable=True)
     try:
         return "ok", convert_with_retries(source, unit, part_dir, args, digest, progress,
@@ -287,11 +295,56 @@ def _unit_task(source, unit, part_dir, args, digest) -> tuple[str, dict | str]:
         return "failed", str(exc)
 
 
-def _run_units(todo, source, args, digest, progress, budget) -> list[str]:
-    """Convert the units ``todo`` ([(unit, part_dir)]) here or in ``args.workers`` processes;
-    returns one line per unit that failed."""
+def bind_gpu() -> None:
+    """The GPU of this process: ``LOCAL_RANK`` (torchrun, Slurm's per-node rank) modulo the
+    GPUs visible (Ray sets ``CUDA_VISIBLE_DEVICES`` per task, so its tasks see one: GPU 0)."""
+    import cupy
+    count = cupy.cuda.runtime.getDeviceCount()
+    cupy.cuda.Device(int(os.environ.get("LOCAL_RANK", 0)) % max(count, 1)).use()
+
+
+def _run_on_ray(todo, source, args, digest, progress) -> list[str]:
+    """Every unit a Ray task (``num_gpus=1`` with ``--device gpu``); results as they finish."""
+    import ray
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": max(args.workers, 1)}))
+    task = ray.remote(num_cpus=1, num_gpus=1 if args.device == "gpu" else 0,
+                      max_retries=0)(_unit_task)
+    pending = {task.remote(source, unit, part_dir, args, digest): unit for unit, part_dir in todo}
     failures = []
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        unit = pending.pop(done[0])
+        try:
+            status, value = ray.get(done[0])
+        except Exception as exc:  # the task itself died (a node lost, out of memory)
+            status, value = "failed", f"{unit.name}: Ray task failed: {type(exc).__name__}"
+        if status == "ok":
+            progress.update(value["psnr"], value["n_rejected"])
+        else:
+            failures.append(value)
+        progress.unit_done()
+    return failures
+
+
+def _number_worker(counter) -> None:
+    """Worker i of this node takes GPU i (`bind_gpu` reads it as its LOCAL_RANK)."""
+    with counter.get_lock():
+        index, counter.value = counter.value, counter.value + 1
+    os.environ["LOCAL_RANK"] = str(int(os.environ.get("LOCAL_RANK", 0)) + index)
+
+
+def _run_units(todo, source, args, digest, progress, budget) -> list[str]:
+    """Convert the units ``todo`` ([(unit, part_dir)]) here, in ``args.workers`` processes or as
+    Ray tasks; returns one line per unit that failed."""
+    failures = []
+    if args.distributor == "ray":
+        return _run_on_ray(todo, source, args, digest, progress)
     if args.workers <= 1:
+        if args.device == "gpu":
+            bind_gpu()
         for unit, part_dir in todo:
             try:
                 convert_with_retries(source, unit, part_dir, args, digest, progress, budget)
@@ -306,7 +359,10 @@ def _run_units(todo, source, args, digest, progress, budget) -> list[str]:
     threads = max(1, (os.cpu_count() or 1) // args.workers)  # the fitter's threads per worker
     os.environ.setdefault("GSFORMAT_THREADS", str(threads))
     context = multiprocessing.get_context("spawn")  # no forked threads or locks
-    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+    counter = context.Value("i", 0)
+    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context,
+                                                initializer=_number_worker,
+                                                initargs=(counter,)) as pool:
         futures = [pool.submit(_unit_task, source, unit, part_dir, args, digest)
                    for unit, part_dir in todo]
         for future in concurrent.futures.as_completed(futures):
@@ -363,9 +419,16 @@ def run_convert(args) -> int:
               f"re-run the same command to convert them", file=sys.stderr)
         return 1
     if args.world_size > 1:
-        print(f"rank {args.rank} done; run `gsformat merge {args.out}` once every rank has "
-              f"finished", file=sys.stderr)
-        return 0
+        everything = [unit for unit in source.units()]
+        finished = [read_json_or_none(storage.join(args.out, f"part-{u.name}", PART_JSON))
+                    for u in everything]
+        if not all(p and p.get("hash") == digest for p in finished):
+            print(f"rank {args.rank} done; the last rank to finish merges (or run "
+                  f"`gsformat merge {args.out}`)", file=sys.stderr)
+            return 0
+        # every unit of every rank is finished: this rank came last and merges (a merge is
+        # atomic, so two ranks finishing together both merging is harmless)
+        print(f"rank {args.rank} finished last: merging", file=sys.stderr)
     finished = read_json_or_none(storage.join(args.out, "gsformat.json"))
     if skipped == len(units) and finished and finished.get("parts") == [
             f"part-{unit.name}" for unit in sorted(units, key=lambda u: u.name)]:
