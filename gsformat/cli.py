@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # its own parser: `gsformat train --help` and every flag
+        from .train.cli import main as train_main
+        return train_main(argv[1:])
     import logging
     logging.getLogger("streaming").setLevel(logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)  # streaming logs through the root logger too

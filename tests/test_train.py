@@ -50,7 +50,8 @@ def digits_dataset(tmp_path_factory):
 
 
 def tiny(tmp_path, digits_dataset, **kw):
-    values = dict(model="gs-tiny", n_latents=64, stem_dim=32, stem_layers=1, batch_size=16,
+    values = dict(model="gs-tiny", teacher="random", n_latents=64, stem_dim=32, stem_layers=1,
+                  batch_size=16,
                   steps=6, warmup=1, ckpt_every=3, data=os.path.join(digits_dataset, "splats"),
                   out=str(tmp_path / "run"), log_every=1)
     values.update(kw)
@@ -108,8 +109,8 @@ def test_cli_describe_and_zeroshot(tmp_path, digits_dataset, capsys):
     from gsformat.train.cli import main
     assert main(["describe", "--model", "gs-tiny", "--n-latents", "64"]) == 0
     assert json.loads(capsys.readouterr().out)["clip"]["trainable_params"] > 0
-    assert main(["distill", "--model", "gs-tiny", "--n-latents", "64", "--steps", "2",
-                 "--batch-size", "16", "--data", os.path.join(digits_dataset, "splats"),
+    assert main(["distill", "--model", "gs-tiny", "--teacher", "random", "--n-latents", "64",
+                 "--steps", "2", "--batch-size", "16", "--data", os.path.join(digits_dataset, "splats"),
                  "--out", str(tmp_path / "cli")]) == 0
     capsys.readouterr()
     assert main(["zeroshot", "--data", os.path.join(digits_dataset, "splats"), "--init",

@@ -39,6 +39,12 @@ def collate_splats(batch: list[dict], pad_to: int | None = None,
             splats[i, n:] = pad
             mask[i, n:] = False
     rest = [{k: v for k, v in sample.items() if k != "splats"} for sample in batch]
+    keys = [set(sample) for sample in rest]
+    if any(k != keys[0] for k in keys):
+        odd = sorted(set.union(*keys) - set.intersection(*keys))
+        raise ValueError(f"a batch mixes samples with and without {odd} (streams converted "
+                         f"with different options, e.g. one with --keep-image): convert them "
+                         f"alike, or turn the column off (SplatDataset(load_source_image=False))")
     out = default_collate(rest) if rest[0] else {}
     out["splats"] = splats if dtype is None else splats.to(dtype)
     out["mask"] = mask

@@ -1,71 +1,105 @@
-"""``gsformat train distill|clip|zeroshot|describe`` (also the ``gsformat-train`` script)."""
+"""``gsformat train distill|clip|zeroshot|describe`` (also the ``gsformat-train`` script).
+
+Every flag of distill and clip is a `TrainConfig` field (``--config FILE.json`` sets many at
+once; flags override it). With ``--init CHECKPOINT`` the model settings come from the
+checkpoint (which carries its model config), so nothing needs repeating.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
-from .config import TrainConfig
+from .config import ARCHITECTURE, HELP, TrainConfig, model_name_of
+
+STAGES = {"distill": "stage 1: distil an RGB teacher's embedding into the splat stem",
+          "clip": "stage 2: CLIP-align the stem, first blocks and projection with captions"}
+
+
+def _default_of(f):
+    return f.default_factory() if f.default is MISSING else f.default
 
 
 def _add_config_flags(parser) -> None:
-    parser.add_argument("--config", help="a JSON file of TrainConfig fields; flags override it")
+    parser.add_argument("--config", help="a JSON file of these settings; flags override it")
     for f in fields(TrainConfig):
-        if f.name in ("stage",):
+        if f.name == "stage":
             continue
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool",) or isinstance(f.default, bool):
-            parser.add_argument(flag, dest=f.name, default=None,
+        default = _default_of(f)
+        text = f"{HELP.get(f.name, f.name)} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, default=None, help=text,
                                 action=argparse.BooleanOptionalAction)
         elif f.name == "unfreeze":
-            parser.add_argument(flag, dest=f.name, default=None, nargs="+")
+            parser.add_argument(flag, dest=f.name, default=None, nargs="+", help=text)
         else:
-            kind = int if isinstance(f.default, int) else float if isinstance(
-                f.default, float) else str
-            if f.name == "max_splats":
-                kind = int
-            parser.add_argument(flag, dest=f.name, default=None, type=kind)
+            kind = int if isinstance(default, int) or f.name == "max_splats" else \
+                float if isinstance(default, float) else str
+            parser.add_argument(flag, dest=f.name, default=None, type=kind, help=text)
 
 
 def _config(args, stage: str) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                 if f.name != "stage" and getattr(args, f.name, None) is not None}
-    overrides["stage"] = stage
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if f.name != "stage" and getattr(args, f.name, None) is not None}
     if args.config:
-        return TrainConfig.from_file(args.config, **overrides)
-    return TrainConfig.from_dict(overrides)
+        with open(args.config) as f:
+            given = {**json.load(f), **given}
+    if given.get("model_config") and "model" not in given:
+        given["model"] = model_name_of(given["model_config"])  # open_clip's name for it
+    if given.get("init"):  # the architecture of the checkpoint, unless given
+        from .loop import load_checkpoint
+        saved = load_checkpoint(given["init"]).get("config", {})
+        for name in ARCHITECTURE:
+            if name not in given and name in saved:
+                given[name] = saved[name]
+    given["stage"] = stage
+    return TrainConfig.from_dict(given)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gsformat train", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for stage, text in STAGES.items():
+        _add_config_flags(sub.add_parser(stage, help=text, description=text))
+    p = sub.add_parser("zeroshot", help="zero-shot classification and retrieval (JSON)",
+                       description="zero-shot classification (labels + class names) and "
+                                   "retrieval (captions) on a splat dataset")
+    p.add_argument("--data", required=True, help="the splat dataset (directory or URL)")
+    p.add_argument("--init", help="a gsformat checkpoint (it carries its model)")
+    p.add_argument("--model", default=None, help="open_clip model, without --init")
+    p.add_argument("--model-config", dest="model_config", default=None,
+                   help="a JSON open_clip config, without --init")
+    p.add_argument("--pretrained", default=None, help="open_clip weights, without --init")
+    p.add_argument("--input", choices=["splats", "rgb"], default="splats",
+                   help="evaluate the splat path or the RGB tower (default: splats)")
+    p.add_argument("--templates", help="a file of prompt templates, one per line, with {}")
+    p.add_argument("--classnames", help="a file of class names, one per line (default: the "
+                                        "manifest's class_names)")
+    p.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
+    p.add_argument("--device", default="auto", help="(default: auto)")
+    p.add_argument("--output", help="also write the metrics JSON here")
+    p = sub.add_parser("describe", help="parameters per stage as JSON")
+    p.add_argument("--model", default="ViT-B-16", help="(default: ViT-B-16)")
+    p.add_argument("--model-config", dest="model_config", default=None)
+    p.add_argument("--n-latents", dest="n_latents", type=int, default=196,
+                   help="(default: 196)")
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="gsformat train", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for stage, text in (("distill", "stage 1: distil the RGB teacher's embedding into the stem"),
-                        ("clip", "stage 2: CLIP alignment with captions")):
-        _add_config_flags(sub.add_parser(stage, help=text))
-    p = sub.add_parser("zeroshot", help="zero-shot classification and retrieval")
-    p.add_argument("--data", required=True)
-    p.add_argument("--init", help="a gsformat checkpoint (its config gives the model)")
-    p.add_argument("--model", default=None)
-    p.add_argument("--model-config", dest="model_config", default=None)
-    p.add_argument("--pretrained", default=None)
-    p.add_argument("--input", choices=["splats", "rgb"], default="splats")
-    p.add_argument("--templates", help="a file of templates, one per line, with {}")
-    p.add_argument("--classnames", help="a file of class names, one per line")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--output", help="also write the metrics JSON here")
-    p = sub.add_parser("describe", help="parameters per stage as JSON")
-    p.add_argument("--model", default="ViT-B-16")
-    p.add_argument("--model-config", dest="model_config", default=None)
-    p.add_argument("--n-latents", dest="n_latents", type=int, default=196)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        if args.command in ("distill", "clip"):
+        if args.command in STAGES:
             from .loop import train
             print(json.dumps(train(_config(args, args.command)), indent=2))
         elif args.command == "zeroshot":
             from .zeroshot import evaluate, read_lines
+            if args.model_config and not args.model:
+                args.model = model_name_of(args.model_config)
             result = evaluate(
                 args.data, args.init, args.input,
                 read_lines(args.templates) if args.templates else None,
@@ -79,9 +113,12 @@ def main(argv=None) -> int:
                     f.write(text)
         else:
             from .model import describe
-            print(json.dumps(describe(args.model, args.n_latents, args.model_config), indent=2))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"gsformat train {args.command}: error: {exc}", file=sys.stderr)
+            model = args.model if args.model != "ViT-B-16" or not args.model_config else \
+                model_name_of(args.model_config)
+            print(json.dumps(describe(model, args.n_latents, args.model_config), indent=2))
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"gsformat train {args.command}: error: {text}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,16 +1,26 @@
 """The training loop for both stages, top to bottom: set LR → step → log → checkpoint → stop.
 
 Stage 1 (distill): only the stem trains; loss = ‖ŝ − t̂‖² between the L2-normalised embeddings
-of the splat path (ŝ) and of the frozen RGB teacher on the source image (t̂); cosine reported.
+of the splat path (ŝ) and of a frozen RGB teacher on the source image (t̂); cosine reported.
+The teacher is ``--teacher MODEL --teacher-pretrained W`` (another open_clip model; a linear head
+maps to its width when it differs), else the student's own tower with the weights of
+``--pretrained`` or ``--init`` (``--teacher random``: random weights, for tests only).
 Stage 2 (clip): open_clip's ClipLoss on (splat embedding, caption embedding); trainable = the
 groups in ``config.unfreeze`` (stem, first two blocks, final norm, projection by default).
 ``input="rgb"`` trains the plain RGB CLIP on stored images (the teacher) instead.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process takes its share of each global batch
+(streaming partitions the samples), DistributedDataParallel averages the gradients and ClipLoss
+gathers the features of every rank, so a step is the step of one process on the global batch;
+rank 0 logs the all-reduced loss and writes the checkpoints.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -18,12 +28,14 @@ import torch
 
 from .config import TrainConfig
 from .data import check_dataset, image_size_of, make_loader, pixels_for
-from .model import SplatCLIP, create_clip, set_trainable
+from .model import SplatCLIP, create_clip, read_model_config, set_trainable
+
+RUN_FILES = ("metrics.jsonl", "curves.png", "final.pt")
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -32,26 +44,54 @@ def load_checkpoint(path: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise
+        raise FileNotFoundError(f"checkpoint {path} not found") from None
     except Exception as exc:
         raise ValueError(f"{path}: not a gsformat checkpoint ({exc})") from None
 
 
-def build_model(cfg: TrainConfig) -> SplatCLIP:
-    model = SplatCLIP(create_clip(cfg.model, cfg.pretrained, cfg.model_config), cfg.n_latents,
-                      cfg.stem_dim, cfg.stem_layers, cfg.fourier_bands)
-    if cfg.init:
-        state = load_checkpoint(cfg.init)
-        other = state.get("config", {})
+def build_model(cfg: TrainConfig, distill_dim: int | None = None,
+                init_state: dict | None = None) -> SplatCLIP:
+    """The student; its model config from ``cfg.model_config``, else the one the ``--init``
+    checkpoint carries; weights from ``--init``."""
+    if cfg.init and init_state is None:
+        init_state = load_checkpoint(cfg.init)
+    carried = (init_state or {}).get("model_config_json")
+    config_json = None if cfg.model_config and os.path.exists(cfg.model_config) else carried
+    if init_state and "distill_head.weight" in init_state["model"]:
+        distill_dim = init_state["model"]["distill_head.weight"].shape[0]
+    model = SplatCLIP(create_clip(cfg.model, cfg.pretrained, None if config_json else
+                                  cfg.model_config, config_json),
+                      cfg.n_latents, cfg.stem_dim, cfg.stem_layers, cfg.fourier_bands,
+                      distill_dim=distill_dim)
+    if init_state:
+        other = init_state.get("config", {})
         if other.get("model") != cfg.model or other.get("n_latents") != cfg.n_latents:
             raise ValueError(f"{cfg.init} is a checkpoint of model {other.get('model')!r} with "
                              f"{other.get('n_latents')} latents; this run uses {cfg.model!r} with "
                              f"{cfg.n_latents}")
         try:
-            model.load_state_dict(state["model"])
+            model.load_state_dict(init_state["model"])
         except RuntimeError as exc:
             raise ValueError(f"{cfg.init} does not fit {cfg.model}: {exc}") from None
     return model
+
+
+def build_teacher(cfg: TrainConfig, device):
+    """Stage 1's frozen RGB teacher as (open_clip model, or None for the student's own tower)."""
+    if cfg.teacher is None and not (cfg.pretrained or cfg.init):
+        raise ValueError("stage 1 distils an RGB teacher and this run has none with weights: "
+                         "give --teacher MODEL --teacher-pretrained WEIGHTS, or --pretrained / "
+                         "--init for the student's own tower (--teacher random: random "
+                         "weights, for tests only)")
+    if cfg.teacher in (None, "random"):
+        return None
+    if not cfg.teacher_pretrained:
+        raise ValueError(f"--teacher {cfg.teacher} needs --teacher-pretrained (a local file or "
+                         f"a locally cached open_clip tag)")
+    teacher = create_clip(cfg.teacher, cfg.teacher_pretrained, cfg.teacher_config).to(device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -59,6 +99,50 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def checkpoints_in(out: str) -> list[tuple[int, str]]:
+    """(step, path) of the run's checkpoints, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(out, "*.pt")):
+        match = re.fullmatch(r"step(\d+)\.pt", os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def prepare_out(cfg: TrainConfig, rank: int) -> str | None:
+    """open_clip_train's rules for --out: a folder holding a run needs --resume (a checkpoint,
+    or "latest") or --overwrite. Returns the checkpoint to resume from, if any."""
+    held = [f for f in RUN_FILES if os.path.exists(os.path.join(cfg.out, f))]
+    held += [os.path.basename(p) for _, p in checkpoints_in(cfg.out)]
+    if cfg.resume == "latest":
+        found = checkpoints_in(cfg.out)
+        final = os.path.join(cfg.out, "final.pt")
+        if os.path.exists(final):
+            found.append((load_checkpoint(final)["step"], final))
+        return max(found)[1] if found else None
+    if cfg.resume:
+        return cfg.resume
+    if held and not cfg.overwrite:
+        raise ValueError(f"{cfg.out} holds a run ({', '.join(sorted(held)[:4])}…): pass "
+                         f"--resume latest to continue it or --overwrite to start over")
+    if held and rank == 0:
+        for name in held:
+            os.remove(os.path.join(cfg.out, name))
+    return None
+
+
+def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); one process group under torchrun (gloo on the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = pick_device(cfg.device, local)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return int(os.environ.get("RANK", 0)), world, device
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -69,15 +153,19 @@ def train(cfg: TrainConfig) -> dict:
     need = ("caption",) if cfg.stage == "clip" else ()
     need += ("image",) if cfg.input == "rgb" else ()
     check_dataset(cfg.data, need, f"stage {cfg.stage} ({cfg.input})")
-    state = load_checkpoint(cfg.resume) if cfg.resume else None
+    rank, world, device = setup_distributed(cfg)
+    resume = prepare_out(cfg, rank)
+    state = load_checkpoint(resume) if resume else None
     if state and state["config"]["model"] != cfg.model:
-        raise ValueError(f"{cfg.resume} was trained with model {state['config']['model']!r}, "
+        raise ValueError(f"{resume} was trained with model {state['config']['model']!r}, "
                          f"not {cfg.model!r}")
+    distilling = cfg.stage == "distill" and cfg.input != "rgb"
+    teacher = build_teacher(cfg, device) if distilling else None
 
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
     os.makedirs(cfg.out, exist_ok=True)
-    model = build_model(cfg).to(device)
+    width = teacher.visual.output_dim if teacher is not None else None
+    model = build_model(cfg, distill_dim=width).to(device)
     groups = ["stem"] if cfg.stage == "distill" else list(cfg.unfreeze)
     if cfg.input == "rgb":  # the RGB teacher: the whole open_clip model trains
         for p in model.parameters():
@@ -100,15 +188,20 @@ def train(cfg: TrainConfig) -> dict:
         loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng"])
         step = state["step"]
+    step_model = model
+    if world > 1:
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     tokenizer = get_tokenizer(cfg.model)
-    clip_loss = ClipLoss()
+    clip_loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world)
     image_size = image_size_of(model.clip)
+    teacher_size = image_size_of(teacher) if teacher is not None else image_size
     use_amp = cfg.amp and device.type == "cuda"
     log_path = os.path.join(cfg.out, "metrics.jsonl")
-    log = open(log_path, "a")
+    log = open_log(log_path, step) if rank == 0 else None
     from tqdm import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.stage}", file=sys.stderr,
-               disable=os.environ.get("TQDM_DISABLE") == "1")
+               disable=rank != 0 or os.environ.get("TQDM_DISABLE") == "1")
     start = time.time()
     record = {"loss": float("nan")}
     model.train()
@@ -117,53 +210,88 @@ def train(cfg: TrainConfig) -> dict:
             # ---- one step ---------------------------------------------------------------------
             splats, mask = batch["splats"].to(device), batch["mask"].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                if cfg.stage == "distill":
+                if distilling:
                     with torch.no_grad():
-                        teacher = model.encode_image(pixels_for(batch, image_size, device))
-                    student = model.encode_splats(splats, mask)
-                    loss = (student.float() - teacher.float()).pow(2).sum(-1).mean()
-                    extra = {"cos": float((student * teacher).sum(-1).mean().detach())}
+                        pixels = pixels_for(batch, teacher_size, device)
+                        target = (teacher or model.clip).encode_image(pixels, normalize=True)
+                    student, _, _ = step_model(splats, mask, distill=True)
+                    loss = (student.float() - target.float()).pow(2).sum(-1).mean()
+                    extra = {"cos": float((student * target).sum(-1).mean().detach())}
                 else:
-                    if cfg.input == "rgb":
-                        images = model.encode_image(pixels_for(batch, image_size, device))
-                    else:
-                        images = model.encode_splats(splats, mask)
-                    texts = model.encode_text(tokenizer(batch["caption"]).to(device))
-                    loss = clip_loss(images, texts, model.clip.logit_scale.exp())
-                    extra = {"logit_scale": float(model.clip.logit_scale.exp().detach())}
+                    pixels = pixels_for(batch, image_size, device) if cfg.input == "rgb" \
+                        else None
+                    images, texts, scale = step_model(
+                        splats, mask, pixels=pixels,
+                        tokens=tokenizer(batch["caption"]).to(device))
+                    loss = clip_loss(images, texts, scale)
+                    extra = {"logit_scale": float(scale.detach())}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             step += 1
-            # ---- log ----------------------------------------------------------------------------
-            record = {"step": step, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0],
+            # ---- log (the mean over ranks) --------------------------------------------------
+            value = loss.detach().float()
+            if world > 1:
+                torch.distributed.all_reduce(value)
+                value /= world
+            record = {"step": step, "loss": float(value), "lr": scheduler.get_last_lr()[0],
                       "seconds": round(time.time() - start, 2), **extra}
-            log.write(json.dumps(record) + "\n")
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+                if step % cfg.log_every == 0:
+                    log.flush()
             bar.update(1)
-            if step % cfg.log_every == 0:
-                log.flush()
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             # ---- checkpoint -----------------------------------------------------------------
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 save_checkpoint(os.path.join(cfg.out, f"step{step:06d}.pt"), cfg, model,
-                                optimizer, scheduler, loader, step)
+                                optimizer, scheduler, loader, step, rank, world)
             if step >= cfg.steps:
                 break
     bar.close()
-    log.close()
     final = os.path.join(cfg.out, "final.pt")
-    save_checkpoint(final, cfg, model, optimizer, scheduler, loader, step)
-    from .plot import plot_metrics
-    plot_metrics(log_path, os.path.join(cfg.out, "curves.png"))
+    save_checkpoint(final, cfg, model, optimizer, scheduler, loader, step, rank, world)
+    if log is not None:
+        log.close()
+        from .plot import plot_metrics
+        plot_metrics(log_path, os.path.join(cfg.out, "curves.png"))
     return {"checkpoint": final, "steps": step, "last_loss": record["loss"]}
 
 
-def save_checkpoint(path, cfg, model, optimizer, scheduler, loader, step) -> None:
-    state = {"config": cfg.to_dict(), "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "loader": loader.state_dict(), "step": step, "rng": torch.get_rng_state()}
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def open_log(path: str, step: int):
+    """metrics.jsonl for appending from ``step`` on: records past it (a run resumed from an
+    earlier checkpoint) are dropped, so every step appears once."""
+    kept = []
+    if step and os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    log = open(path, "w")
+    log.writelines(kept)
+    return log
+
+
+def save_checkpoint(path, cfg, model, optimizer, scheduler, loader, step, rank: int = 0,
+                    world: int = 1) -> None:
+    """Self-contained: the config, the model config's JSON, weights, optimiser, scheduler,
+    data position and RNG (rank 0 writes; every rank waits for it)."""
+    state = loader.state_dict()  # collective under DDP: every rank takes part
+    if rank == 0:
+        full = {"config": cfg.to_dict(), "model_config_json": read_model_config(
+                    cfg.model_config) if cfg.model_config and os.path.exists(cfg.model_config)
+                else _carried_config(cfg), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "loader": state, "step": step, "rng": torch.get_rng_state()}
+        tmp = path + ".tmp"
+        torch.save(full, tmp)
+        os.replace(tmp, path)
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _carried_config(cfg: TrainConfig) -> dict | None:
+    """The model config an --init checkpoint carried (a run started from it passes it on)."""
+    if not cfg.init:
+        return None
+    return load_checkpoint(cfg.init).get("model_config_json")

@@ -14,21 +14,47 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 STAGE2_GROUPS = ("stem", "first_blocks", "ln_post", "proj")
 
 
-def register_model_config(path: str | None = None) -> None:
-    """Make our bundled configs (and a user's JSON config) known to open_clip."""
+def register_model_config(path: str | None = None, config_json: dict | None = None,
+                          name: str | None = None) -> None:
+    """Make our bundled configs, a user's JSON config file, or a config carried inside a
+    checkpoint (``config_json`` registered as ``name``) known to open_clip."""
     import open_clip
-    for name in sorted(os.listdir(CONFIG_DIR)):
-        if name.endswith(".json"):
-            open_clip.add_model_config(os.path.join(CONFIG_DIR, name))
-    if path:
+    import tempfile
+    for entry in sorted(os.listdir(CONFIG_DIR)):
+        if entry.endswith(".json"):
+            open_clip.add_model_config(os.path.join(CONFIG_DIR, entry))
+    if config_json is not None:
+        with tempfile.TemporaryDirectory(prefix="gsformat-config-") as tmp:
+            target = os.path.join(tmp, f"{name}.json")
+            with open(target, "w") as f:
+                json.dump(config_json, f)
+            open_clip.add_model_config(target)
+    elif path:
+        if not os.path.exists(path):
+            raise ValueError(f"model config {path} not found")
         open_clip.add_model_config(path)
 
 
-def create_clip(model: str, pretrained: str | None = None, config: str | None = None):
+def read_model_config(path: str | None) -> dict | None:
+    """A JSON model config's content (stored in checkpoints so they are self-contained)."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"model config {path}: {exc}") from None
+
+
+def create_clip(model: str, pretrained: str | None = None, config: str | None = None,
+                config_json: dict | None = None):
     """open_clip's factory: ``pretrained`` is None (random init), a local checkpoint path, or a
     tag whose weights the user has cached (open_clip decides; nothing here downloads)."""
     import open_clip
-    register_model_config(config)
+    register_model_config(config, config_json, model)
+    if model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model!r} (give --model-config FILE.json, "
+                         f"or one of open_clip.list_models())")
     if pretrained and not os.path.exists(pretrained) and os.environ.get("HF_HUB_OFFLINE") is None:
         os.environ["HF_HUB_OFFLINE"] = "1"  # tags resolve from the local cache only
     clip, _, _ = open_clip.create_model_and_transforms(model, pretrained=pretrained)
@@ -39,7 +65,7 @@ class SplatCLIP(nn.Module):
     """``clip`` (open_clip CLIP) plus a `SplatStem` feeding its visual transformer."""
 
     def __init__(self, clip, n_latents: int = 196, stem_dim: int = 128, stem_layers: int = 4,
-                 n_bands: int = 8):
+                 n_bands: int = 8, distill_dim: int | None = None):
         super().__init__()
         self.clip = clip
         visual = clip.visual
@@ -49,6 +75,24 @@ class SplatCLIP(nn.Module):
         self.stem = SplatStem(width, n_latents, stem_dim, stem_layers, n_bands=n_bands)
         # M + 1 = the ViT's positions: reuse its positional embedding; else only the CLS one
         self.reuse_positions = visual.positional_embedding.shape[0] == n_latents + 1
+        # a teacher of another width: stage 1 maps the splat embedding to its space
+        self.distill_head = nn.Linear(visual.output_dim, distill_dim, bias=False) \
+            if distill_dim and distill_dim != visual.output_dim else None
+
+    def forward(self, splats=None, mask=None, pixels=None, tokens=None, distill: bool = False):
+        """(image-side embedding, text embedding or None, logit scale), all normalised: what a
+        training step needs, in the one forward pass DistributedDataParallel wraps. The image
+        side is the splat embedding (in the teacher's space with ``distill``), or the RGB
+        tower's on ``pixels``."""
+        if pixels is not None:
+            image = self.encode_image(pixels)
+        elif distill and self.distill_head is not None:
+            pooled = self.encode_splats(splats, mask, normalize=False)
+            image = nn.functional.normalize(self.distill_head(pooled), dim=-1)
+        else:
+            image = self.encode_splats(splats, mask)
+        text = self.encode_text(tokens) if tokens is not None else None
+        return image, text, self.clip.logit_scale.exp()
 
     def encode_splats(self, splats, mask=None, normalize: bool = True):
         visual = self.clip.visual
@@ -77,7 +121,8 @@ def parameter_groups(model: SplatCLIP) -> dict[str, list[nn.Parameter]]:
     visual = model.clip.visual
     blocks = visual.transformer.resblocks
     groups = {
-        "stem": list(model.stem.parameters()),
+        "stem": list(model.stem.parameters()) + (list(model.distill_head.parameters())
+                                                   if model.distill_head is not None else []),
         "first_blocks": [p for b in blocks[:2] for p in b.parameters()],
         "ln_post": list(visual.ln_post.parameters()),
         "proj": [visual.proj] if visual.proj is not None else [],

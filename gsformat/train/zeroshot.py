@@ -70,6 +70,13 @@ def evaluate(data: str, init: str | None = None, input: str = "splats",
     if has_labels:
         labels = torch.cat(labels)
         keep = labels >= 0
+        if not bool(keep.any()):
+            if not (has_captions and captions):
+                raise ValueError(f"{data}: no sample has a label (every label is -1): "
+                                 f"zero-shot classification needs labelled samples")
+            has_labels = False
+            out["classification"] = None  # captions only: retrieval below
+    if has_labels:
         weights = torch.stack([
             torch.nn.functional.normalize(encode_texts([t.format(c) for t in templates]).mean(0),
                                           dim=-1) for c in class_names])
