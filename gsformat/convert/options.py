@@ -8,6 +8,8 @@ import os
 CONVERT_JSON = "convert.json"
 PART_JSON = "part.json"
 REJECTS = "rejects.jsonl"
+LOSSY_CODECS = ("gsformat.lattice", "gsformat.lattice-rans")  # --quantize-aware fits through these
+LEGACY_CODECS = ("gsformat.quantize", "gsformat.entropy")    # readers decode them; convert refuses
 
 
 def add_convert_arguments(p) -> None:
