@@ -47,12 +47,17 @@ def _run_on_ray(todo, source, args, digest, progress) -> list[str]:
             status, value = ray.get(done[0])
         except Exception as exc:  # the task itself died (a node lost, out of memory)
             status, value = "failed", f"{unit.name}: Ray task failed: {type(exc).__name__}"
-        if status == "ok":
-            progress.update(value["psnr"], value["n_rejected"])
-        else:
-            failures.append(value)
-        progress.unit_done()
+        _record(status, value, progress, failures)
     return failures
+
+
+def _record(status: str, value, progress, failures: list) -> None:
+    """A finished unit's result, from another process: counted, or its failure kept."""
+    if status == "ok":
+        progress.update(value["psnr"], value["n_rejected"])
+    else:
+        failures.append(value)
+    progress.unit_done()
 
 
 def _number_worker(counter) -> None:
@@ -92,10 +97,5 @@ def run_units(todo, source, args, digest, progress, budget) -> list[str]:
         futures = [pool.submit(_unit_task, source, unit, part_dir, args, digest)
                    for unit, part_dir in todo]
         for future in concurrent.futures.as_completed(futures):
-            status, value = future.result()
-            if status == "ok":
-                progress.update(value["psnr"], value["n_rejected"])
-            else:
-                failures.append(value)
-            progress.unit_done()
+            _record(*future.result(), progress, failures)
     return failures
