@@ -124,3 +124,21 @@ def test_cli_describe_and_zeroshot(tmp_path, digits_dataset, capsys):
     assert abs(cls["top1"] * n - round(cls["top1"] * n)) < 1e-6  # a count of hits over n
     assert 0 <= cls["top1"] <= cls["top5"] <= 1 and cls["chance"] == 0.1
     assert ret["image_to_text_R@1"] <= ret["image_to_text_R@5"] <= ret["image_to_text_R@10"]
+
+
+def test_caption_loss_is_clip_loss_with_distinct_captions_and_merges_equal_ones():
+    from open_clip import ClipLoss
+    from gsformat.train.losses import caption_clip_loss
+    torch.manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    distinct = [f"caption {i}" for i in range(6)]
+    torch.testing.assert_close(caption_clip_loss(images, texts, scale, distinct),
+                               ClipLoss()(images, texts, scale))
+    # two images of one class, each beside its own copy of the caption: a pair that ClipLoss
+    # calls a negative is a positive here, so a model that confuses them loses less
+    same = ["a 3", "a 3", "a 4", "a 5", "a 6", "a 7"]
+    swapped = texts.clone()
+    swapped[[0, 1]] = texts[[1, 0]]
+    assert caption_clip_loss(images, swapped, scale, same) < ClipLoss()(images, swapped, scale)

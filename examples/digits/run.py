@@ -79,6 +79,12 @@ def main(out: str = "runs/digits", quick: bool = False, limit: int | None = None
     evaluations = [("teacher_rgb", teacher, "rgb"),
                    ("student_gs", os.path.join(out, "stage2", "final.pt"), "splats"),
                    ("stage1_only_gs", os.path.join(out, "stage1", "final.pt"), "splats")]
+    if ablation:  # stage 2 with open_clip's ClipLoss (each image's own caption the only
+        # positive: the other copies of "a photo of the number 3" in a batch are negatives)
+        run(["train", "clip", "--init", os.path.join(out, "stage1", "final.pt"), "--lr", "5e-4",
+             "--clip-loss", "pairs", "--out", os.path.join(out, "stage2-pairs"), *common])
+        evaluations.append(("student_gs_pairs_loss",
+                            os.path.join(out, "stage2-pairs", "final.pt"), "splats"))
     if ablation:  # the paper's ablation: stage 2 straight from the teacher, no stage 1
         run(["train", "clip", "--init", teacher, "--lr", "5e-4", "--out",
              os.path.join(out, "stage2-only"), *common])

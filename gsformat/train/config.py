@@ -37,6 +37,7 @@ class TrainConfig:
     stem_layers: int = 4
     fourier_bands: int = 8
     max_splats: int | None = None
+    clip_loss: str = "captions"        # captions: equal captions are positives | pairs (ClipLoss)
     unfreeze: list[str] = field(default_factory=lambda: ["stem", "first_blocks", "ln_post",
                                                          "proj"])
     workers: int = 0
@@ -88,6 +89,8 @@ HELP = {  # the CLI's help per field (defaults are appended from the dataclass)
     "stem_dim": "the stem's width", "stem_layers": "the stem's resampler layers",
     "fourier_bands": "Fourier feature bands of the splat positions",
     "max_splats": "keep at most this many splats per image (the strongest)",
+    "clip_loss": "stage 2's loss: 'captions' (every equal caption in the batch a positive) or "
+                 "'pairs' (open_clip's ClipLoss: only the sample's own caption)",
     "unfreeze": "stage 2's trainable groups: stem first_blocks ln_post proj logit_scale",
     "workers": "data loader worker processes", "amp": "bf16 autocast on CUDA",
     "device": "auto, cpu, cuda or cuda:N", "seed": "seed of the init, shuffle and augment",

@@ -28,6 +28,7 @@ import torch
 
 from .config import TrainConfig
 from .data import check_dataset, image_size_of, make_loader, pixels_for
+from .losses import caption_clip_loss
 from .model import SplatCLIP, create_clip, read_model_config, set_trainable
 
 RUN_FILES = ("metrics.jsonl", "curves.png", "final.pt")
@@ -150,6 +151,8 @@ def train(cfg: TrainConfig) -> dict:
     # ---- checks before anything heavy -------------------------------------------------------
     if cfg.stage not in ("distill", "clip"):
         raise ValueError(f"stage must be distill or clip, got {cfg.stage!r}")
+    if cfg.clip_loss not in ("captions", "pairs"):
+        raise ValueError(f"clip_loss must be captions or pairs, got {cfg.clip_loss!r}")
     need = ("caption",) if cfg.stage == "clip" else ()
     need += ("image",) if cfg.input == "rgb" else ()
     check_dataset(cfg.data, need, f"stage {cfg.stage} ({cfg.input})")
@@ -223,7 +226,8 @@ def train(cfg: TrainConfig) -> dict:
                     images, texts, scale = step_model(
                         splats, mask, pixels=pixels,
                         tokens=tokenizer(batch["caption"]).to(device))
-                    loss = clip_loss(images, texts, scale)
+                    loss = clip_loss(images, texts, scale) if cfg.clip_loss == "pairs" else \
+                        caption_clip_loss(images, texts, scale, batch["caption"], world)
                     extra = {"logit_scale": float(scale.detach())}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
