@@ -14,17 +14,16 @@ import numpy as np
 LABEL_HEIGHT = 28  # two lines of PIL's default font under each cell
 
 
-def sample_tiles(path: str, index: int = 0, count: int = 1, size: int | None = None,
-                 class_names=None):
-    """Per sample ``index … index+count-1``: a dict of key, text (caption or class), n_splats,
-    psnr (against the stored image, else the fit's), bytes (of the record), and the uint8
-    tiles ``stored`` (None without an image column) and ``splats`` ``[H, W, 3]``."""
+def sample_tiles(samples, size: int | None = None, class_names=None):
+    """Per sample of ``samples`` (`iter_dataset(..., decode=False)` rows): a dict of key, text
+    (caption or class), n_splats, psnr (against the stored image, else the fit's), bytes (of the
+    record), and the uint8 tiles ``stored`` (None without an image column) and ``splats``
+    ``[H, W, 3]``."""
     from PIL import Image
-    from .format.dataset import iter_dataset
     from .format.record import decode_record
     from .format.render_math import psnr
     from .render import render_splats
-    for sample in itertools.islice(iter_dataset(path, decode=False), index, index + count):
+    for sample in samples:
         record = sample["splats"]
         splats = decode_record(record)
         height, width = (size, round(size * splats.width / splats.height)) if size else \
@@ -75,9 +74,10 @@ def render_samples(path: str, index: int, output: str, size: int | None = None,
     """Write samples ``index … index+count-1`` as a labelled grid PNG (up to 4 cells a row);
     returns per-sample info (key, n_splats, psnr, bytes)."""
     from PIL import Image
-    from .format.dataset import read_manifest
+    from .format.dataset import iter_dataset, read_manifest
     names = _class_names(path, read_manifest)
-    entries = list(sample_tiles(path, index, count, size, names))
+    rows = itertools.islice(iter_dataset(path, decode=False), index, index + count)
+    entries = list(sample_tiles(rows, size, names))
     if not entries:
         raise ValueError(f"{path}: no sample at index {index}")
     cells = [_cell(e) for e in entries]
@@ -137,13 +137,15 @@ def write_html(path: str, output: str, count: int = 24, size: int | None = None)
     from .format.record import read_header
     manifest = read_manifest(path)
     names = manifest.get("class_names")
-    psnrs, sizes = [], []
-    for sample in iter_dataset(path, decode=False):  # headers only: no payload is decoded
-        header = read_header(sample["splats"])
+    psnrs, sizes, shown = [], [], []
+    for sample in iter_dataset(path, decode=False):  # one pass: headers of every record, the
+        header = read_header(sample["splats"])       # first ``count`` rows kept to draw
         psnrs.append(header.get("fit", {}).get("psnr"))
         sizes.append(len(sample["splats"]))
+        if len(shown) < count:
+            shown.append(sample)
     cards = []
-    for entry in sample_tiles(path, 0, count, size, names):
+    for entry in sample_tiles(shown, size, names):
         images = "".join(f'<img src="{_png_uri(t)}" alt="{alt}" title="{alt}">'
                          for t, alt in ((entry["stored"], "stored image"),
                                         (entry["splats"], f"{entry['n_splats']} splats"))

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from codec_harness import (check_backwards_compatibility, check_config, check_reference_twin,
-                           write_fixture_once)
+from codec_harness import check_reference_twin
 from gsformat import FormatError
 from gsformat.codecs import Entropy, Quantize
 from gsformat.codecs.legacy.entropy import gather_bits, spread_bits

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from codec_harness import (check_backwards_compatibility, check_config, check_reference_twin,
-                           check_repr, write_fixture_once)
+from codec_harness import check_reference_twin
 from gsformat import FormatError
 from gsformat.codecs import Entropy, Lattice
 from gsformat.codecs.lattice import ycocg_r, ycocg_r_inverse

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from codec_harness import (buffer_kinds, check_backwards_compatibility, check_config,
-                           check_native_no_laxer, check_repr, write_fixture_once)
+from codec_harness import buffer_kinds, check_native_no_laxer
 from gsformat import FormatError, SplatSet, encode_record
 from gsformat.codecs import Lattice, LatticeRans, lattice, rans
 from spec_reader import spec_decode

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from codec_harness import (check_backwards_compatibility, check_config, check_encode_decode,
-                           check_repr, write_fixture_once)
+from codec_harness import check_encode_decode
 from gsformat import FormatError
 from gsformat.codecs import Planar
 from strategies import any_bits

@@ -2,8 +2,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from codec_harness import (check_backwards_compatibility, check_config, check_encode_decode,
-                           check_repr, write_fixture_once)
 from gsformat import FormatError
 from gsformat.codecs import Quantize
 from gsformat.codecs.legacy.quantize import LOG_COLS, steps_of
@@ -80,7 +78,7 @@ def test_fast_unpack_matches_reference(bits, n, seed):
 
 
 def test_grouped_unpack_matches_per_stream():
-    from gsformat.codecs.legacy.quantize import pack_codes, unpack_codes, unpack_streams
+    from gsformat.codecs.legacy.quantize import pack_codes, unpack_streams
     rng = np.random.default_rng(1)
     for bits in (1, 5, 8, 11, 16):
         codes = rng.integers(0, 1 << bits, (3, 77)).astype(np.uint32)

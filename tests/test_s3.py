@@ -1,9 +1,7 @@
 """Object storage end to end on a real S3 server (moto) on 127.0.0.1."""
 import os
-import subprocess
 
 import boto3
-import pytest
 
 from gsformat.cli import main
 from gsformat.format.dataset import iter_dataset

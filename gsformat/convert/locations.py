@@ -101,10 +101,6 @@ def list_files(root: str) -> list[str]:
     return sorted(f[len(path) + 1:] for f in found if f.startswith(path + "/"))
 
 
-def join(root: str, name: str) -> str:
-    return os.path.join(root, name) if scheme_of(root) == "" else f"{root.rstrip('/')}/{name}"
-
-
 def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
     """A whole (small) file: FileNotFoundError when absent, ValueError over ``max_bytes``."""
     url = local_path(url)

@@ -20,7 +20,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ..format import mds
+from ..format import mds, storage
 from ..format.errors import FormatError
 from . import locations
 
@@ -107,7 +107,7 @@ class FolderSource:
 
     def items(self, unit: Unit) -> Iterator[Item]:
         for rel in unit.refs:
-            path = locations.join(self.root, rel)
+            path = storage.join(self.root, rel)
             stem = rel.rsplit(".", 1)[0]
             label = (self.class_names.index(rel.replace(os.sep, "/").split("/")[0])
                      if self.class_names else None)
@@ -117,7 +117,7 @@ class FolderSource:
                     caption = ""
                     if stem in self.captions:
                         text = locations.with_retries(lambda: locations.read_bytes(
-                            locations.join(self.root, stem + ".txt"), MAX_SIDECAR_BYTES))
+                            storage.join(self.root, stem + ".txt"), MAX_SIDECAR_BYTES))
                         caption = text.decode("utf-8", "replace").strip()
                 data = locations.with_retries(lambda: locations.read_bytes(path,
                                                                            MAX_IMAGE_BYTES))
@@ -226,7 +226,7 @@ class MDSSource:
         self.root = root.rstrip("/") if locations.scheme_of(root) else root
         try:
             index_bytes = locations.with_retries(lambda: locations.read_bytes(
-                locations.join(self.root, "index.json"), 64 << 20))
+                storage.join(self.root, "index.json"), 64 << 20))
             self.index = mds.read_index(index_bytes)
         except FileNotFoundError:
             raise SourceError(f"{root}: no index.json (not an MDS dataset)") from None
@@ -274,7 +274,7 @@ class MDSSource:
     def _read_shard(self, info: dict) -> bytes:
         raw, zipped = info["raw_data"], info.get("zip_data")
         name = (zipped or raw)["basename"]
-        url = locations.join(self.root, name)
+        url = storage.join(self.root, name)
         try:
             data = locations.with_retries(lambda: locations.read_bytes(url, mds.MAX_SHARD_BYTES))
         except Exception as exc:
@@ -340,7 +340,7 @@ def _resolve(spec: str) -> tuple[str, list[str]]:
         return "mds", [root]
     tars = [f for f in files if f.endswith(".tar") and "/" not in f.replace(os.sep, "/")]
     if tars:
-        return "webdataset", [locations.join(root, t) for t in tars]
+        return "webdataset", [storage.join(root, t) for t in tars]
     if not files:
         raise SourceError(f"{root}: no images, tars or MDS index (empty, or not found)")
     return "folder", [root]

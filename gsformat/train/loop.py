@@ -50,20 +50,22 @@ def load_checkpoint(path: str) -> dict:
         raise ValueError(f"{path}: not a gsformat checkpoint ({exc})") from None
 
 
-def build_model(cfg: TrainConfig, distill_dim: int | None = None,
-                init_state: dict | None = None) -> SplatCLIP:
+def build_model(cfg: TrainConfig, distill_dim: int | None = None) -> SplatCLIP:
     """The student; its model config from ``cfg.model_config``, else the one the ``--init``
-    checkpoint carries; weights from ``--init``."""
-    if cfg.init and init_state is None:
-        init_state = load_checkpoint(cfg.init)
-    carried = (init_state or {}).get("model_config_json")
-    config_json = None if cfg.model_config and os.path.exists(cfg.model_config) else carried
+    checkpoint carries (kept as ``model.model_config_json`` for the checkpoints it writes);
+    weights from ``--init``."""
+    init_state = load_checkpoint(cfg.init) if cfg.init else None
+    if cfg.model_config and os.path.exists(cfg.model_config):
+        config_json = read_model_config(cfg.model_config)
+    else:
+        config_json = (init_state or {}).get("model_config_json")
     if init_state and "distill_head.weight" in init_state["model"]:
         distill_dim = init_state["model"]["distill_head.weight"].shape[0]
     model = SplatCLIP(create_clip(cfg.model, cfg.pretrained, None if config_json else
                                   cfg.model_config, config_json),
                       cfg.n_latents, cfg.stem_dim, cfg.stem_layers, cfg.fourier_bands,
                       distill_dim=distill_dim)
+    model.model_config_json = config_json
     if init_state:
         other = init_state.get("config", {})
         if other.get("model") != cfg.model or other.get("n_latents") != cfg.n_latents:
@@ -282,9 +284,8 @@ def save_checkpoint(path, cfg, model, optimizer, scheduler, loader, step, rank: 
     data position and RNG (rank 0 writes; every rank waits for it)."""
     state = loader.state_dict()  # collective under DDP: every rank takes part
     if rank == 0:
-        full = {"config": cfg.to_dict(), "model_config_json": read_model_config(
-                    cfg.model_config) if cfg.model_config and os.path.exists(cfg.model_config)
-                else _carried_config(cfg), "model": model.state_dict(),
+        full = {"config": cfg.to_dict(), "model_config_json": model.model_config_json,
+                "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "loader": state, "step": step, "rng": torch.get_rng_state()}
         tmp = path + ".tmp"
@@ -292,10 +293,3 @@ def save_checkpoint(path, cfg, model, optimizer, scheduler, loader, step, rank: 
         os.replace(tmp, path)
     if world > 1:
         torch.distributed.barrier()
-
-
-def _carried_config(cfg: TrainConfig) -> dict | None:
-    """The model config an --init checkpoint carried (a run started from it passes it on)."""
-    if not cfg.init:
-        return None
-    return load_checkpoint(cfg.init).get("model_config_json")

@@ -2,7 +2,6 @@
 and templates, and image–text retrieval (recall@1/5/10) on captioned sets; splats or RGB."""
 from __future__ import annotations
 
-import json
 import os
 
 import torch
