@@ -41,3 +41,26 @@ def test_fit_bench_quality_and_compare():
     assert set(results) == {"fixed/40/20", "extents/40/20"}
     assert set(gains["40"]) >= {"mean_gain_db"}
     assert set(fit_bench.TUNING).isdisjoint(fit_bench.REPORT)  # held-out by construction
+
+
+def test_downstream_bench_quick(tmp_path):
+    """The compression → accuracy study end to end on a small digits slice (20 steps a stage)."""
+    import downstream_bench
+    out = downstream_bench.main(str(tmp_path / "ds"), quick=True, budgets=(16,),
+                                plot=str(tmp_path / "ds.png"))
+    json.dumps(out)
+    settings = {(r["model"], r["setting"]) for r in out["rows"]}
+    assert {("student-16", "fp16"), ("student-16", "r-coarse+solve"),
+            ("student-16", "prune-tau0.2"), ("student-16-trained-r-coarse", "r-coarse+solve"),
+            ("student-16", "planar"), ("teacher_rgb", "jpeg-rgb-q10"),
+            ("teacher_rgb", "jpeg-l-q10")} <= settings
+    rows = {(r["model"], r["setting"]): r for r in out["rows"]}
+    fp16, planar = rows["student-16", "fp16"], rows["student-16", "planar"]
+    # lossless: the same values (top-1, PSNR) in fewer bytes
+    assert planar["bytes"] < fp16["bytes"] and planar["top1"] == fp16["top1"]
+    assert rows["student-16", "prune-tau0.2"]["bytes"] < fp16["bytes"]
+    coarse = downstream_bench.record_bytes(str(tmp_path / "ds" / "test-16-r-coarse"))
+    assert coarse == rows["student-16", "r-coarse+solve"]["bytes"]
+    assert all(0 <= r["top1"] <= 1 for r in out["rows"])
+    assert out["summary"]["16"]["smallest_within_1pt"] in {r["setting"] for r in out["rows"]}
+    assert os.path.getsize(tmp_path / "ds.png") > 10_000

@@ -156,3 +156,17 @@ def test_resume_after_sigkill(tmp_path, finished_parts):
     assert validate_dataset(str(out)).valid
     for part, mtime in finished.items():  # finished parts were not rewritten
         assert os.path.getmtime(out / part / "part.json") == mtime
+
+
+def test_kept_image_is_the_quality_95_jpeg_verbatim(tmp_path):
+    """--keep-image stores convert's own quality-95 JPEG of the resized image, byte for byte
+    (streaming's JPEG encoding would re-encode a decoded image at quality 75)."""
+    from gsformat.convert.imageio import decode_image, encode_jpeg, resize
+    write_image_folder(tmp_path / "src")
+    assert convert(tmp_path / "src", tmp_path / "out", "--keep-image") == 0
+    samples = list(iter_dataset(str(tmp_path / "out"), decode=False))
+    assert len(samples) == 5
+    for sample in samples:
+        with open(tmp_path / "src" / sample["source"], "rb") as f:
+            expected = encode_jpeg(resize(decode_image(f.read()), 16, "center-crop"))
+        assert sample["image"] == expected, sample["key"]

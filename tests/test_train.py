@@ -126,9 +126,12 @@ def test_cli_describe_and_zeroshot(tmp_path, digits_dataset, capsys):
     assert ret["image_to_text_R@1"] <= ret["image_to_text_R@5"] <= ret["image_to_text_R@10"]
 
 
-def test_caption_loss_is_clip_loss_with_distinct_captions_and_merges_equal_ones():
+def test_grouped_loss_is_clip_loss_with_distinct_captions_and_merges_equal_ones():
     from open_clip import ClipLoss
-    from gsformat.train.losses import caption_clip_loss
+    from gsformat.train.losses import grouped_clip_loss, positive_keys
+
+    def caption_clip_loss(images, texts, scale, captions, labels=None):
+        return grouped_clip_loss(images, texts, scale, positive_keys(captions, labels))
     torch.manual_seed(0)
     images = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
     texts = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
@@ -142,3 +145,45 @@ def test_caption_loss_is_clip_loss_with_distinct_captions_and_merges_equal_ones(
     swapped = texts.clone()
     swapped[[0, 1]] = texts[[1, 0]]
     assert caption_clip_loss(images, swapped, scale, same) < ClipLoss()(images, swapped, scale)
+    # labels: two templates of one class are positives; unlabelled (-1) samples keep captions
+    templates = ["a 3", "the 3", "a 4", "a 5", "a 6", "a 7"]
+    labels = torch.tensor([3, 3, 4, 5, -1, -1])
+    assert positive_keys(templates, labels)[:2] == ["label:3", "label:3"]
+    torch.testing.assert_close(caption_clip_loss(images, swapped, scale, templates, labels),
+                               caption_clip_loss(images, swapped, scale, same))
+    assert caption_clip_loss(images, swapped, scale, templates) > \
+        caption_clip_loss(images, swapped, scale, templates, labels)
+
+
+def test_loader_cache_is_per_dataset(tmp_path, digits_dataset):
+    """One cache root, two datasets with the same shard names (one checkpoint evaluated on
+    several): each loader reads its own dataset, not the shards cached for the other."""
+    from gsformat.cli import main
+    from gsformat.train.data import make_loader
+    other = str(tmp_path / "splats16")
+    assert main(["convert", os.path.join(digits_dataset, "images", "train"), other, "--splats",
+                 "16", "--iters", "5", "--size", "32", "--no-progress", "--batch", "64"]) == 0
+    cache = str(tmp_path / "cache")
+    for data, n in ((os.path.join(digits_dataset, "splats"), 32), (other, 16)):
+        batch = next(iter(make_loader(data, cache, 8, shuffle=False, load_images=False)))
+        assert batch["splats"].shape[1] == n, data
+
+
+def test_training_augmentation_changes_the_splats_not_the_evaluation(tmp_path, digits_dataset):
+    """--splat-dropout / --position-jitter reach the training loader (fewer, moved splats);
+    a stage trains with them; zero-shot evaluation of its checkpoint sees the stored splats."""
+    import math
+    from gsformat.loaders import SplatAugment
+    from gsformat.train.data import make_loader
+    from gsformat.train.loop import load_checkpoint, train
+    data = os.path.join(digits_dataset, "splats")
+    plain = next(iter(make_loader(data, str(tmp_path / "c"), 16, shuffle=False,
+                                  load_images=False)))
+    dropped = next(iter(make_loader(data, str(tmp_path / "c"), 16, shuffle=False,
+                                    load_images=False,
+                                    augment=SplatAugment(hflip=0.0, dropout=0.5))))
+    assert (plain["n_splats"] == 32).all() and dropped["n_splats"].float().mean() < 24
+    result = train(tiny(tmp_path, digits_dataset, stage="distill", steps=2,
+                        splat_dropout=0.3, position_jitter=0.01))
+    assert math.isfinite(result["last_loss"])
+    assert load_checkpoint(result["checkpoint"])["config"]["splat_dropout"] == 0.3

@@ -23,15 +23,21 @@ NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 TEMPLATES = ["a photo of the digit {}.", "a handwritten {}.", "the number {}."]
 
 
-def build_folders(root: str, limit: int | None, size: int = 32, seed: int = 0) -> dict:
-    """train/ and test/ image folders: class sub-folders, a caption beside every image."""
+def build_folders(root: str, limit: int | None, size: int = 32, seed: int = 0,
+                  val_fraction: float = 0.0) -> dict:
+    """train/ and test/ image folders (test: the first 20 % of a seeded permutation), and
+    with ``val_fraction`` a val/ folder carved from the training digits (test/ is then not
+    written: tuning never sees it); class sub-folders, a caption beside every image."""
     from PIL import Image
     from sklearn.datasets import load_digits
     digits = load_digits()
     order = np.random.default_rng(seed).permutation(len(digits.images))[:limit]
     n_test = max(len(order) // 5, 20)
+    n_val = int(round((len(order) - n_test) * val_fraction))
+    splits = (("test", order[:n_test]), ("train", order[n_test:])) if not n_val else \
+        (("val", order[n_test:n_test + n_val]), ("train", order[n_test + n_val:]))
     counts = {}
-    for split, ids in (("test", order[:n_test]), ("train", order[n_test:])):
+    for split, ids in splits:
         for i in ids:
             name = NAMES[digits.target[i]]
             folder = os.path.join(root, split, name)
@@ -52,54 +58,98 @@ def run(argv: list[str]) -> None:
         raise SystemExit(f"failed: gsformat {' '.join(argv)}")
 
 
+# The recipe's settings (stage 2's were chosen on a validation split: examples/digits/ablate.py).
+TEACHER_LR, STAGE1_LR = 1e-3, 2e-3
+STAGE2 = ["--lr", "5e-4"]
+
+
+def prepare(out: str, limit: int | None, val_fraction: float = 0.0) -> dict:
+    """The image folders under <out>/images and the templates file; the split sizes."""
+    counts = build_folders(os.path.join(out, "images"), limit, val_fraction=val_fraction)
+    with open(os.path.join(out, "templates.txt"), "w") as f:
+        f.write("\n".join(TEMPLATES) + "\n")
+    return counts
+
+
+def convert(out: str, split: str, name: str, splats: int = 64, iters: int = 300,
+            extra: tuple = ()) -> str:
+    """<out>/images/<split> → the splat dataset <out>/<name> (source images kept)."""
+    dataset = os.path.join(out, name)
+    run(["convert", os.path.join(out, "images", split), dataset, "--splats", str(splats),
+         "--iters", str(iters), "--size", "32", "--keep-image", "--batch", "64",
+         "--no-progress", *extra])
+    return dataset
+
+
+def common_args(data: str, steps: int, batch: int) -> list[str]:
+    return ["--model", "gs-tiny", "--n-latents", "64", "--batch-size", str(batch),
+            "--steps", str(steps), "--warmup", str(steps // 10), "--ckpt-every", str(steps),
+            "--data", data]
+
+
+def train_once(run_dir: str, argv: list[str]) -> str:
+    """``gsformat train …`` into ``run_dir``, unless it already finished with the same command
+    (re-running a study reuses its finished stages); the final checkpoint."""
+    final, stamp = os.path.join(run_dir, "final.pt"), os.path.join(run_dir, "command.json")
+    command = [*argv, "--out", run_dir]
+    if os.path.exists(final) and os.path.exists(stamp):
+        with open(stamp) as f:
+            if json.load(f) == command:
+                print(f"reusing {final}", file=sys.stderr)
+                return final
+    run([*command, "--overwrite"])
+    with open(stamp, "w") as f:
+        json.dump(command, f)
+    return final
+
+
+def train_teacher(out: str, common: list[str]) -> str:
+    """The RGB CLIP teacher, trained on the stored source images; its final checkpoint."""
+    return train_once(os.path.join(out, "teacher"), ["train", "clip", "--input", "rgb", "--lr",
+                                                     str(TEACHER_LR), *common])
+
+
+def stage1(out: str, name: str, teacher: str, common: list[str]) -> str:
+    return train_once(os.path.join(out, name), ["train", "distill", "--init", teacher, "--lr",
+                                                str(STAGE1_LR), *common])
+
+
+def stage2(out: str, name: str, init: str, common: list[str], extra: list[str]) -> str:
+    return train_once(os.path.join(out, name), ["train", "clip", "--init", init, *extra,
+                                                *common])
+
+
+def zeroshot(out: str, name: str, ckpt: str, kind: str, data: str) -> float:
+    """Zero-shot top-1 of a checkpoint on a dataset (``kind``: splats or rgb)."""
+    path = os.path.join(out, f"zeroshot-{name}.json")
+    run(["train", "zeroshot", "--data", data, "--init", ckpt, "--input", kind,
+         "--templates", os.path.join(out, "templates.txt"), "--output", path])
+    with open(path) as f:
+        return json.load(f)["classification"]["top1"]
+
+
 def main(out: str = "runs/digits", quick: bool = False, limit: int | None = None,
          steps: int | None = None, iters: int | None = None, batch: int | None = None,
          ablation: bool = True) -> dict:
     q_limit, q_steps, q_iters, q_batch = (400, 60, 60, 32) if quick else (None, 600, 300, 64)
     limit, steps = limit or q_limit, steps or q_steps
     iters, batch = iters or q_iters, batch or q_batch
-    counts = build_folders(os.path.join(out, "images"), limit)
-    templates = os.path.join(out, "templates.txt")
-    with open(templates, "w") as f:
-        f.write("\n".join(TEMPLATES) + "\n")
-    for split in ("train", "test"):
-        run(["convert", os.path.join(out, "images", split), os.path.join(out, f"{split}-splats"),
-             "--splats", "64", "--iters", str(iters), "--size", "32", "--keep-image",
-             "--batch", "64", "--no-progress"])
-    common = ["--model", "gs-tiny", "--n-latents", "64", "--batch-size", str(batch),
-              "--steps", str(steps), "--warmup", str(steps // 10), "--ckpt-every",
-              str(steps), "--data", os.path.join(out, "train-splats")]
-    run(["train", "clip", "--input", "rgb", "--lr", "1e-3", "--out",
-         os.path.join(out, "teacher"), *common])
-    teacher = os.path.join(out, "teacher", "final.pt")
-    run(["train", "distill", "--init", teacher, "--lr", "2e-3", "--out",
-         os.path.join(out, "stage1"), *common])
-    run(["train", "clip", "--init", os.path.join(out, "stage1", "final.pt"), "--lr", "5e-4",
-         "--out", os.path.join(out, "stage2"), *common])
+    counts = prepare(out, limit)
+    train, test = (convert(out, split, f"{split}-splats", iters=iters)
+                   for split in ("train", "test"))
+    common = common_args(train, steps, batch)
+    teacher = train_teacher(out, common)
+    first = stage1(out, "stage1", teacher, common)
     evaluations = [("teacher_rgb", teacher, "rgb"),
-                   ("student_gs", os.path.join(out, "stage2", "final.pt"), "splats"),
-                   ("stage1_only_gs", os.path.join(out, "stage1", "final.pt"), "splats")]
-    if ablation:  # stage 2 with open_clip's ClipLoss (each image's own caption the only
-        # positive: the other copies of "a photo of the number 3" in a batch are negatives)
-        run(["train", "clip", "--init", os.path.join(out, "stage1", "final.pt"), "--lr", "5e-4",
-             "--clip-loss", "pairs", "--out", os.path.join(out, "stage2-pairs"), *common])
-        evaluations.append(("student_gs_pairs_loss",
-                            os.path.join(out, "stage2-pairs", "final.pt"), "splats"))
+                   ("student_gs", stage2(out, "stage2", first, common, STAGE2), "splats"),
+                   ("stage1_only_gs", first, "splats")]
     if ablation:  # the paper's ablation: stage 2 straight from the teacher, no stage 1
-        run(["train", "clip", "--init", teacher, "--lr", "5e-4", "--out",
-             os.path.join(out, "stage2-only"), *common])
         evaluations.append(("ablation_no_stage1_gs",
-                            os.path.join(out, "stage2-only", "final.pt"), "splats"))
-    results = {}
-    test = os.path.join(out, "test-splats")
-    for name, ckpt, kind in evaluations:
-        path = os.path.join(out, f"zeroshot-{name}.json")
-        run(["train", "zeroshot", "--data", test, "--init", ckpt, "--input", kind,
-             "--templates", templates, "--output", path])
-        with open(path) as f:
-            results[name] = json.load(f)["classification"]["top1"]
+                            stage2(out, "stage2-only", teacher, common, STAGE2), "splats"))
+    results = {name: zeroshot(out, name, ckpt, kind, test) for name, ckpt, kind in evaluations}
     results["student_relative_to_teacher"] = results["student_gs"] / results["teacher_rgb"]
     results["samples"] = counts
+    results["stage2_args"] = STAGE2
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))

@@ -145,8 +145,6 @@ def _fill(source, unit, args, budget, stats, pending, seen, reject, flush) -> No
 
 def write_sample(writer, item, splats, image, columns) -> int:
     """Write one fitted image; returns its record size. Missing captions are "", labels -1."""
-    import io
-    from PIL import Image
     from ..format.record import encode_record
     record = encode_record(splats, writer.codecs)
     extra = {"source": item.source}
@@ -157,7 +155,7 @@ def write_sample(writer, item, splats, image, columns) -> int:
     if "meta" in columns:
         extra["meta"] = item.meta if item.meta is not None else ""
     if image is not None:
-        extra["image"] = Image.open(io.BytesIO(encode_jpeg(image)))
+        extra["image"] = encode_jpeg(image)  # stored verbatim (quality 95)
     writer.write(item.key, record, **extra)
     return len(record)
 

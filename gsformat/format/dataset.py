@@ -23,8 +23,34 @@ from .splatset import SplatSet
 
 
 
+def _verbatim_jpeg_writer():
+    """streaming's MDSWriter, except that an ``image`` given as JPEG bytes is stored as those
+    bytes: streaming's JPEG encoding re-encodes a decoded image at libjpeg's default quality 75,
+    which would store a second, lossier copy of the image the splats were fitted to."""
+    from streaming import MDSWriter
+    from streaming.base.format.mds.encodings import mds_encode
+
+    class Writer(MDSWriter):
+        def encode_sample(self, sample: dict[str, Any]) -> bytes:
+            sizes, data = [], []
+            for name, encoding, size in zip(self.column_names, self.column_encodings,
+                                            self.column_sizes):
+                value = sample[name]
+                datum = bytes(value) if encoding == "jpeg" and isinstance(
+                    value, (bytes, bytearray, memoryview)) else mds_encode(encoding, value)
+                if size is None:  # variable-size columns carry their size in the head
+                    sizes.append(len(datum))
+                elif size != len(datum):
+                    raise ValueError(f"column {name!r}: {len(datum)} bytes, not {size}")
+                data.append(datum)
+            return np.array(sizes, np.uint32).tobytes() + b"".join(data)
+
+    return Writer
+
+
 class SplatWriter:
     """Write splat records (plus key/caption/label/source/image columns) as an MDS dataset.
+    ``image`` is JPEG bytes (stored verbatim) or a PIL image (encoded by streaming at quality 75).
 
     >>> with SplatWriter("out/", columns=["caption"]) as writer:   # doctest: +SKIP
     ...     writer.write("img-0001", splats, caption="a cat")
@@ -34,7 +60,6 @@ class SplatWriter:
                  C.DEFAULT_COMPRESSION, hashes=C.DEFAULT_HASHES,
                  size_limit: int = C.DEFAULT_SHARD_SIZE_LIMIT, manifest: dict | None = None,
                  exist_ok: bool = False):
-        from streaming import MDSWriter
         unknown = set(columns) - set(C.COLUMN_ENCODINGS)
         if unknown:
             raise ValueError(f"unknown columns {sorted(unknown)}; "
@@ -44,7 +69,7 @@ class SplatWriter:
         self.out = out
         self.codecs = list(codecs)
         self.manifest_extra = dict(manifest or {})
-        self._writer = MDSWriter(out=out, columns=self.columns, compression=compression,
+        self._writer = _verbatim_jpeg_writer()(out=out, columns=self.columns, compression=compression,
                                  hashes=sorted(hashes), size_limit=size_limit, exist_ok=exist_ok)
         self._keys: set[str] = set()
         self._n_splats: list[int] = []

@@ -37,7 +37,9 @@ class TrainConfig:
     stem_layers: int = 4
     fourier_bands: int = 8
     max_splats: int | None = None
-    clip_loss: str = "captions"        # captions: equal captions are positives | pairs (ClipLoss)
+    splat_dropout: float = 0.0         # training augmentation: P(a splat is removed)
+    position_jitter: float = 0.0       # training augmentation: std of each centre's shift
+    clip_loss: str = "captions"        # captions | labels (equal ones are positives) | pairs
     unfreeze: list[str] = field(default_factory=lambda: ["stem", "first_blocks", "ln_post",
                                                          "proj"])
     workers: int = 0
@@ -89,8 +91,13 @@ HELP = {  # the CLI's help per field (defaults are appended from the dataclass)
     "stem_dim": "the stem's width", "stem_layers": "the stem's resampler layers",
     "fourier_bands": "Fourier feature bands of the splat positions",
     "max_splats": "keep at most this many splats per image (the strongest)",
-    "clip_loss": "stage 2's loss: 'captions' (every equal caption in the batch a positive) or "
-                 "'pairs' (open_clip's ClipLoss: only the sample's own caption)",
+    "splat_dropout": "augmentation while training: each splat removed with this probability "
+                     "(stage 1's teacher still sees the whole image)",
+    "position_jitter": "augmentation while training: std of a Gaussian shift of every splat "
+                       "centre, in canvas units (0.01 = 1 % of the side)",
+    "clip_loss": "stage 2's loss: 'captions' (every equal caption in the batch a positive), "
+                 "'labels' (every sample of the same label a positive; needs a label column) "
+                 "or 'pairs' (open_clip's ClipLoss: only the sample's own caption)",
     "unfreeze": "stage 2's trainable groups: stem first_blocks ln_post proj logit_scale",
     "workers": "data loader worker processes", "amp": "bf16 autocast on CUDA",
     "device": "auto, cpu, cuda or cuda:N", "seed": "seed of the init, shuffle and augment",

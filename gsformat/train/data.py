@@ -1,12 +1,15 @@
 """Streaming splat shards into training batches; the checks that must pass before training."""
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 
 import torch
 import torch.nn.functional as F
 
+from ..format import constants as C
+from ..format import storage
 from ..format.dataset import read_manifest
 from ..loaders import SplatDataset, collate_splats
 
@@ -25,13 +28,26 @@ def check_dataset(url: str, need: tuple[str, ...], what: str) -> dict:
     return manifest
 
 
+def cache_for(url: str, root: str) -> str:
+    """streaming's local copy of dataset ``url`` under ``root``: one folder per dataset content
+    (the digest of its index.json). streaming reuses any shard file it finds in ``local``, so a
+    cache shared by two datasets (one checkpoint evaluated on several), or by a dataset rewritten
+    in place, would silently feed the shards of the first."""
+    index = storage.read_bytes(storage.join(url, C.INDEX_NAME), max_bytes=C.MAX_JSON_BYTES)
+    return os.path.join(root, hashlib.sha256(index).hexdigest()[:16])
+
+
 def make_loader(url: str, cache: str, batch_size: int, shuffle: bool, workers: int = 0,
-                max_splats: int | None = None, seed: int = 0, load_images: bool = True):
+                max_splats: int | None = None, seed: int = 0, load_images: bool = True,
+                augment=None):
+    """A StreamingDataLoader over dataset ``url``, cached under ``cache`` (`cache_for`)."""
     from streaming import StreamingDataLoader
-    os.makedirs(cache, exist_ok=True)
-    dataset = SplatDataset(remote=url, local=cache, shuffle=shuffle, shuffle_seed=seed,
+    local = cache_for(url, cache)
+    os.makedirs(local, exist_ok=True)
+    dataset = SplatDataset(remote=url, local=local, shuffle=shuffle, shuffle_seed=seed,
                            batch_size=batch_size, max_splats=max_splats,
-                           load_source_image=load_images)
+                           load_source_image=load_images, augment=augment,
+                           augment_seed=seed)
     return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                collate_fn=collate_splats, drop_last=False)
 

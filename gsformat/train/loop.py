@@ -5,8 +5,9 @@ of the splat path (ŝ) and of a frozen RGB teacher on the source image (t̂); co
 The teacher is ``--teacher MODEL --teacher-pretrained W`` (another open_clip model; a linear head
 maps to its width when it differs), else the student's own tower with the weights of
 ``--pretrained`` or ``--init`` (``--teacher random``: random weights, for tests only).
-Stage 2 (clip): open_clip's ClipLoss on (splat embedding, caption embedding); trainable = the
-groups in ``config.unfreeze`` (stem, first two blocks, final norm, projection by default).
+Stage 2 (clip): a contrastive loss on (splat embedding, caption embedding) — equal captions, or
+equal labels, as positives (`losses`), or open_clip's ClipLoss; trainable = the groups in
+``config.unfreeze`` (stem, first two blocks, final norm, projection by default).
 ``input="rgb"`` trains the plain RGB CLIP on stored images (the teacher) instead.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) every process takes its share of each global batch
@@ -28,7 +29,7 @@ import torch
 
 from .config import TrainConfig
 from .data import check_dataset, image_size_of, make_loader, pixels_for
-from .losses import caption_clip_loss
+from .losses import grouped_clip_loss, positive_keys
 from .model import SplatCLIP, create_clip, read_model_config, set_trainable
 
 RUN_FILES = ("metrics.jsonl", "curves.png", "final.pt")
@@ -153,9 +154,10 @@ def train(cfg: TrainConfig) -> dict:
     # ---- checks before anything heavy -------------------------------------------------------
     if cfg.stage not in ("distill", "clip"):
         raise ValueError(f"stage must be distill or clip, got {cfg.stage!r}")
-    if cfg.clip_loss not in ("captions", "pairs"):
-        raise ValueError(f"clip_loss must be captions or pairs, got {cfg.clip_loss!r}")
+    if cfg.clip_loss not in ("captions", "labels", "pairs"):
+        raise ValueError(f"clip_loss must be captions, labels or pairs, got {cfg.clip_loss!r}")
     need = ("caption",) if cfg.stage == "clip" else ()
+    need += ("label",) if cfg.stage == "clip" and cfg.clip_loss == "labels" else ()
     need += ("image",) if cfg.input == "rgb" else ()
     check_dataset(cfg.data, need, f"stage {cfg.stage} ({cfg.input})")
     rank, world, device = setup_distributed(cfg)
@@ -182,9 +184,16 @@ def train(cfg: TrainConfig) -> dict:
         params = set_trainable(model, groups)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    augment = None
+    if cfg.splat_dropout or cfg.position_jitter:  # regularise the splat path (no flips: the
+        # teacher's image is not flipped with them)
+        from ..loaders import SplatAugment
+        augment = SplatAugment(hflip=0.0, position_jitter=cfg.position_jitter,
+                               dropout=cfg.splat_dropout)
     loader = make_loader(cfg.data, cfg.cache or os.path.join(cfg.out, "cache"), cfg.batch_size,
                          shuffle=True, workers=cfg.workers, max_splats=cfg.max_splats,
-                         seed=cfg.seed, load_images=cfg.stage == "distill" or cfg.input == "rgb")
+                         seed=cfg.seed, load_images=cfg.stage == "distill" or cfg.input == "rgb",
+                         augment=augment)
     step = 0
     if state:  # resume: model, optimiser, scheduler, data position, RNG
         model.load_state_dict(state["model"])
@@ -228,8 +237,12 @@ def train(cfg: TrainConfig) -> dict:
                     images, texts, scale = step_model(
                         splats, mask, pixels=pixels,
                         tokens=tokenizer(batch["caption"]).to(device))
-                    loss = clip_loss(images, texts, scale) if cfg.clip_loss == "pairs" else \
-                        caption_clip_loss(images, texts, scale, batch["caption"], world)
+                    if cfg.clip_loss == "pairs":
+                        loss = clip_loss(images, texts, scale)
+                    else:
+                        keys = positive_keys(batch["caption"], batch["label"] if
+                                             cfg.clip_loss == "labels" else None)
+                        loss = grouped_clip_loss(images, texts, scale, keys, world)
                     extra = {"logit_scale": float(scale.detach())}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
