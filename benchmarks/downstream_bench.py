@@ -41,8 +41,8 @@ import run as digits  # noqa: E402  (examples/digits/run.py: the recipe)
 from rd_bench import LATTICE, RANS_ID, lattice_pipeline  # noqa: E402
 
 BUDGETS = (16, 32, 64, 128)
-TAUS = (0.05, 0.1, 0.2)    # ~10 / 33 / 65 % of 64 fitted splats below these luminances
-JPEG_QUALITIES = (5, 10, 20, 30, 50, 70, 90, 95)
+TAUS = (0.1, 0.2)    # ~33 / 65 % of 64 fitted digit splats have luminances below these
+JPEG_QUALITIES = (5, 10, 20, 40, 70, 95)
 SETTINGS = tuple("r" + name[1:] for name in LATTICE)  # r-fine … r-coarse: rd_bench's steps
 
 
@@ -158,7 +158,7 @@ def main(out: str, quick: bool = False, budgets=BUDGETS, quantized_budget: int =
         test = digits.convert(out, "test", f"test-{n}", n, iters, raw)
         common = digits.common_args(train, steps, batch)
         teacher = teacher or digits.train_teacher(out, common)
-        first = digits.stage1(out, f"stage1-{n}", teacher, common)
+        first = digits.stage1(out, f"stage1-{n}", teacher, common, digits.STAGE1)
         student = digits.stage2(out, f"stage2-{n}", first, common, digits.STAGE2)
         model = f"student-{n}"
         score(model, student, test, "fp16", n, record_bytes(test), fit_psnr(test))
@@ -177,13 +177,15 @@ def main(out: str, quick: bool = False, budgets=BUDGETS, quantized_budget: int =
         test_q, nbytes, psnr = stored_copy(out, os.path.join(out, f"test-{n}"), "test",
                                            setting, n)
         common = digits.common_args(train_q, steps, batch)
-        first = digits.stage1(out, f"stage1-{n}-{setting}", teacher, common)
+        first = digits.stage1(out, f"stage1-{n}-{setting}", teacher, common,
+                             digits.STAGE1)
         student = digits.stage2(out, f"stage2-{n}-{setting}", first, common, digits.STAGE2)
         score(f"student-{n}-trained-{setting}", student, test_q, setting + "+solve", n, nbytes,
               psnr)
     rows += jpeg_rows(out, os.path.join(out, f"test-{budgets[0]}"), teacher, qualities)
     results = {"data": "scikit-learn digits, examples/digits split", "samples": counts,
-               "steps_per_stage": steps, "fit_iters": iters, "stage2_args": digits.STAGE2,
+               "steps_per_stage": steps, "fit_iters": iters, "stage1_args": digits.STAGE1,
+               "stage2_args": digits.STAGE2,
                "teacher_rgb_top1_on_stored_images": digits.zeroshot(
                    out, "teacher", teacher, "rgb", os.path.join(out, f"test-{budgets[0]}")),
                "rows": rows, "summary": summarise(rows)}

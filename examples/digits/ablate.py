@@ -15,11 +15,12 @@ import argparse
 import json
 import os
 
-from run import common_args, convert, prepare, stage1, stage2, train_teacher, zeroshot
+from run import (AUGMENT, common_args, convert, prepare, stage1, stage2, train_teacher,
+                 zeroshot)
 
-AUGMENT = ["--splat-dropout", "0.1", "--position-jitter", "0.01"]
-# name → (stage-1 arguments, stage-2 arguments or None: stage 1 alone); the first is the old
-# recipe. Variants that share stage-1 arguments share the stage-1 run.
+OLD_STAGE1 = ["--lr", "2e-3"]  # the recipe before this study (its stage 2: "lr5e-4")
+# name → (stage-1 arguments beyond OLD_STAGE1, stage-2 arguments or None: stage 1 alone).
+# Variants that share stage-1 arguments share the stage-1 run.
 VARIANTS = {
     "lr5e-4": ([], ["--lr", "5e-4"]),
     "lr1e-4": ([], ["--lr", "1e-4"]),
@@ -43,13 +44,13 @@ def main(out: str, quick: bool = False, variants: list[str] | None = None) -> di
                   for split in ("train", "val"))
     common = common_args(train, steps, batch)
     teacher = train_teacher(out, common)
-    first = stage1(out, "stage1", teacher, common)
+    first = stage1(out, "stage1", teacher, common, OLD_STAGE1)
     top1 = {"teacher_rgb": zeroshot(out, "teacher", teacher, "rgb", val),
             "stage1_only_gs": zeroshot(out, "stage1", first, "splats", val)}
     for name in names:
         first_args, second_args = VARIANTS[name]
         start = first if not first_args else stage1(
-            out, "stage1-augment", teacher, [*common, *first_args])
+            out, "stage1-augment", teacher, common, [*OLD_STAGE1, *first_args])
         ckpt = start if second_args is None else stage2(out, f"stage2-{name}", start, common,
                                                         second_args)
         top1[f"stage2_{name}" if second_args else name] = zeroshot(
