@@ -94,7 +94,7 @@ HELP = {  # the CLI's help per field (defaults are appended from the dataclass)
     "splat_dropout": "augmentation while training: each splat removed with this probability "
                      "(stage 1's teacher still sees the whole image)",
     "position_jitter": "augmentation while training: std of a Gaussian shift of every splat "
-                       "centre, in canvas units (0.01 = 1 % of the side)",
+                       "centre, in canvas units (0.01: a hundredth of the side)",
     "clip_loss": "stage 2's loss: 'captions' (every equal caption in the batch a positive), "
                  "'labels' (every sample of the same label a positive; needs a label column) "
                  "or 'pairs' (open_clip's ClipLoss: only the sample's own caption)",
