@@ -43,11 +43,12 @@ from rd_bench import LATTICE, RANS_ID, lattice_pipeline  # noqa: E402
 BUDGETS = (16, 32, 64, 128)
 TAUS = (0.1, 0.2)    # ~33 / 65 % of 64 fitted digit splats have luminances below these
 JPEG_QUALITIES = (5, 10, 20, 40, 70, 95)
-SETTINGS = tuple("r" + name[1:] for name in LATTICE)  # r-fine … r-coarse: rd_bench's steps
+# r-fine … r-coarse: lattice-rans at rd_bench's steps (its l-… names: the same lattices)
+SETTINGS = {"r" + name[1:]: steps for name, steps in LATTICE.items()}
 
 
 def codec_config(setting: str) -> dict:
-    return lattice_pipeline(LATTICE["l" + setting[1:]], RANS_ID)[0]
+    return lattice_pipeline(SETTINGS[setting], RANS_ID)[0]
 
 
 def source_pixels(out: str, split: str, keys: list[str]) -> np.ndarray:
@@ -137,7 +138,7 @@ def main(out: str, quick: bool = False, budgets=BUDGETS, quantized_budget: int =
          steps: int | None = None, output: str | None = None, plot: str | None = None) -> dict:
     limit, steps_default, iters, batch = (300, 20, 30, 32) if quick else (None, 300, 300, 64)
     steps = steps or steps_default
-    settings, taus = (SETTINGS[-1:], TAUS[-1:]) if quick else (SETTINGS, TAUS)
+    settings, taus = (list(SETTINGS)[-1:], TAUS[-1:]) if quick else (list(SETTINGS), TAUS)
     qualities = JPEG_QUALITIES[1:2] if quick else JPEG_QUALITIES
     if quick:
         budgets, quantized_budget = tuple(budgets)[:1], tuple(budgets)[0]

@@ -1,12 +1,13 @@
-"""Stage 2's settings chosen on a validation split, never on the test digits.
+"""The recipe's settings chosen on a validation split, never on the test digits.
 
 The training digits of ``run.py`` (the test 20 % is not even written here) are split again: 20 %
-of them become val/, the rest train/. The teacher and stage 1 are trained on train/ exactly as in
-``run.py``; then every stage-2 variant below starts from the same stage-1 checkpoint and is
-scored by zero-shot top-1 on val/, beside stage 1 alone and the teacher. The winner becomes
-``run.py``'s ``STAGE2``; ``run.py`` then reports on the test digits.
+of them become val/, the rest train/. The teacher and the old stage 1 are trained on train/;
+every variant below (a stage-2 setting, or stage-1 arguments with or without a stage 2) is
+scored by zero-shot top-1 on val/, beside stage 1 alone and the teacher. The winner became
+``run.py``'s ``STAGE1`` / ``STAGE2``; ``run.py`` reports on the test digits. Finished runs
+are reused, so ``--variants`` adds variants to an earlier study's ablation.json.
 
-    python examples/digits/ablate.py --out runs/digits-val      # ~35 min on 2 cores
+    python examples/digits/ablate.py --out runs/digits-val      # ~4–5 min per variant, 2 cores
     python examples/digits/ablate.py --out /tmp/a --quick       # a small slice, 2 variants
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ import argparse
 import json
 import os
 
-from run import (AUGMENT, common_args, convert, prepare, stage1, stage2, train_teacher,
-                 zeroshot)
+from run import (AUGMENT, common_args, convert, prepare, report, stage1, stage2,
+                 train_teacher, zeroshot)
 
 OLD_STAGE1 = ["--lr", "2e-3"]  # the recipe before this study (its stage 2: "lr5e-4")
 # name → (stage-1 arguments beyond OLD_STAGE1, stage-2 arguments or None: stage 1 alone).
@@ -65,10 +66,7 @@ def main(out: str, quick: bool = False, variants: list[str] | None = None) -> di
                     "samples": counts, "steps_per_stage": steps})
     results["val_top1"].update(top1)
     results["variants"].update({n: VARIANTS[n] for n in names})
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    print(json.dumps(results, indent=2))
-    return results
+    return report(path, results)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def run(argv: list[str]) -> None:
 
 
 # The recipe, chosen on a validation split carved from the training digits (examples/digits/
-# ablate.py, benchmarks/RESULTS.md): the stem overfits 1,438 images (train top-1 0.995, val 0.78)
+# ablate.py, benchmarks/RESULTS.md): the stem overfits 1,150 images (train top-1 0.995, val 0.78)
 # unless its splats are perturbed, and stage 2 needs same-label positives (templates differ in
 # words the image cannot show).
 TEACHER_LR = 1e-3
@@ -126,6 +126,14 @@ def stage2(out: str, name: str, init: str, common: list[str], extra: list[str]) 
                                                 *common])
 
 
+def report(path: str, results: dict) -> dict:
+    """Write a study's results as JSON and print them."""
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(json.dumps(results, indent=2))
+    return results
+
+
 def zeroshot(out: str, name: str, ckpt: str, kind: str, data: str) -> float:
     """Zero-shot top-1 of a checkpoint on a dataset (``kind``: splats or rgb)."""
     path = os.path.join(out, f"zeroshot-{name}.json")
@@ -157,10 +165,7 @@ def main(out: str = "runs/digits", quick: bool = False, limit: int | None = None
     results["student_relative_to_teacher"] = results["student_gs"] / results["teacher_rgb"]
     results["samples"] = counts
     results["stage1_args"], results["stage2_args"] = STAGE1, STAGE2
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print(json.dumps(results, indent=2))
-    return results
+    return report(os.path.join(out, "results.json"), results)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from ..loaders import SplatAugment
 from .config import TrainConfig
 from .data import check_dataset, image_size_of, make_loader, pixels_for
 from .losses import grouped_clip_loss, positive_keys
@@ -187,7 +188,6 @@ def train(cfg: TrainConfig) -> dict:
     augment = None
     if cfg.splat_dropout or cfg.position_jitter:  # regularise the splat path (no flips: the
         # teacher's image is not flipped with them)
-        from ..loaders import SplatAugment
         augment = SplatAugment(hflip=0.0, position_jitter=cfg.position_jitter,
                                dropout=cfg.splat_dropout)
     loader = make_loader(cfg.data, cfg.cache or os.path.join(cfg.out, "cache"), cfg.batch_size,
