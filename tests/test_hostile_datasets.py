@@ -129,6 +129,34 @@ def test_deleted_shard_is_named_never_a_hang(ds, tmp_path, workers, remote):
     loader_fails(ds, tmp_path, os.path.basename(path).replace(".", r"\."), workers, remote)
 
 
+@pytest.mark.timeout(60)
+def test_failed_prefetch_of_a_shard_the_loop_also_wants_is_never_a_hang(ds, tmp_path,
+                                                                          monkeypatch):
+    """The interleaving CI once hit: the loop sees a missing shard as not yet prepared, the
+    prefetch thread takes it and fails (streaming leaves it "preparing" for ever), then the loop
+    asks streaming to prepare it. Two events force that order."""
+    import threading
+    path, _ = shard_path(ds, 1)
+    os.remove(path)
+    prepare = SplatDataset.prepare_shard
+    loop_asks, prefetch_failed = threading.Event(), threading.Event()
+
+    def ordered(self, shard_id, blocking=True):
+        if shard_id != 1:
+            return prepare(self, shard_id, blocking)
+        if threading.current_thread() is threading.main_thread():  # the loop
+            loop_asks.set()
+            prefetch_failed.wait(10)
+            return prepare(self, shard_id, blocking)
+        loop_asks.wait(10)  # the prefetch thread: take the shard only once the loop has looked
+        try:
+            return prepare(self, shard_id, blocking)
+        finally:
+            prefetch_failed.set()
+    monkeypatch.setattr(SplatDataset, "prepare_shard", ordered)
+    loader_fails(ds, tmp_path, os.path.basename(path).replace(".", r"\."), remote=False)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_non_finite_record_is_not_streamed(ds, tmp_path, workers):
     rewrite_sample_record(ds, patch_params(0, float("nan")))

@@ -51,23 +51,28 @@ class ShardwiseIteration:
 
     def _wait_for_shard(self, shard_id: int, future) -> None:
         """Make ``shard_id`` local: prepare it here, or wait — at most ``download_timeout``
-        seconds — for the prefetch thread that is preparing it. streaming's own wait has no
-        bound: a prefetch that failed leaves the shard "preparing" for ever."""
+        seconds — for the prefetch thread that is preparing it. streaming's own (blocking) wait
+        has no bound: a prepare that failed leaves the shard "preparing" for ever, so this thread
+        only ever calls ``prepare_shard`` non-blocking — the prefetcher may take the shard between
+        a look at its state and the call."""
         deadline = time_ns() + int(1e9 * self._shard_timeout(shard_id))
-        while self._shard_states[shard_id] == _ShardState.PREPARING:
+        while True:
+            if self._shard_states[shard_id] != _ShardState.PREPARING:
+                try:
+                    self.prepare_shard(shard_id, False)  # returns at once if another has it
+                except FormatError:
+                    raise
+                except Exception as exc:  # FileNotFoundError, a checksum or network failure, …
+                    raise FormatError(f"cannot fetch shard: {type(exc).__name__}: {exc}",
+                                      _shard_url(self, shard_id)) from None
+                if self._shard_states[shard_id] == _ShardState.LOCAL:
+                    return
             if self._event.is_set() or future.done():
                 _raise_prefetch_failure(self, future)
             if time_ns() > deadline:
                 raise FormatError(f"shard not ready after {self._shard_timeout(shard_id):.0f} s "
                                   f"(download_timeout)", _shard_url(self, shard_id))
             sleep(TICK)
-        try:
-            self.prepare_shard(shard_id)
-        except FormatError:
-            raise
-        except Exception as exc:  # FileNotFoundError, a checksum or network failure, …
-            raise FormatError(f"cannot fetch shard: {type(exc).__name__}: {exc}",
-                              _shard_url(self, shard_id)) from None
 
     def _shard_timeout(self, shard_id: int) -> float:
         stream = self.streams[self.stream_per_shard[shard_id]]
