@@ -13,7 +13,8 @@ Prints JSON; ``--plot`` writes the curves as PNG.
     python benchmarks/rd_bench.py --quick
     python benchmarks/rd_bench.py --decode-only   (decode cost alone, 1,600 splats: ~4 min)
     python benchmarks/rd_bench.py --report-set --plot benchmarks/results/rd_report.png
-        (the held-out report set: lattice-rans +solve and raw vs JPEG and WebP, ~15 min)
+        (the held-out report set: lattice-rans with fixed (+solve) and matched steps (+matched),
+        and raw, vs JPEG and WebP, ~25 min; --tuning-set: the same on the tuning set)
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from gsformat import SplatSet, decode_record, encode_record
 from gsformat.fitting import fit_images
 from gsformat.fitting.engine import evaluate_psnr
+from gsformat.fitting.solve import record_codecs
 from gsformat.format.render_math import psnr
 from samples import SKIMAGE_PHOTOS, load_photo
 
@@ -143,13 +145,19 @@ def main(quick: bool = False, plot: str | None = None) -> dict:
     return out
 
 
-def report_set(quick: bool = False) -> dict:
-    """The recommended lossy codec (lattice-rans, colours solved for the quantised geometry) and
-    raw FP16 against JPEG and WebP on `fit_bench.py`'s held-out report set (photographs no
-    default was tuned on): the curves and BD-rates over 25–32 dB."""
+MATCHED_REFERENCE_PSNR = 30.0  # "+matched": the steps above are for a fit of 30 dB
+
+
+def report_set(quick: bool = False, tuning: bool = False) -> dict:
+    """The recommended lossy codec (lattice-rans, colours solved for the quantised geometry),
+    with fixed steps and with matched steps (each image's steps scaled by its fit's error,
+    `gsformat.fitting.solve`), and raw FP16 against JPEG and WebP on `fit_bench.py`'s held-out
+    report set (photographs no default was tuned on; ``tuning``: its tuning set instead): the
+    curves and BD-rates over 25–32 dB."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from fit_bench import REPORT
-    names = list(REPORT[:2] if quick else REPORT)
+    from fit_bench import REPORT, TUNING
+    chosen = TUNING if tuning else REPORT
+    names = list(chosen[:2] if quick else chosen)
     size, iters = (96, 150) if quick else (224, 2000)
     budgets = (100, 400) if quick else (400, 900, 1600, 3136)
     images = np.stack([load_photo(n, size) for n in names])
@@ -159,30 +167,39 @@ def report_set(quick: bool = False) -> dict:
         add_point(curves, "raw-fp16", n, result, [])
         for name, steps in LATTICE.items():
             pipeline = lattice_pipeline(steps, RANS_ID)
-            refit = fit_images(images, n, 0, init_splats=result.splats, quantize=pipeline[0],
-                               batch_size=1)
-            add_point(curves, "r" + name[1:] + "+solve", n, refit, pipeline)
-        print(f"report set: {n} splats done", file=sys.stderr, flush=True)
+            for suffix, reference in (("+solve", None), ("+matched", MATCHED_REFERENCE_PSNR)):
+                refit = fit_images(images, n, 0, init_splats=result.splats, quantize=pipeline[0],
+                                   quantize_reference_psnr=reference, batch_size=1)
+                add_point(curves, "r" + name[1:] + suffix, n, refit, pipeline)
+        print(f"{'tuning' if tuning else 'report'} set: {n} splats done", file=sys.stderr,
+              flush=True)
     curves["jpeg"] = pillow_curve(images, "JPEG")
     curves["webp"] = pillow_curve(images, "WEBP")
     splat_curves = [k for k in curves if k not in ("jpeg", "webp")]
-    out = {"images": names, "set": "report (benchmarks/fit_bench.py REPORT)", "size": size,
-           "iters": iters, "curves": curves,
+    out = {"images": names, "set": ("tuning" if tuning else "report")
+           + " (benchmarks/fit_bench.py " + ("TUNING)" if tuning else "REPORT)"), "size": size,
+           "iters": iters, "matched_reference_psnr": MATCHED_REFERENCE_PSNR, "curves": curves,
            "bd_rate_vs_jpeg_25_32db": {k: bd_rate(curves[k], curves["jpeg"])
                                        for k in splat_curves + ["webp"]},
            "bd_rate_vs_webp_25_32db": {k: bd_rate(curves[k], curves["webp"])
-                                       for k in splat_curves}}
-    scored = {k: v["percent"] for k, v in out["bd_rate_vs_jpeg_25_32db"].items()
-              if v is not None and k.startswith("r-")}
-    if scored:
-        best = min(scored, key=scored.get)
-        out["best_lattice_rans_vs_jpeg"] = {"setting": best, **out["bd_rate_vs_jpeg_25_32db"][best]}
+                                       for k in splat_curves},
+           "bd_rate_matched_vs_fixed": {k: bd_rate(curves[k], curves[k.replace("+matched",
+                                                                               "+solve")])
+                                        for k in splat_curves if k.endswith("+matched")}}
+    for kind in ("+solve", "+matched"):
+        scored = {k: v["percent"] for k, v in out["bd_rate_vs_jpeg_25_32db"].items()
+                  if v is not None and k.startswith("r-") and k.endswith(kind)}
+        if scored:
+            best = min(scored, key=scored.get)
+            out["best_lattice_rans_vs_jpeg" + ("_matched" if kind == "+matched" else "")] = {
+                "setting": best, **out["bd_rate_vs_jpeg_25_32db"][best]}
     return out
 
 
 def mean_bytes(splats, pipeline) -> float:
-    """Mean record size of ``splats`` stored with ``pipeline``."""
-    return float(np.mean([len(encode_record(s, pipeline)) for s in splats]))
+    """Mean record size of ``splats`` stored with ``pipeline`` (its steps scaled per record
+    where the fit chose matched steps, as `convert` writes them)."""
+    return float(np.mean([len(encode_record(s, record_codecs(pipeline, s))) for s in splats]))
 
 
 def add_point(curves, label, n, result, pipeline) -> None:
@@ -267,7 +284,8 @@ def write_plot(curves: dict, path: str) -> None:
                 or name in ("l-fine+solve", "l-lean+solve"):
             continue  # the plot shows the lattice curves and the best earlier one; JSON has all
         style = "k-o" if name == "jpeg" else "k--s" if name == "webp" else (
-            "-v" if name.startswith("r-") else "-^" if "+" in name else ":.")
+            "-D" if "+matched" in name else "-v" if name.startswith("r-") else "-^" if "+" in name
+            else ":.")
         ax.plot([p["bytes"] / 1024 for p in pts], [p["psnr"] for p in pts], style, label=name,
                 markersize=4)
     ax.set_xscale("log")
@@ -294,10 +312,12 @@ if __name__ == "__main__":
                         help="only the decode cost, on the photographs fitted with 1,600 splats")
     parser.add_argument("--report-set", action="store_true",
                         help="lattice-rans (+solve) and raw against JPEG / WebP on the held-out "
-                             "report set of fit_bench.py")
+                             "report set of fit_bench.py, fixed and matched steps")
+    parser.add_argument("--tuning-set", action="store_true",
+                        help="the same study on fit_bench.py's tuning set")
     args = parser.parse_args()
-    if args.report_set:
-        result = report_set(quick=args.quick)
+    if args.report_set or args.tuning_set:
+        result = report_set(quick=args.quick, tuning=args.tuning_set)
         if args.plot:
             write_plot(result["curves"], args.plot)
         print(json.dumps(result, indent=2))

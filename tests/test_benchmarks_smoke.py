@@ -20,6 +20,7 @@ def test_rd_bench_report_set_quick():
     for raw, lossy in zip(curves["raw-fp16"], curves["r-mid+solve"]):
         assert lossy["bytes"] < 0.75 * raw["bytes"] and lossy["psnr"] <= raw["psnr"] + 0.05
     assert out["best_lattice_rans_vs_jpeg"]["setting"].startswith("r-")
+    assert "r-mid+matched" in curves and out["bd_rate_matched_vs_fixed"]["r-mid+matched"]
 
 
 @pytest.mark.slow

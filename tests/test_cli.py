@@ -82,6 +82,35 @@ def test_lattice_codec_with_solved_colours(tmp_path, codec_id):
         assert splats.meta["psnr"] > 14 and abs(measured - splats.meta["psnr"]) < 1.5
 
 
+def test_matched_steps_give_each_record_its_own_steps(tmp_path, capsys):
+    """--matched-steps: each record's codec config holds the steps its image's fit chose (the
+    configured ones times meta's step_scale); the dataset validates; misuse is one line."""
+    from gsformat.fitting.solve import matched_step_scale
+    from gsformat.format.record import read_header
+    write_image_folder(tmp_path / "src")
+    out = str(tmp_path / "out")
+    codec = '[{"id": "gsformat.lattice-rans", "colour_step": 0.03}]'
+    assert main(["convert", str(tmp_path / "src"), out, "--codec", codec, "--quantize-aware",
+                 "--matched-steps", "25", *TINY]) == 0
+    assert validate_dataset(out).valid
+    steps = []
+    for sample in iter_dataset(out, decode=False):
+        header = read_header(sample["splats"])
+        scale = header["fit"]["step_scale"]
+        assert header["codecs"][0]["colour_step"] == pytest.approx(0.03 * scale)
+        assert scale == matched_step_scale(header["fit"]["fit_psnr"], 25.0)
+        steps.append(header["codecs"][0]["colour_step"])
+        colours = decode_record(sample["splats"]).params[:, 5:].astype(np.float64)
+        step = header["codecs"][0]["colour_step"]
+        assert np.allclose(np.rint(colours / step) * step, colours, atol=2e-3)  # its lattice
+    assert len(set(steps)) > 1  # five different images, not one step for all
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "o2"), "--matched-steps",
+                 *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "--matched-steps needs --quantize-aware" in err and len(err.strip().splitlines()) == 1
+
+
 def test_resize_pad_keeps_the_whole_image(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -71,3 +71,46 @@ def test_fit_images_solves_through_the_lattice_codec():
     stored = decode_record(encode_record(result.splats[0], [codec]))
     assert evaluate_psnr([stored], image / 255.0, 8)[0] == pytest.approx(result.psnr[0],
                                                                           abs=0.01)
+
+
+def test_matched_step_scale_is_the_rmse_ratio_within_its_range():
+    from gsformat.fitting.solve import STEP_SCALE_RANGE, matched_step_scale, scale_steps
+    assert matched_step_scale(30.0, 30.0) == 1.0
+    assert matched_step_scale(40.0, 30.0) == pytest.approx(10 ** -0.5, rel=5e-3)  # 10 dB finer
+    assert matched_step_scale(24.0, 30.0) == pytest.approx(10 ** 0.3, rel=5e-3)
+    assert matched_step_scale(90.0, 30.0) == STEP_SCALE_RANGE[0]
+    assert matched_step_scale(0.0, 30.0) == STEP_SCALE_RANGE[1]
+    assert matched_step_scale(float("inf"), 30.0) == 1.0  # an exact fit: the steps as given
+    config = scale_steps({"id": "gsformat.lattice-rans", "colour_step": 0.02}, 0.5)
+    assert config["colour_step"] == 0.01 and config["scale_step"] == 0.025  # defaults filled
+    assert scale_steps({"id": "gsformat.lattice", "position_step": 0.5}, 4)["position_step"] == 1
+    assert scale_steps({"id": "gsformat.lattice"}, 0.3)["position_step"] == 2.0 ** -13
+
+
+def test_matched_steps_refine_the_closely_fitted_image_and_records_say_so():
+    """Two images in one batch: a smooth one (fitted closely) gets finer steps than a detailed
+    one; each record carries its own steps and decodes to exactly what the fit returned."""
+    from conftest import photo
+    from gsformat.fitting.solve import record_codecs
+    yy, xx = np.mgrid[0:40, 0:40] / 40.0
+    smooth = (np.stack([xx, yy, 0.5 + 0 * xx], -1) * 200).astype(np.uint8)
+    images = np.stack([smooth, photo("coffee", 40)])
+    codec = {"id": "gsformat.lattice-rans", "position_step": 2.0 ** -9, "scale_step": 0.08,
+             "shear_step": 0.1, "colour_step": 0.05}
+    fixed = fit_images(images, 120, 60, backend="numpy", quantize=codec)
+    matched = fit_images(images, 120, 60, backend="numpy", quantize=codec,
+                         quantize_reference_psnr=30.0)
+    scales = [s.meta["step_scale"] for s in matched.splats]
+    assert scales[0] < scales[1]
+    assert matched.splats[0].meta["fit_psnr"] > matched.splats[1].meta["fit_psnr"]
+    assert matched.psnr[0] > fixed.psnr[0] + 1  # the smooth image keeps its fit
+    for splats, image in zip(matched.splats, images):
+        pipeline = record_codecs([codec], splats)
+        assert pipeline[0]["colour_step"] == pytest.approx(0.05 * splats.meta["step_scale"])
+        stored = decode_record(encode_record(splats, pipeline))
+        assert stored.meta["step_scale"] == splats.meta["step_scale"]
+        order = lambda p: p[np.lexsort(p.T.astype(np.float64)[::-1])]  # noqa: E731 (raster)
+        assert np.array_equal(order(stored.params), order(splats.params))  # exactly the fit's
+    assert record_codecs([codec], fixed.splats[0]) == [codec]  # no step_scale: as given
+    with pytest.raises(ValueError, match="matched steps"):
+        fit_images(images, 120, 1, quantize_reference_psnr=30.0)  # no codec to scale

@@ -36,6 +36,11 @@ def add_convert_arguments(p) -> None:
     p.add_argument("--quantize-aware", action="store_true",
                    help="with a lossy codec: after the fit, quantise the geometry, solve the "
                         "colours by least squares for it and round them with error feedback")
+    p.add_argument("--matched-steps", type=float, nargs="?", const=30.0, default=None,
+                   metavar="DB", help="with --quantize-aware: the codec's steps are for a fit "
+                   "of DB dB (30 if no value is given); each image's steps are scaled by its own "
+                   "fit's error over that one's: finer for images fitted closely, coarser for "
+                   "the rest (fewer bytes at the same mean PSNR; rd_bench.py)")
     p.add_argument("--compression", default="zstd", help="shard compression ('none' for none)")
     p.add_argument("--batch", type=int, default=8, help="images fitted together")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")

@@ -19,7 +19,7 @@ import time
 from ..format import storage
 from ..fitting.images import MIN_SIDE
 from .distribute import run_units
-from .options import CONVERT_JSON, LEGACY_CODECS, PART_JSON, parse_codecs, resolve_rank
+from .options import CONVERT_JSON, LEGACY_CODECS, LOSSY_CODECS, PART_JSON, parse_codecs, resolve_rank
 from .sources import SourceError, open_source
 from .unit import Progress, columns_of
 
@@ -39,6 +39,8 @@ def settings_of(args) -> dict:
             "world_size": args.world_size}
     if args.quantize_aware:  # (absent otherwise: older outputs keep resuming)
         settings["quantize_method"] = "solve"  # the one method (kept: earlier outputs resume)
+    if args.quantize_aware and args.matched_steps is not None:
+        settings["matched_steps"] = args.matched_steps
     return settings
 
 
@@ -91,6 +93,11 @@ def check_args(args) -> list[dict]:
                              f"writers should not write it: SPEC.md § 5); use "
                              f"gsformat.lattice-rans (lossy) or gsformat.planar (lossless)")
         get_codec(config)  # FormatError (one line) for an unknown id or a bad parameter
+    if args.matched_steps is not None and not (
+            args.quantize_aware and any(c["id"] in LOSSY_CODECS for c in codecs)
+            and math.isfinite(args.matched_steps)):
+        raise ValueError("--matched-steps needs --quantize-aware, a lossy codec (--codec "
+                         "gsformat.lattice-rans) and a finite PSNR")
     if args.device == "gpu":
         from ..fitting.backend import cupy_available
         if not cupy_available():

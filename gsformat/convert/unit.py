@@ -84,7 +84,8 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
         seed = args.seed + zlib.crc32(f"{unit.name}/{batch[0][0].key}".encode())
         result = fit_images(images, args.splats, args.iters, backend=backend, init=args.init,
                             prune_threshold=args.prune_threshold, prune_at=args.prune_at,
-                            l1_colour=args.l1_colour, seed=seed, quantize=lossy)
+                            l1_colour=args.l1_colour, seed=seed, quantize=lossy,
+                            quantize_reference_psnr=args.matched_steps if lossy else None)
         stats["fit_seconds"] += result.seconds
         for (item, image, nbytes), splats in zip(batch, result.splats):
             record_size = write_sample(writer, item, splats,
@@ -145,8 +146,9 @@ def _fill(source, unit, args, budget, stats, pending, seen, reject, flush) -> No
 
 def write_sample(writer, item, splats, image, columns) -> int:
     """Write one fitted image; returns its record size. Missing captions are "", labels -1."""
+    from ..fitting.solve import record_codecs
     from ..format.record import encode_record
-    record = encode_record(splats, writer.codecs)
+    record = encode_record(splats, record_codecs(writer.codecs, splats))  # matched steps
     extra = {"source": item.source}
     if "caption" in columns:
         extra["caption"] = item.caption if item.caption is not None else ""

@@ -24,7 +24,7 @@ from .init import colour_from_pixels, init_params
 from . import placement
 from . import kernel as kernel_mod
 from .kernel import WindowKernel, window_entries
-from .solve import requantize
+from .solve import has_steps, matched_step_scale, requantize, scale_steps
 
 MIN_SIGMA = 0.3  # pixels: narrower splats alias and stop receiving useful gradients
 DEFAULT_MEMORY_LIMIT = 2 << 30
@@ -65,6 +65,10 @@ class FitOptions:
     quantize: dict | None = None   # a lossy codec config (e.g. gsformat.lattice-rans): after the
                                    # fit, quantise the geometry, solve the colours for it by least
                                    # squares and round them with error feedback (solve.py)
+    quantize_reference_psnr: float | None = None  # matched steps: `quantize`'s steps are for a
+                                   # fit of this PSNR (dB); each image's are scaled by its own
+                                   # fit's RMSE over that one's (solve.matched_step_scale; the
+                                   # factor is kept in meta["step_scale"]); None: as given
     batch_size: int | None = None  # images per fitting batch (None: as many as memory allows;
                                    # the array code: at most what int32 window indices allow)
     threads: int | None = None     # NumPy: threads over splat ranges (None: $GSFORMAT_THREADS,
@@ -170,6 +174,11 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
                          f"{height}×{width} image), got {n_splats}")
     if iters < 0:
         raise ValueError(f"iters must be ≥ 0, got {iters}")
+    if opts.quantize_reference_psnr is not None and not (
+            opts.quantize and has_steps(opts.quantize)
+            and math.isfinite(opts.quantize_reference_psnr)):
+        raise ValueError("quantize_reference_psnr (matched steps) needs a finite PSNR and "
+                         "quantize= a codec with lattice steps (gsformat.lattice, lattice-rans)")
     per_image = fit_memory_bytes(1, n_splats, height, width, opts=opts)
     batch = opts.batch_size or max(1, opts.memory_limit // per_image)
     _, radius, _ = geometry(n_splats, height, width, opts)
@@ -334,13 +343,18 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
     # what is stored is FP16 in spec units: measure PSNR on exactly that
     params_np = to_numpy(params)
     alive_np = to_numpy(alive)
-    splats = []
-    for i in range(batch):
-        normalised = to_normalised(params_np[i][alive_np[i]], height, width).astype(np.float16)
-        fitted = SplatSet(normalised, height, width)
-        if codec is not None:
-            fitted = requantize(fitted, target_np[i], codec, 2 * r_max)
-        splats.append(fitted)
+    splats = [SplatSet(to_normalised(params_np[i][alive_np[i]], height, width)
+                       .astype(np.float16), height, width) for i in range(batch)]
+    if codec is not None:
+        codecs = [codec] * batch
+        if opts.quantize_reference_psnr is not None:  # matched steps (solve.py)
+            fit_scores = evaluate_psnr(splats, target_np, r_max, backend=opts.backend)
+            for i, (fitted, score) in enumerate(zip(splats, fit_scores)):
+                factor = matched_step_scale(float(score), opts.quantize_reference_psnr)
+                fitted.meta.update(fit_psnr=round(float(score), 3), step_scale=factor)
+                codecs[i] = get_codec(scale_steps(opts.quantize, factor))
+        splats = [requantize(fitted, target_np[i], codecs[i], 2 * r_max)
+                  for i, fitted in enumerate(splats)]
     scores = evaluate_psnr(splats, target_np, r_max, backend=opts.backend)
     for s, score in zip(splats, scores):
         s.meta.update(psnr=round(float(score), 3), iters=opts.iters)

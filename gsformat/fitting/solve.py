@@ -9,6 +9,17 @@ are then rounded one splat at a time, each rounding error fed back into the colo
 rounded through the inverse of H = GᵀG (the OBQ/GPTQ rule: the remaining colours move to the
 least-squares optimum given the ones already fixed).
 
+*Matched steps* (`matched_step_scale`, `FitOptions.quantize_reference_psnr`): a codec's steps
+are given for a fit of a reference PSNR, and each image's steps are scaled by its own fit's RMSE
+over that reference's. Why: a dataset's figure of merit is the mean PSNR over its images for
+their mean bytes; refining image i's steps by one bit per value gains ≈ 6 dB of its quantisation
+noise, which is worth −10·log10(1 − q_i / (f_i + q_i)) dB of its PSNR (f_i the fit's MSE, q_i the
+quantisation's), so the bytes are best spent where q_i / (f_i + q_i) is largest, and at the
+optimum that share is the same for every image: q_i ∝ f_i, steps ∝ the fit's RMSE. One fixed
+step wastes bits on images the fit cannot render closely anyway and starves the ones it renders
+at 40+ dB, where the colour lattice alone can cost 4 dB. The record stores the steps it used
+(its codec config), so readers need nothing new.
+
 `round_with_feedback` is the fast form (one Cholesky factor of H⁻¹, GPTQ's update);
 `_round_with_feedback_reference` re-solves the remaining colours explicitly after every
 rounding — slow, obvious, and equal to it (the tests compare them).
@@ -26,6 +37,10 @@ from .kernel import WindowKernel
 DAMP = 1e-4           # H + DAMP·mean(diag H)·I: keeps the factorisation well conditioned
 RIDGE = 1e-6          # least-squares ridge (splats that cover no pixel get colour 0)
 MAX_FEEDBACK_SPLATS = 4096  # dense N×N inverse above this: round without feedback instead
+STEP_FIELDS = ("position_step", "scale_step", "shear_step", "colour_step")
+STEP_SCALE_RANGE = (1 / 8, 4.0)  # matched steps: at most 8× finer or 4× coarser than given
+# (finer, FP16's own rounding of colours up to 4 would approach half a colour step of the
+# default lattice, and re-encoding decoded splats would no longer give the same values)
 
 
 def colour_system(params_px: np.ndarray, target: np.ndarray, radius: int):
@@ -119,3 +134,38 @@ def requantize(splats: SplatSet, image: np.ndarray, codec, radius: int) -> Splat
         return SplatSet(rows, height, width, dict(splats.meta))
     final = quantize_rows(solved.astype(np.float16))
     return SplatSet(final, height, width, dict(splats.meta))
+
+
+def has_steps(config: dict) -> bool:
+    """Whether a codec config is one with lattice steps (gsformat.lattice, lattice-rans)."""
+    from ..format.record import get_codec
+    return all(hasattr(get_codec(config), name) for name in STEP_FIELDS)
+
+
+def matched_step_scale(fit_psnr: float, reference_psnr: float) -> float:
+    """The factor on a codec's steps for an image fitted to ``fit_psnr`` dB when the steps are
+    given for a fit of ``reference_psnr`` dB: the ratio of the two RMSEs (module docstring),
+    within `STEP_SCALE_RANGE`, to 3 significant digits (configs stay readable)."""
+    factor = 10.0 ** ((reference_psnr - fit_psnr) / 20.0) if np.isfinite(fit_psnr) else 1.0
+    return float(f"{float(np.clip(factor, *STEP_SCALE_RANGE)):.3g}")
+
+
+def scale_steps(config: dict, factor: float) -> dict:
+    """A lattice codec config with every step times ``factor`` (each at most 1, the codec's
+    bound), the position step then rounded to a power of two (in log: FP16 positions are
+    multiples of powers of two, so those steps keep re-encoding exact, SPEC § 5.5); the codec's
+    defaults filled in first."""
+    from ..format.record import get_codec
+    full = get_codec(config).get_config()
+    scaled = {name: min(1.0, float(full[name]) * factor) for name in STEP_FIELDS}
+    scaled["position_step"] = 2.0 ** round(np.log2(scaled["position_step"]))
+    return full | scaled
+
+
+def record_codecs(codecs: list[dict], splats: SplatSet) -> list[dict]:
+    """The pipeline a record of ``splats`` is written with: ``codecs``, with the lattice codec's
+    steps scaled by the ``step_scale`` its fit chose (matched steps), else as given."""
+    factor = splats.meta.get("step_scale")
+    if factor is None:
+        return list(codecs)
+    return [scale_steps(c, factor) if has_steps(c) else c for c in codecs]
