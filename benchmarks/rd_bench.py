@@ -14,7 +14,7 @@ Prints JSON; ``--plot`` writes the curves as PNG.
     python benchmarks/rd_bench.py --decode-only   (decode cost alone, 1,600 splats: ~4 min)
     python benchmarks/rd_bench.py --report-set --plot benchmarks/results/rd_report.png
         (the held-out report set: lattice-rans with fixed (+solve) and matched steps (+matched),
-        and raw, vs JPEG and WebP, ~25 min; --tuning-set: the same on the tuning set)
+        and raw, vs JPEG and WebP, ~65 min on 2 cores; --tuning-set: the same on the tuning set)
 """
 from __future__ import annotations
 
