@@ -104,6 +104,12 @@ def test_matched_steps_give_each_record_its_own_steps(tmp_path, capsys):
         step = header["codecs"][0]["colour_step"]
         assert np.allclose(np.rint(colours / step) * step, colours, atol=2e-3)  # its lattice
     assert len(set(steps)) > 1  # five different images, not one step for all
+    import argparse
+    from gsformat.convert.options import add_convert_arguments
+    from gsformat.fitting.solve import REFERENCE_PSNR
+    parser = argparse.ArgumentParser()
+    add_convert_arguments(parser)
+    assert parser.parse_args(["s", "o", "--matched-steps"]).matched_steps == REFERENCE_PSNR
     capsys.readouterr()
     assert main(["convert", str(tmp_path / "src"), str(tmp_path / "o2"), "--matched-steps",
                  *TINY]) == 2

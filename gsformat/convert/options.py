@@ -36,6 +36,7 @@ def add_convert_arguments(p) -> None:
     p.add_argument("--quantize-aware", action="store_true",
                    help="with a lossy codec: after the fit, quantise the geometry, solve the "
                         "colours by least squares for it and round them with error feedback")
+    # const: gsformat.fitting.solve.REFERENCE_PSNR, not imported (this parser loads without scipy)
     p.add_argument("--matched-steps", type=float, nargs="?", const=30.0, default=None,
                    metavar="DB", help="with --quantize-aware: the codec's steps are for a fit "
                    "of DB dB (30 if no value is given); each image's steps are scaled by its own "

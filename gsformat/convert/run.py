@@ -19,7 +19,8 @@ import time
 from ..format import storage
 from ..fitting.images import MIN_SIDE
 from .distribute import run_units
-from .options import CONVERT_JSON, LEGACY_CODECS, LOSSY_CODECS, PART_JSON, parse_codecs, resolve_rank
+from .options import (CONVERT_JSON, LEGACY_CODECS, LOSSY_CODECS, PART_JSON, parse_codecs,
+                      resolve_rank)
 from .sources import SourceError, open_source
 from .unit import Progress, columns_of
 
@@ -39,7 +40,7 @@ def settings_of(args) -> dict:
             "world_size": args.world_size}
     if args.quantize_aware:  # (absent otherwise: older outputs keep resuming)
         settings["quantize_method"] = "solve"  # the one method (kept: earlier outputs resume)
-    if args.quantize_aware and args.matched_steps is not None:
+    if args.matched_steps is not None:  # (check_args: only with --quantize-aware)
         settings["matched_steps"] = args.matched_steps
     return settings
 

@@ -85,7 +85,7 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
         result = fit_images(images, args.splats, args.iters, backend=backend, init=args.init,
                             prune_threshold=args.prune_threshold, prune_at=args.prune_at,
                             l1_colour=args.l1_colour, seed=seed, quantize=lossy,
-                            quantize_reference_psnr=args.matched_steps if lossy else None)
+                            quantize_reference_psnr=args.matched_steps)
         stats["fit_seconds"] += result.seconds
         for (item, image, nbytes), splats in zip(batch, result.splats):
             record_size = write_sample(writer, item, splats,

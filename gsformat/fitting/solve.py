@@ -38,6 +38,7 @@ DAMP = 1e-4           # H + DAMP·mean(diag H)·I: keeps the factorisation well 
 RIDGE = 1e-6          # least-squares ridge (splats that cover no pixel get colour 0)
 MAX_FEEDBACK_SPLATS = 4096  # dense N×N inverse above this: round without feedback instead
 STEP_FIELDS = ("position_step", "scale_step", "shear_step", "colour_step")
+REFERENCE_PSNR = 30.0  # matched steps: the fit quality a codec's steps are for, by default
 STEP_SCALE_RANGE = (1 / 8, 4.0)  # matched steps: at most 8× finer or 4× coarser than given
 # (finer, FP16's own rounding of colours up to 4 would approach half a colour step of the
 # default lattice, and re-encoding decoded splats would no longer give the same values)
