@@ -46,8 +46,8 @@ from numcodecs.abc import Codec
 from ..format import constants as C
 from ..format.errors import FormatError
 from ..format.zstd_frame import decompress_exact
-from ._common import (STEP, as_splat_rows, leading_u32, ndarray_copy, read_u32, zstd_compress,
-                      zstd_level)
+from ._common import (STEP, IgnoresUnknownParameters, as_splat_rows, check_out, copy_out,
+                      leading_u32, read_u32, zstd_compress, zstd_level)
 
 HEADER_BYTES = 4 + 4 + 4 * 8 + 8  # n, Wc, code_min, planes
 CHUNK = 1 << 15  # splats per step of the NumPy arithmetic: its scratch stays ~10 MiB at any N
@@ -80,7 +80,7 @@ def ycocg_r_inverse(ycc):
     return np.stack([b + co, g, b])
 
 
-class Lattice(Codec):
+class Lattice(IgnoresUnknownParameters, Codec):
     """Lossy splat codec: fixed-step lattices, raster order, YCoCg-R colour, per-plane zstd.
 
     Parameters
@@ -166,7 +166,8 @@ class Lattice(Codec):
 
     def quantize_rows(self, rows) -> np.ndarray:
         """What decode(encode(rows)) holds, in the input order: float16 ``[N, 8]``."""
-        return self.dequantize(self.codes(as_splat_rows(rows)))
+        rows = np.ascontiguousarray(rows, dtype=np.float16).reshape(-1, C.PARAMS_PER_SPLAT)
+        return self.dequantize(self.codes(rows))
 
     # ---- encode --------------------------------------------------------------------------
     def encode(self, buf) -> bytes:
@@ -273,10 +274,11 @@ class Lattice(Codec):
     def decode(self, buf, out=None):
         """The layout above: the C decoder where it is built, else `_decode_numpy` (the tests
         compare both with `_decode_reference`, bit for bit)."""
+        check_out(out, rows=True)
         if _NATIVE is not None:
             decoded = self._decode_native(buf)
             if decoded is not None:
-                return ndarray_copy(decoded, out)
+                return copy_out(decoded, out)
         return self._decode_numpy(buf, out)
 
     def _decode_native(self, buf):
@@ -311,7 +313,7 @@ class Lattice(Codec):
             part = raw[:, start:start + CHUNK]
             rows[start:start + part.shape[1]], key_base = self._rows_from_planes(
                 part, width, code_min, counts, key_base)
-        return ndarray_copy(rows.reshape(-1), out)
+        return copy_out(rows.reshape(-1), out)
 
     def _rows_from_planes(self, raw, width, code_min, counts, key_base):
         """Planes of m splats ``[P, m]`` → (float16 rows ``[m, 8]``, the key after them)."""
@@ -356,7 +358,7 @@ class Lattice(Codec):
         """Reference twin of `decode`: one stream at a time, as the layout reads."""
         n, width, code_min, counts, raw = self._parse(buf)
         if n == 0:
-            return ndarray_copy(np.empty(0, np.float16), out)
+            return copy_out(np.empty(0, np.float16), out)
         planes = iter(raw)
         streams = {}
         for slot in (0, 2, 3, 4, 5, 6, 7):
@@ -370,4 +372,4 @@ class Lattice(Codec):
         ycc = np.stack([streams[s] + code_min[s] for s in (5, 6, 7)])
         codes = np.stack([cx, cy] + [streams[s] + code_min[s] for s in (2, 3, 4)]
                          + list(ycocg_r_inverse(ycc)))
-        return ndarray_copy(self.dequantize(codes).reshape(-1), out)
+        return copy_out(self.dequantize(codes).reshape(-1), out)

@@ -10,7 +10,9 @@ Encoded layout (little-endian)::
 
 (no frame when n_values is 0).
 
-Decoding is bit-exact, NaN payloads and signed zeros included.
+Decoding is bit-exact, NaN payloads and signed zeros included. As every numcodecs codec, it
+codes the input's bytes in their memory order: a Fortran-ordered array (Zarr ``order='F'``)
+decodes to the same bytes, which its reader lays out in F order again.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ from numcodecs.abc import Codec
 
 from ..format import constants as C
 from ..format.errors import FormatError
-from ._common import (as_splat_rows, leading_u32, ndarray_copy, read_u32, zstd_compress,
-                      zstd_decompress, zstd_level)
+from ._common import (IgnoresUnknownParameters, as_memory_values, check_out, copy_out,
+                      leading_u32, read_u32, zstd_compress, zstd_decompress, zstd_level)
 
 
-class Planar(Codec):
+class Planar(IgnoresUnknownParameters, Codec):
     """Lossless splat codec: attribute-major byte planes + zstd.
 
     Parameters
@@ -47,7 +49,7 @@ class Planar(Codec):
         self.level = zstd_level(level)
 
     def encode(self, buf) -> bytes:
-        rows = as_splat_rows(buf)  # [N, 8]
+        rows = as_memory_values(buf)  # [N, 8] of the input's bytes in its memory order
         words = rows.T.view(np.uint16)  # [8, N] attribute-major
         planes = np.empty((2,) + words.shape, np.uint8)  # [2, 8, N]
         np.right_shift(words, 8, out=planes[0], casting="unsafe")
@@ -60,6 +62,7 @@ class Planar(Codec):
         return 2 * leading_u32(buf)
 
     def decode(self, buf, out=None):
+        check_out(out, rows=False)
         data = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
         n_values = read_u32(data, 0, "value count", C.MAX_DECODED_BYTES // 2)
         if n_values % C.PARAMS_PER_SPLAT:
@@ -67,10 +70,10 @@ class Planar(Codec):
         if n_values == 0:  # the header alone (SPEC.md § 5.2): no frame
             if data.size != 4:
                 raise FormatError("planar payload: an empty record has bytes after its header")
-            return ndarray_copy(np.empty(0, np.float16), out)
+            return copy_out(np.empty(0, np.float16), out, rows=False)
         planes = zstd_decompress(data[4:], 2 * n_values).reshape(2, C.PARAMS_PER_SPLAT, -1)
         words = np.empty((n_values // C.PARAMS_PER_SPLAT, C.PARAMS_PER_SPLAT, 2), np.uint8)
         words[..., 1] = planes[0].T  # little-endian FP16: high byte second
         words[..., 0] = planes[1].T
         params = words.view(C.STORAGE_DTYPE).reshape(-1)
-        return ndarray_copy(params.view(np.float16), out)
+        return copy_out(params.view(np.float16), out, rows=False)

@@ -25,8 +25,8 @@ from numcodecs.abc import Codec
 
 from ...format import constants as C
 from ...format.errors import FormatError
-from .._common import (BITS, as_splat_rows, leading_u32, ndarray_copy, read_u32, zstd_compress,
-                       zstd_decompress, zstd_level)
+from .._common import (BITS, IgnoresUnknownParameters, as_splat_rows, check_out, copy_out,
+                       leading_u32, read_u32, zstd_compress, zstd_decompress, zstd_level)
 from .quantize import (CHUNK, HEADER_BYTES, Quantize, dequantize, quantize_codes, read_ranges,
                        steps_of, to_domain, warn_legacy)
 
@@ -60,7 +60,7 @@ def from_planes(data: np.ndarray, n: int, nbytes: int) -> np.ndarray:
     return out
 
 
-class Entropy(Codec):
+class Entropy(IgnoresUnknownParameters, Codec):
     """Lossy, entropy-coded splat codec (Morton order, delta coding, zstd).
 
     Parameters
@@ -122,9 +122,10 @@ class Entropy(Codec):
     def decode(self, buf, out=None):
         """The layout above, every step vectorised over attributes (the tests compare it with
         `_decode_reference`, bit for bit)."""
+        check_out(out, rows=True)
         data, n, lo, hi = self._header(buf)
         if n == 0:
-            return ndarray_copy(np.empty(0, np.float16), out)
+            return copy_out(np.empty(0, np.float16), out)
         raw = zstd_decompress(data[HEADER_BYTES:], 16 * n)
         bits = np.array(self._quantize.bits, np.int64)
         masks = (np.int64(1) << bits[2:, None]) - 1  # mod 2^b as a mask (two's complement:
@@ -153,7 +154,7 @@ class Entropy(Codec):
             if (codes[:2] > ((1 << bits[:2]) - 1)[:, None]).any():
                 raise FormatError("entropy payload decodes to codes beyond their bit depth")
             rows[part] = dequantize(codes, lo, steps).T
-        return ndarray_copy(rows.reshape(-1), out)
+        return copy_out(rows.reshape(-1), out)
 
     def _header(self, buf):
         """(bytes, n_splats, lo, hi) after the checks both decoders share."""
@@ -169,7 +170,7 @@ class Entropy(Codec):
         layout reads."""
         data, n, lo, hi = self._header(buf)
         if n == 0:
-            return ndarray_copy(np.empty(0, np.float16), out)
+            return copy_out(np.empty(0, np.float16), out)
         raw = zstd_decompress(data[HEADER_BYTES:], 16 * n)
         morton = np.cumsum(from_planes(raw, n, 4), dtype=np.uint64)
         codes = np.empty((C.PARAMS_PER_SPLAT, n), np.float64)
@@ -184,4 +185,4 @@ class Entropy(Codec):
         if (codes > limits[:, None]).any():
             raise FormatError("entropy payload decodes to codes beyond their bit depth")
         values = dequantize(codes, lo, steps_of(self._quantize.bits, lo, hi))
-        return ndarray_copy(values.T.astype(np.float16).reshape(-1), out)
+        return copy_out(values.T.astype(np.float16).reshape(-1), out)

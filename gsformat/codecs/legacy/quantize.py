@@ -27,7 +27,8 @@ from numcodecs.abc import Codec
 
 from ...format import constants as C
 from ...format.errors import FormatError, LegacyCodecWarning
-from .._common import BITS, as_splat_rows, leading_u32, ndarray_copy, read_u32
+from .._common import (BITS, IgnoresUnknownParameters, as_splat_rows, check_out, copy_out,
+                       leading_u32, read_u32)
 
 LOG_COLS = (2, 4)  # l11, l22 are coded in the log domain
 GROUPS = ((0, 1), (2, 3, 4), (5, 6, 7))  # attributes sharing a bit depth
@@ -138,7 +139,7 @@ def _unpack_codes_reference(data: np.ndarray, n: int, bits: int) -> np.ndarray:
     return bit_matrix.astype(np.uint32) @ (np.uint32(1) << np.arange(bits, dtype=np.uint32))
 
 
-class Quantize(Codec):
+class Quantize(IgnoresUnknownParameters, Codec):
     """Lossy splat codec: per-attribute uniform quantisation (bound in the module docstring).
 
     Parameters
@@ -188,6 +189,7 @@ class Quantize(Codec):
         return C.BYTES_PER_SPLAT * leading_u32(buf)
 
     def decode(self, buf, out=None):
+        check_out(out, rows=True)
         data = np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
         n = read_u32(data, 0, "splat count", C.MAX_SPLATS)
         stream_bytes = [(n * b + 7) // 8 for b in self.bits]
@@ -208,4 +210,4 @@ class Quantize(Codec):
                                                    self.bits[cols[0]], first, padded)
             with np.errstate(over="ignore"):  # → inf, refused by the reader's value check
                 rows[first:first + m] = dequantize(codes, lo, steps).T
-        return ndarray_copy(rows.reshape(-1), out)
+        return copy_out(rows.reshape(-1), out)
