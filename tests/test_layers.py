@@ -44,7 +44,8 @@ LAZY_ONLY = {  # rank → packages allowed only inside functions (optional paths
     4: {"xxhash", "streaming", "PIL", "tqdm"},  # xxh* hashes; remote storage; decoding an image
                                                 # column; validate's progress bar
     5: {"cupy", "cupyx", "torch"},      # the GPU backend; the dense autograd baseline engine
-    6: {"tqdm", "PIL", "streaming", "cupy", "fsspec", "ray"},  # fsspec: URLs but s3://
+    6: {"tqdm", "PIL", "streaming", "cupy", "fsspec", "ray",  # fsspec: URLs but s3://
+        "pyarrow"},                                            # Parquet sources
 }
 # The top package's lazy attribute (`gsformat.render_splats`) is a convenience, not a dependency.
 FACADE_LAZY = {("gsformat", "gsformat.render")}

@@ -15,12 +15,18 @@ LEGACY_CODECS = ("gsformat.quantize", "gsformat.entropy")    # readers decode th
 def add_convert_arguments(p) -> None:
     p.add_argument("src", nargs="+",
                    help="image folder, WebDataset tars (several, globs, {a..b} or {a,b} "
-                        "patterns, 'pipe:CMD') or MDS dataset; a local path or any URL "
+                        "patterns, 'pipe:CMD'), Parquet files (likewise) or MDS dataset; a "
+                        "local path or any URL "
                         "(file://, s3://, http(s)://, gs://, hf://, memory://, ...)")
     p.add_argument("out", help="output dataset directory or URL")
-    p.add_argument("--source-format", choices=["auto", "folder", "webdataset", "mds"],
-                   default="auto")
-    p.add_argument("--image-column", default=None, help="MDS sources: the image column")
+    p.add_argument("--source-format", choices=["auto", "folder", "webdataset", "mds",
+                                                "parquet"], default="auto")
+    p.add_argument("--image-column", default=None,
+                   help="MDS and Parquet sources: the image column (Parquet: found by type)")
+    for name, found in (("caption", "caption, text, txt"), ("label", "label, labels, cls"),
+                        ("key", "key")):
+        p.add_argument(f"--{name}-column", default=None,
+                       help=f"Parquet sources: the {name} column (default: {found}, if there)")
     p.add_argument("--splats", type=int, default=1600, help="splat budget per image")
     p.add_argument("--iters", type=int, default=1000,
                    help="fitting iterations (1,000: the knee of PSNR per time, fit_bench.py)")
@@ -50,7 +56,8 @@ def add_convert_arguments(p) -> None:
     p.add_argument("--limit", type=int, default=None, help="convert at most this many images")
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     p.add_argument("--chunk-size", type=int, default=512,
-                   help="images per part for folder sources (the unit of resumption)")
+                   help="images per part for folder sources, rows per part for Parquet "
+                        "files of several row groups (the unit of resumption)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rank", type=int, default=None, help="this process's rank (or RANK, "
                                                           "SLURM_PROCID)")
@@ -75,6 +82,13 @@ def parse_codecs(text: str) -> list[dict]:
         value = json.loads(text)
         return value if isinstance(value, list) else [value]
     return [{"id": text}]
+
+
+def column_options(args) -> dict:
+    """The Parquet column options given (``--caption-column`` …): for `open_source`, and for
+    the settings (only those given: earlier outputs keep resuming)."""
+    names = ("caption_column", "label_column", "key_column")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None)}
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -1,15 +1,17 @@
-"""Image sources for ``gsformat convert``: folders, WebDataset tars, MDS datasets, at any
-location `locations` reads (local, ``file://``, ``s3://``, fsspec URLs, ``pipe:``).
+"""Image sources for ``gsformat convert``: folders, WebDataset tars, MDS datasets, Parquet
+files, at any location `locations` reads (local, ``file://``, ``s3://``, fsspec URLs, ``pipe:``).
 
-A source is split into *units* (a chunk of files, one tar, one MDS shard) in a deterministic
+A source is split into *units* (a chunk of files, one tar, one MDS shard, a Parquet file or a
+run of its row groups) in a deterministic
 order; a unit is what a rank converts and what resumption skips once it is finished. Items carry
 their key, the encoded image bytes, and caption / label / sidecar metadata where the source has
 them. A unit that cannot be read raises `UnitError` (the unit is then not finished: a rerun
 converts it); an item that cannot be used is yielded with a ``reason`` (it is rejected).
 
 Keys are unique by construction: a folder's keys are relative paths without the extension (with
-it, for images that share a stem); a tar's or MDS shard's keys are the source's own, prefixed by
-the unit (``<tar name>/<key>``, ``<shard name>/<key>``) when the source has several units.
+it, for images that share a stem); a tar's, MDS shard's or Parquet file's keys are the source's
+own, prefixed by the unit (``<tar name>/<key>``, ``<shard name>/<key>``) when the source has
+several; Parquet rows without a key are ``<file stem>/<row index>``.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Iterator
 
 from ..format import mds, storage
 from ..format.errors import FormatError
-from . import locations
+from . import locations, parquet
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "gif")
 MAX_IMAGE_BYTES = 256 << 20
@@ -313,25 +315,90 @@ class MDSSource:
             yield Item(key, data, where, caption, label)
 
 
-def _resolve(spec: str) -> tuple[str, list[str]]:
-    """One SRC argument → (kind, locations): ``webdataset`` with tar URLs, ``mds`` or
-    ``folder`` with the root. Patterns must match something."""
+# ---- Parquet files ------------------------------------------------------------------------
+class ParquetSource:
+    """Parquet files (Hugging Face ``datasets`` shards, img2dataset's parquet output, any table
+    with encoded images) at any location. The image column is a ``{bytes, path}`` struct or a
+    binary column (found by type, or named); caption, label and key columns are found by name
+    (`parquet.CAPTION_NAMES`, …) or named; ``ClassLabel`` names in the schema's ``huggingface``
+    metadata are the class names; every other scalar column is kept in ``meta`` (JSON). One unit
+    per file, or per run of row groups of about ``chunk_size`` rows of a larger one; rows are
+    read a row group at a time, only the columns used."""
+
+    kind = "parquet"
+
+    def __init__(self, files: list[str], chunk_size: int = 512, image_column: str | None = None,
+                 caption_column: str | None = None, label_column: str | None = None,
+                 key_column: str | None = None):
+        if not files:
+            raise SourceError("no Parquet files given")
+        self.files, self.chunk_size = files, chunk_size
+        footers = parquet.read_footers(files)  # (schema, rows per row group) or the exception
+        readable = [(url, f) for url, f in zip(files, footers) if not isinstance(f, Exception)]
+        if not readable:
+            raise SourceError(f"{files[0]}: not readable as Parquet: "
+                              f"{type(footers[0]).__name__}: {footers[0]}")
+        try:
+            self.read = parquet.find_columns(readable[0][1][0], image_column, caption_column,
+                                             label_column, key_column)
+        except ValueError as exc:
+            raise SourceError(f"{readable[0][0]}: {exc}") from None
+        self.class_names = list(self.read.class_names) if self.read.class_names else None
+        # a file whose footer cannot be read now is one unit, which fails when converted
+        self.chunks = [None if isinstance(f, Exception) else
+                       parquet.chunk_row_groups(f[1], chunk_size) for f in footers]
+
+    @property
+    def columns(self) -> list[str]:
+        return ["source"] + (["caption"] if self.read.caption else []) + (
+            ["label"] if self.read.label else []) + (["meta"] if self.read.meta else [])
+
+    def units(self) -> list[Unit]:
+        labels = _unit_labels(self.files, ".parquet")
+        return [Unit(f"parquet-{i:05d}-{c:05d}", [i, groups], label)
+                for i, (chunks, label) in enumerate(zip(self.chunks, labels))
+                for c, groups in enumerate(chunks or [None])]
+
+    def items(self, unit: Unit) -> Iterator[Item]:
+        index, groups = unit.refs
+        url = self.files[index]
+        stem = unit.label or os.path.basename(url.rstrip("/")).removesuffix(".parquet")
+        prefix = f"{unit.label}/" if unit.label else ""
+        try:
+            for row in parquet.read_rows(url, groups, self.read, self.chunk_size,
+                                         MAX_IMAGE_BYTES):
+                key = prefix + row.key if row.key else f"{stem}/{row.index:06d}"
+                yield Item(key, row.image, f"{url}#{row.index}", row.caption, row.label,
+                           reason=row.problem, meta=row.meta)
+        except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
+            raise UnitError(f"{url}: {type(exc).__name__}: {exc}") from None
+
+
+SHARD_KINDS = ((".tar", "webdataset"), (".parquet", "parquet"))  # files named as shards
+
+
+def _resolve(spec: str, source_format: str = "auto") -> tuple[str, list[str]]:
+    """One SRC argument → (kind, locations): ``webdataset`` with tar URLs, ``parquet`` with
+    Parquet files, ``mds`` or ``folder`` with the root. Patterns must match something. A prefix
+    holding images is a folder even beside Parquet files (img2dataset's ``files`` output keeps
+    its metadata in them), unless ``source_format`` is ``parquet``."""
     if spec.startswith("pipe:"):
         return "webdataset", [spec]
     names = locations.expand(spec)
-    if any(c in spec for c in locations.GLOB_CHARS) or "{" in spec:
-        if not names:
-            raise SourceError(f"{spec}: matches nothing")
-        if all(n.endswith(".tar") for n in names):
-            return "webdataset", names
-    if len(names) > 1 or (names and names[0].endswith(".tar")):
+    if (any(c in spec for c in locations.GLOB_CHARS) or "{" in spec) and not names:
+        raise SourceError(f"{spec}: matches nothing")
+    for suffix, kind in SHARD_KINDS:
+        if names and all(n.endswith(suffix) for n in names):
+            return kind, names
+    if len(names) > 1:
         return "webdataset", names
     root = names[0] if names else spec
     kind = locations.scheme_of(root)
     if kind == "" and not os.path.exists(root):
-        raise SourceError(f"{root}: not found (expected a folder, tar shards or MDS)")
+        raise SourceError(f"{root}: not found (expected a folder, tar shards, Parquet files "
+                          f"or MDS)")
     if kind == "" and not os.path.isdir(root):
-        raise SourceError(f"{root}: not a folder, tar shard or MDS dataset")
+        raise SourceError(f"{root}: not a folder, tar shard, Parquet file or MDS dataset")
     try:
         files = locations.with_retries(lambda: locations.list_files(root))
     except Exception as exc:
@@ -341,17 +408,25 @@ def _resolve(spec: str) -> tuple[str, list[str]]:
     tars = [f for f in files if f.endswith(".tar") and "/" not in f.replace(os.sep, "/")]
     if tars:
         return "webdataset", [storage.join(root, t) for t in tars]
+    tables = [f for f in files if f.endswith(".parquet")]
+    if tables and (source_format == "parquet" or not any(
+            f.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS for f in files)):
+        return "parquet", [storage.join(root, t) for t in tables]
     if not files:
-        raise SourceError(f"{root}: no images, tars or MDS index (empty, or not found)")
+        raise SourceError(f"{root}: no images, tars or MDS index, nor Parquet files (empty, "
+                          f"or not found)")
     return "folder", [root]
 
 
 def open_source(srcs: list[str] | str, source_format: str = "auto", chunk_size: int = 512,
-                image_column: str | None = None):
+                image_column: str | None = None, caption_column: str | None = None,
+                label_column: str | None = None, key_column: str | None = None):
     """The source for one or more SRC arguments (detected unless ``source_format`` names it).
-    Several arguments must be of one kind: tars (any mix of locations) join into one source."""
+    Several arguments must be of one kind: tars or Parquet files (any mix of locations) join
+    into one source. The caption, label and key columns are named for Parquet sources only."""
     srcs = [srcs] if isinstance(srcs, str) else list(srcs)
-    resolved = [_resolve(spec) if source_format in ("auto", "webdataset") or len(srcs) > 1
+    resolved = [_resolve(spec, source_format)
+                if source_format in ("auto", "webdataset", "parquet") or len(srcs) > 1
                 else (source_format, [spec]) for spec in srcs]
     kinds = {kind for kind, _ in resolved}
     if source_format != "auto":
@@ -361,6 +436,14 @@ def open_source(srcs: list[str] | str, source_format: str = "auto", chunk_size: 
                           f"convert them separately")
     kind = kinds.pop()
     found = [name for _, names in resolved for name in names]
+    named = {"--caption-column": caption_column, "--label-column": label_column,
+             "--key-column": key_column}
+    if kind != "parquet" and any(named.values()):
+        raise SourceError(f"{', '.join(k for k, v in named.items() if v)}: for Parquet "
+                          f"sources only (this one is {kind})")
+    if kind == "parquet":
+        return ParquetSource(found, chunk_size, image_column, caption_column, label_column,
+                             key_column)
     if kind == "webdataset":
         return WebDatasetSource(found)
     if len(found) != 1:
