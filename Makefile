@@ -16,6 +16,7 @@ install: $(STAMP) $(CORE_STAMP)
 # torch/torchvision pinned first: the pair these machines carry (DESIGN.md § Dependencies); an
 # unpinned torch would pull a multi-GB build from the index.
 $(STAMP): pyproject.toml setup.py gsformat/codecs/_lattice_native.c gsformat/codecs/_rans.c \
+		gsformat/fitting/_tiles.c \
 		gsformat/codecs/_rans.h
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -1,15 +1,28 @@
-"""Build hook for the one optional C extension (everything else is in pyproject.toml).
+"""Build hook for the optional C extensions (everything else is in pyproject.toml).
 
-`gsformat.codecs._lattice_native` is the fast gsformat.lattice / lattice-rans decoder (zstd frames
-through python-zstd, the library the NumPy decoder uses). Where no compiler is found the build is
-skipped with a warning and gsformat uses the NumPy decoder, which gives the same values.
+- `gsformat.codecs._lattice_native`: the fast gsformat.lattice / lattice-rans decoder (zstd frames
+  through python-zstd, the library the NumPy decoder uses).
+- `gsformat.fitting._tiles`: the fitter's tile engine (forward + loss + backward per screen tile,
+  threads over tiles).
+
+Where no compiler is found a build is skipped with a warning and gsformat uses the NumPy twin (the
+NumPy decoder: the same values; the NumPy window engine: the same fit, several times slower).
 """
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension(
-    "gsformat.codecs._lattice_native",
-    sources=["gsformat/codecs/_lattice_native.c", "gsformat/codecs/_rans.c"],
-    depends=["gsformat/codecs/_rans.h"],
-    extra_compile_args=["-O3", "-std=c11", "-Wall"],
-    optional=True,
-)])
+setup(ext_modules=[
+    Extension(
+        "gsformat.codecs._lattice_native",
+        sources=["gsformat/codecs/_lattice_native.c", "gsformat/codecs/_rans.c"],
+        depends=["gsformat/codecs/_rans.h"],
+        extra_compile_args=["-O3", "-std=c11", "-Wall"],
+        optional=True,
+    ),
+    Extension(
+        "gsformat.fitting._tiles",
+        sources=["gsformat/fitting/_tiles.c"],
+        extra_compile_args=["-O3", "-std=c11", "-Wall", "-pthread"],
+        extra_link_args=["-pthread"],
+        optional=True,
+    ),
+])

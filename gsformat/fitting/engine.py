@@ -15,9 +15,10 @@ from ..format.splatset import SplatSet
 from .backend import get_xp, to_numpy
 from .cuda_kernel import MAX_WINDOW, CudaWindowKernel
 from . import kernel as kernel_mod
+from . import tiles
 from .kernel import RangeKernel, WindowKernel, window_entries
 
-ENGINES = ("window", "window-xp", "dense-torch")
+ENGINES = ("auto", "tiles", "window", "window-xp", "dense-torch")
 
 
 def usable_cores() -> int:
@@ -39,27 +40,72 @@ def window_kernel(xp, batch: int, n: int, height: int, width: int, radius: int):
     return WindowKernel(xp, batch, n, height, width, radius)
 
 
+def fit_threads(threads: int | None) -> int:
+    """Threads a CPU fit uses: ``threads``, else ``$GSFORMAT_THREADS``, else the usable cores
+    (at most 8)."""
+    return threads or int(os.environ.get("GSFORMAT_THREADS", 0)) or min(usable_cores(), 8)
+
+
+def resolve_engine(engine: str, xp) -> str:
+    """``auto`` → the C tile engine on a CPU where it is built (else the NumPy window engine,
+    with a warning), the fused CUDA window kernels on a GPU; other names as given."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    if engine == "auto":
+        if xp is not np:
+            return "window"
+        if tiles.native() is None:
+            tiles.warn_fallback()
+            return "window"
+        return "tiles"
+    if engine == "tiles" and (xp is not np or tiles.native() is None):
+        raise ValueError("engine 'tiles' is the C tile engine on the CPU: "
+                         + ("use backend='numpy'" if xp is not np else "it is not built here"))
+    return engine
+
+
+class LossGrad:
+    """``loss_grad`` for the engines that have ``forward`` and ``backward``: render, per-image
+    MSE ``[B]`` and ∂MSE/∂params, as `tiles.TileEngine.loss_grad` gives them in one call."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def loss_grad(self, params, target, grad_scale: float):
+        render = self.kernel.forward(params)
+        residual = render - target  # [B, H, W, 3]
+        mse = (residual * residual).reshape(len(residual), -1).mean(axis=1)
+        residual *= grad_scale  # ∂(mean squared error)/∂render
+        return render, mse, self.kernel.backward(params, residual)
+
+    def close(self):
+        if hasattr(self.kernel, "close"):
+            self.kernel.close()
+
+
 def make_engine(engine: str, threads: int | None, xp, batch: int, height: int, width: int,
-                classes: list[tuple[int, int]]):
-    """The forward/backward engine for one fitting batch; ``classes``: ``[(count, R), …]``."""
+                classes: list[tuple[int, int]], k_sigma: float = tiles.K_SIGMA):
+    """The engine for one fitting batch (an object with ``loss_grad``; `resolve_engine` names
+    it); ``classes``: ``[(count, R), …]`` (the window engines' size classes)."""
     n = sum(count for count, _ in classes)
+    if engine == "tiles":
+        return tiles.TileEngine(batch, n, height, width, k_sigma, fit_threads(threads))
     if engine == "window":
-        threads = threads or int(os.environ.get("GSFORMAT_THREADS", 0)) or \
-            min(usable_cores(), 8)
+        threads = fit_threads(threads)
         if xp is np:
-            return RangeKernel(xp, batch, height, width, classes,
-                               threads if n >= 64 * threads else 1)
+            return LossGrad(RangeKernel(xp, batch, height, width, classes,
+                                        threads if n >= 64 * threads else 1))
         if len(classes) == 1:
-            return window_kernel(xp, batch, n, height, width, classes[0][1])
-        return RangeKernel(xp, batch, height, width, classes,
-                           make=lambda *a: window_kernel(xp, *a))
+            return LossGrad(window_kernel(xp, batch, n, height, width, classes[0][1]))
+        return LossGrad(RangeKernel(xp, batch, height, width, classes,
+                                    make=lambda *a: window_kernel(xp, *a)))
     if engine == "window-xp":
-        return RangeKernel(xp, batch, height, width, classes)
+        return LossGrad(RangeKernel(xp, batch, height, width, classes))
     if engine == "dense-torch":
         if len(classes) > 1:
             raise ValueError("engine 'dense-torch' has no size classes (large_fraction=0)")
         from .reference import DenseTorchEngine
-        return DenseTorchEngine(height, width)
+        return LossGrad(DenseTorchEngine(height, width))
     raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
 
 

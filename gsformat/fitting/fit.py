@@ -18,7 +18,7 @@ from ..format import constants as C
 from ..format.render_math import BT709, sigma_max, to_normalised, to_pixels
 from ..format.splatset import SplatSet
 from .backend import get_xp, to_numpy
-from .engine import evaluate_psnr, fused, make_engine, window_kernel
+from .engine import evaluate_psnr, fused, make_engine, resolve_engine, window_kernel
 from .images import as_float_rgb
 from .init import colour_from_pixels, init_params
 from . import placement
@@ -59,9 +59,12 @@ class FitOptions:
     l1_colour: float = 0.0         # weight of the paper's L1 colour term (mean |colour|)
     seed: int = 0
     backend: str = "auto"          # "auto" | "numpy" | "cupy"
-    engine: str = "window"         # "window" (fast path: threaded NumPy on a CPU, fused CUDA
-                                   # kernels on a GPU) | "window-xp" (the array-code twin, either
-                                   # backend) | "dense-torch" (reference baseline)
+    engine: str = "auto"           # "auto": "tiles" on a CPU (the C tile engine; "window" where
+                                   # it is not built), "window" on a GPU | "tiles" | "window"
+                                   # (threaded NumPy windows on a CPU, fused CUDA kernels on a
+                                   # GPU) | "window-xp" (the array-code twin, either backend) |
+                                   # "dense-torch" (reference baseline)
+    k_sigma: float = 3.5           # "tiles": a splat covers its ellipse at k_sigma·σ (tiles.py)
     quantize: dict | None = None   # a lossy codec config (e.g. gsformat.lattice-rans): after the
                                    # fit, quantise the geometry, solve the colours for it by least
                                    # squares and round them with error feedback (solve.py)
@@ -184,7 +187,8 @@ def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
     _, radius, _ = geometry(n_splats, height, width, opts)
     # the array code's window matrix must fit cuSPARSE's int32 indices (the final PSNR render
     # uses a 2R window and splits itself, see render_splatsets)
-    if not (opts.engine == "window" and fused(get_xp(opts.backend), height, width, radius)):
+    if not (opts.engine in ("auto", "window")
+            and fused(get_xp(opts.backend), height, width, radius)):
         entries = max(window_entries(count, height, width, r)
                       for count, r in size_classes(n_splats, radius, opts))
         batch = min(batch, max(1, kernel_mod.MAX_WINDOW_ENTRIES // entries))
@@ -228,134 +232,186 @@ class PerImageRandom:
         return np.stack([rng.uniform(low, high, shape[1:]) for rng in self.rngs])
 
 
-def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=0,
-               init_splats=None):
-    xp = get_xp(opts.backend) if opts.engine in ("window", "window-xp") else np
-    batch, height, width, _ = target_np.shape
-    n = opts.n_splats
-    _, radius, sigma = geometry(n, height, width, opts)
-    classes = size_classes(n, radius, opts)
-    radii = xp.concatenate([xp.full(count, r, xp.float32) for count, r in classes])  # [N]
-    r_max = classes[-1][1]
-    rng = PerImageRandom(opts.seed, seed_offset, batch)
-    target = xp.asarray(target_np)
-    kernel = make_engine(opts.engine, opts.threads, xp, batch, height, width, classes)
-    if init_splats is not None:
-        params = xp.asarray(_warm_params(init_splats, n, height, width))
-        clamp_covariance(xp, params, radii)
-    else:  # each class on its own grid, σ from its own spacing (within its window)
-        params = xp.asarray(np.concatenate([init_params(
-            opts.init, batch, count, height, width,
-            geometry(count, height, width, opts)[2] if r == radius else min(
-                opts.init_scale * math.sqrt(height * width / count), r / 3.0), rng)
-            for count, r in classes], axis=1))
-        if opts.init == "grid":
-            colour_from_pixels(window_kernel(xp, batch, n, height, width, r_max), params,
-                               target)
-    codec = None
-    if opts.quantize:
-        from ..format.record import get_codec
-        codec = get_codec(opts.quantize)
+class _BatchFit:
+    """One fitting batch, step by step: `start` (init), per iteration `relocate` / `prune` /
+    `loss_and_grad` / `adam_step`, then `finish` (FP16 splats, quantisation, PSNR)."""
 
-    lr_base = xp.asarray([opts.lr_position] * 2 + [opts.lr_covariance] * 3
-                         + [opts.lr_colour] * 3, dtype=xp.float32)
-    m = xp.zeros_like(params)
-    v = xp.zeros_like(params)
-    alive = xp.ones((batch, n), dtype=bool)
-    n_pruned = np.zeros(batch, np.int64)
-    prune_step = int(opts.prune_at * opts.iters) if opts.prune_threshold > 0 else -1
-    losses = np.zeros((opts.iters, batch), np.float32) if keep_history else None
-    pixel_scale = 2.0 / (height * width * 3)
-    beta1, beta2, eps = 0.9, 0.999, 1e-15
-    moves = placement.relocation_steps(opts.iters, opts.relocate_every, opts.relocate_until)
-    n_move = max(1, int(opts.relocate_fraction * n))
-    undo = None  # (indices, params, m, v) of the last move, until its loss is seen
-    last_mse = residual = grad = None
-    rebin_due = False
-    for step in range(opts.iters):
-        if rebin_due:  # before this step's forward: the kernels' ranges are the classes
-            rebin(xp, params, (m, v), classes)
-            rebin_due = False
-        if step in moves and last_mse is not None:
-            rows = xp.arange(batch)[:, None]
-            before = residual / pixel_scale  # the previous step's render − target
-            cost = placement.removal_cost(xp, params, grad, height * width * 3)
-            chosen = placement.weakest(xp, cost, n_move, alive)
-            undo = (chosen, params[rows, chosen].copy(), m[rows, chosen].copy(),
-                    v[rows, chosen].copy())
-            placement.relocate(xp, params, (m, v), before, chosen, sigma, radius, rng)
-        if step == prune_step:
-            colours = xp.abs(params[..., C.COLOUR_COLS])
-            luminance = colours @ xp.asarray(BT709, dtype=xp.float32)
-            alive &= luminance >= opts.prune_threshold
-            params[..., C.COLOUR_COLS] *= alive[..., None]
-            m *= alive[..., None]
-            v *= alive[..., None]
-            n_pruned = to_numpy((~alive).sum(axis=1))
-        render = kernel.forward(params)
-        residual = render - target  # [B, H, W, 3]
-        if undo is not None:  # the loss just after a move: undo it where it rose too much
-            mse_now = (residual * residual).reshape(batch, -1).mean(axis=1)
-            worse = mse_now > last_mse * (1 + opts.relocate_tolerance)
-            if bool(worse.any()):
-                chosen, old_p, old_m, old_v = undo
-                rows = xp.arange(batch)[:, None]
-                keep = worse[:, None, None]
-                params[rows, chosen] = xp.where(keep, old_p, params[rows, chosen])
-                m[rows, chosen] = xp.where(keep, old_m, m[rows, chosen])
-                v[rows, chosen] = xp.where(keep, old_v, v[rows, chosen])
-                render = kernel.forward(params)
-                residual = render - target
-            undo = None
-            rebin_due = len(classes) > 1  # once the move is kept or undone (rows stay put)
-        if moves:
-            last_mse = (residual * residual).reshape(batch, -1).mean(axis=1)
-        if keep_history or (progress and step % 10 == 0):
-            mse = (residual * residual).reshape(batch, -1).mean(axis=1)
-            if keep_history:
-                losses[step] = to_numpy(mse)
-            if progress and step % 10 == 0:
-                progress(step, opts.iters, float(mse.mean()))
-        residual *= pixel_scale  # ∂(mean squared error)/∂render
-        grad = kernel.backward(params, residual)
-        if opts.l1_colour:
-            grad[..., C.COLOUR_COLS] += (opts.l1_colour / n) * xp.sign(params[..., C.COLOUR_COLS])
-        if prune_step >= 0:
-            grad *= alive[..., None]
-        # Adam with a cosine-decayed, per-parameter-group learning rate
+    def __init__(self, target_np, opts: FitOptions, seed_offset: int = 0):
+        self.opts, self.target_np = opts, target_np
+        self.xp = xp = get_xp(opts.backend) if opts.engine != "dense-torch" else np
+        self.batch, self.height, self.width, _ = target_np.shape
+        self.n = opts.n_splats
+        _, self.radius, self.sigma = geometry(self.n, self.height, self.width, opts)
+        self.classes = size_classes(self.n, self.radius, opts)
+        self.r_max = self.classes[-1][1]
+        self.engine_name = resolve_engine(opts.engine, xp)
+        # the tile engine has no windows: every splat may grow to the large class's extent
+        bounds = [(count, self.r_max if self.engine_name == "tiles" else r)
+                  for count, r in self.classes]
+        self.radii = xp.concatenate([xp.full(c, r, xp.float32) for c, r in bounds])  # [N]
+        self.rebins = self.engine_name != "tiles" and len(self.classes) > 1
+        self.rng = PerImageRandom(opts.seed, seed_offset, self.batch)
+        self.target = xp.asarray(target_np)  # [B, H, W, 3]
+        self.pixel_scale = 2.0 / (self.height * self.width * 3)  # ∂(MSE)/∂render per residual
+        self.engine = make_engine(self.engine_name, opts.threads, xp, self.batch, self.height,
+                                  self.width, self.classes, k_sigma=opts.k_sigma)
+
+    # ---- set-up -----------------------------------------------------------------------------
+    def start(self, init_splats=None) -> None:
+        xp, opts, batch, n = self.xp, self.opts, self.batch, self.n
+        height, width = self.height, self.width
+        if init_splats is not None:
+            params = xp.asarray(_warm_params(init_splats, n, height, width))
+            clamp_covariance(xp, params, self.radii)
+        else:  # each class on its own grid, σ from its own spacing (within its window)
+            params = xp.asarray(np.concatenate([init_params(
+                opts.init, batch, count, height, width,
+                geometry(count, height, width, opts)[2] if r == self.radius else min(
+                    opts.init_scale * math.sqrt(height * width / count), r / 3.0), self.rng)
+                for count, r in self.classes], axis=1))
+            if opts.init == "grid":
+                colour_from_pixels(window_kernel(xp, batch, n, height, width, self.r_max),
+                                   params, self.target)
+        self.params = params                      # [B, N, 8] pixel units
+        self.m = xp.zeros_like(params)            # Adam moments
+        self.v = xp.zeros_like(params)
+        self.alive = xp.ones((batch, n), dtype=bool)
+        self.n_pruned = np.zeros(batch, np.int64)
+        self.lr_base = xp.asarray([opts.lr_position] * 2 + [opts.lr_covariance] * 3
+                                  + [opts.lr_colour] * 3, dtype=xp.float32)
+        self.moves = placement.relocation_steps(opts.iters, opts.relocate_every,
+                                                opts.relocate_until)
+        self.n_move = max(1, int(opts.relocate_fraction * n))
+        self.prune_step = int(opts.prune_at * opts.iters) if opts.prune_threshold > 0 else -1
+        self.undo = None  # (indices, params, m, v) of the last move, until its loss is seen
+        self.last_mse = self.render = self.grad = None
+        self.rebin_due = False
+
+    # ---- one iteration ----------------------------------------------------------------------
+    def step(self, step: int):
+        """Iteration ``step``: returns the MSE ``[B]`` of the render it took the gradient of."""
+        if self.rebin_due:  # before this step's forward: the kernels' ranges are the classes
+            rebin(self.xp, self.params, (self.m, self.v), self.classes)
+            self.rebin_due = False
+        if step in self.moves and self.last_mse is not None:
+            self.relocate()
+        if step == self.prune_step:
+            self.prune()
+        mse = self.loss_and_grad()
+        if self.undo is not None:
+            mse = self.undo_worse_moves(mse)
+        if self.moves:
+            self.last_mse = mse
+        grad = self.grad
+        if self.opts.l1_colour:
+            grad[..., C.COLOUR_COLS] += (self.opts.l1_colour / self.n) * self.xp.sign(
+                self.params[..., C.COLOUR_COLS])
+        if self.prune_step >= 0:
+            grad *= self.alive[..., None]
+        self.adam_step(step, grad)
+        return mse
+
+    def loss_and_grad(self):
+        """Render, per-image MSE ``[B]`` and ∂MSE/∂params into ``self.render`` / ``self.grad``."""
+        self.render, mse, self.grad = self.engine.loss_grad(self.params, self.target,
+                                                            self.pixel_scale)
+        return mse
+
+    def relocate(self) -> None:
+        xp, rows = self.xp, self.xp.arange(self.batch)[:, None]
+        before = self.render - self.target  # the previous step's residual
+        cost = placement.removal_cost(xp, self.params, self.grad, self.height * self.width * 3)
+        chosen = placement.weakest(xp, cost, self.n_move, self.alive)
+        self.undo = (chosen, self.params[rows, chosen].copy(), self.m[rows, chosen].copy(),
+                     self.v[rows, chosen].copy())
+        placement.relocate(xp, self.params, (self.m, self.v), before, chosen, self.sigma,
+                           self.radius, self.rng)
+
+    def undo_worse_moves(self, mse):
+        """The loss just after a move: undo it in the images where it rose too much."""
+        xp = self.xp
+        worse = mse > self.last_mse * (1 + self.opts.relocate_tolerance)
+        if bool(worse.any()):
+            chosen, old_p, old_m, old_v = self.undo
+            rows = xp.arange(self.batch)[:, None]
+            keep = worse[:, None, None]
+            for array, old in ((self.params, old_p), (self.m, old_m), (self.v, old_v)):
+                array[rows, chosen] = xp.where(keep, old, array[rows, chosen])
+            mse = self.loss_and_grad()
+        self.undo = None
+        self.rebin_due = self.rebins  # once the move is kept or undone (rows stay put)
+        return mse
+
+    def prune(self) -> None:
+        xp = self.xp
+        luminance = xp.abs(self.params[..., C.COLOUR_COLS]) @ xp.asarray(BT709, dtype=xp.float32)
+        self.alive &= luminance >= self.opts.prune_threshold
+        for array in (self.params[..., C.COLOUR_COLS], self.m, self.v):
+            array *= self.alive[..., None]
+        self.n_pruned = to_numpy((~self.alive).sum(axis=1))
+
+    def adam_step(self, step: int, grad) -> None:
+        """Adam with a cosine-decayed, per-parameter-group learning rate; then the clamps."""
+        xp, opts, params, m, v = self.xp, self.opts, self.params, self.m, self.v
+        beta1, beta2, eps = 0.9, 0.999, 1e-15
         m *= beta1
         m += (1 - beta1) * grad
         v *= beta2
         v += (1 - beta2) * grad * grad
-        decay = opts.lr_final + (1 - opts.lr_final) * 0.5 * (1 + math.cos(math.pi * step /
-                                                                          max(opts.iters, 1)))
+        decay = opts.lr_final + (1 - opts.lr_final) * 0.5 * (
+            1 + math.cos(math.pi * step / max(opts.iters, 1)))
         bias1, bias2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
-        lr = lr_base * (decay / bias1)
-        params -= lr * m / (xp.sqrt(v / bias2) + eps)
-        clamp_covariance(xp, params, radii)
-        xp.clip(params[..., 0], 0, width, out=params[..., 0])
-        xp.clip(params[..., 1], 0, height, out=params[..., 1])
+        params -= (self.lr_base * (decay / bias1)) * m / (xp.sqrt(v / bias2) + eps)
+        clamp_covariance(xp, params, self.radii)
+        xp.clip(params[..., 0], 0, self.width, out=params[..., 0])
+        xp.clip(params[..., 1], 0, self.height, out=params[..., 1])
+
+    # ---- result -----------------------------------------------------------------------------
+    def finish(self):
+        """(splats, PSNR ``[B]``, pruned ``[B]``): FP16 in spec units, quantised where asked,
+        PSNR measured on exactly what is stored."""
+        if hasattr(self.engine, "close"):
+            self.engine.close()
+        opts, target_np, height, width = self.opts, self.target_np, self.height, self.width
+        params_np, alive_np = to_numpy(self.params), to_numpy(self.alive)
+        splats = [SplatSet(to_normalised(params_np[i][alive_np[i]], height, width)
+                           .astype(np.float16), height, width) for i in range(self.batch)]
+        if opts.quantize:
+            splats = _quantised(splats, target_np, opts, self.r_max)
+        scores = evaluate_psnr(splats, target_np, self.r_max, backend=opts.backend)
+        for s, score in zip(splats, scores):
+            s.meta.update(psnr=round(float(score), 3), iters=opts.iters)
+        return splats, scores, self.n_pruned
+
+
+def _quantised(splats, target_np, opts: FitOptions, r_max: int) -> list[SplatSet]:
+    """What records with ``opts.quantize`` store (solve.py), with matched steps if asked."""
+    from ..format.record import get_codec
+    codec = get_codec(opts.quantize)
+    codecs = [codec] * len(splats)
+    if opts.quantize_reference_psnr is not None:  # matched steps (solve.py)
+        fit_scores = evaluate_psnr(splats, target_np, r_max, backend=opts.backend)
+        for i, (fitted, score) in enumerate(zip(splats, fit_scores)):
+            factor = matched_step_scale(float(score), opts.quantize_reference_psnr)
+            fitted.meta.update(fit_psnr=round(float(score), 3), step_scale=factor)
+            codecs[i] = get_codec(scale_steps(opts.quantize, factor))
+    return [requantize(fitted, target_np[i], codecs[i], 2 * r_max)
+            for i, fitted in enumerate(splats)]
+
+
+def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=0,
+               init_splats=None):
+    """One batch → (splats, PSNR ``[B]``, pruned ``[B]``, loss history ``[iters, B]`` or None)."""
+    fit = _BatchFit(target_np, opts, seed_offset)
+    fit.start(init_splats)
+    losses = np.zeros((opts.iters, fit.batch), np.float32) if keep_history else None
+    for step in range(opts.iters):
+        mse = fit.step(step)
+        if keep_history:
+            losses[step] = to_numpy(mse)
+        if progress and step % 10 == 0:
+            progress(step, opts.iters, float(mse.mean()))
     if progress:
         progress(opts.iters, opts.iters, float("nan"))
-    if hasattr(kernel, "close"):
-        kernel.close()
-
-    # what is stored is FP16 in spec units: measure PSNR on exactly that
-    params_np = to_numpy(params)
-    alive_np = to_numpy(alive)
-    splats = [SplatSet(to_normalised(params_np[i][alive_np[i]], height, width)
-                       .astype(np.float16), height, width) for i in range(batch)]
-    if codec is not None:
-        codecs = [codec] * batch
-        if opts.quantize_reference_psnr is not None:  # matched steps (solve.py)
-            fit_scores = evaluate_psnr(splats, target_np, r_max, backend=opts.backend)
-            for i, (fitted, score) in enumerate(zip(splats, fit_scores)):
-                factor = matched_step_scale(float(score), opts.quantize_reference_psnr)
-                fitted.meta.update(fit_psnr=round(float(score), 3), step_scale=factor)
-                codecs[i] = get_codec(scale_steps(opts.quantize, factor))
-        splats = [requantize(fitted, target_np[i], codecs[i], 2 * r_max)
-                  for i, fitted in enumerate(splats)]
-    scores = evaluate_psnr(splats, target_np, r_max, backend=opts.backend)
-    for s, score in zip(splats, scores):
-        s.meta.update(psnr=round(float(score), 3), iters=opts.iters)
+    splats, scores, n_pruned = fit.finish()
     return splats, scores, n_pruned, losses
