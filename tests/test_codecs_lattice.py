@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 
 from codec_harness import check_reference_twin
 from gsformat import FormatError
-from gsformat.codecs import Entropy, Lattice
+from gsformat.codecs import Entropy, Lattice, LatticeRans
 from gsformat.codecs.lattice import ycocg_r, ycocg_r_inverse
 from strategies import valid_params
 
@@ -104,3 +104,34 @@ def test_corrupt_input_is_a_format_error(fitted_splats, mutate):
 def test_empty_record_with_trailing_bytes_is_refused():
     with pytest.raises(FormatError):
         Lattice().decode(bytes(48) + b"x")
+
+
+@pytest.mark.parametrize("codec", [Lattice(), LatticeRans()], ids=lambda c: c.codec_id)
+@pytest.mark.parametrize("col, value, other", [(2, 65504.0, None), (4, 65504.0, None),
+                                               (3, 65504.0, (4, 0.98))])
+def test_encoder_refuses_codes_that_decode_beyond_fp16(codec, col, value, other):
+    """Issue 25, item 15: l = 65,504 was written as exp(222 · 0.05) ≈ 66,171, which decodes to
+    inf (a record every reader rejects); l21 likewise through a rounded-up l22."""
+    params = np.array([[0.5, 0.5, 0.01, 0.0, 0.01, 0.2, 0.3, 0.4]] * 2, np.float16)
+    params[1, col] = value
+    if other:
+        params[1, other[0]] = other[1]
+    with pytest.raises(ValueError, match=r"splat 1's l\d\d = 65504.0 would decode beyond FP16"):
+        codec.encode(params)
+
+
+@given(params=valid_params(max_splats=40), big=st.floats(57344, 65504, width=16),
+       col=st.sampled_from([2, 3, 4, 5]), step=steps)
+@settings(max_examples=100, deadline=None)
+def test_what_the_encoder_writes_decodes_to_finite_fp16(params, big, col, step):
+    if len(params) == 0:
+        return
+    params = params.copy()
+    params[0, col] = big
+    codec = Lattice(*step, level=1)
+    try:
+        payload = codec.encode(params)
+    except ValueError:  # refused, naming the value: never a record readers reject
+        return
+    decoded = np.asarray(codec.decode(payload))
+    assert np.isfinite(decoded).all()

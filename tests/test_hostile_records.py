@@ -116,6 +116,24 @@ def test_bad_codec_parameters_name_the_parameter(name, param, value, message):
     assert "unknown codec" not in str(info.value)
 
 
+@pytest.mark.parametrize("name, param, good, bad", [
+    ("quantize-12", "colour_bits", 8, 8.0), ("quantize-12", "position_bits", 12, 12.0),
+    ("quantize-12", "covariance_bits", 1, True), ("lattice-default", "position_step", 1, True),
+    ("lattice-rans-default", "colour_step", 1, True)])
+def test_parameter_types_do_not_depend_on_history(name, param, good, bad):
+    """Issue 25, item 18: decoders were cached by equal Python values (8 == 8.0 == ...; True
+    == 1), so a wrong type was accepted right after a record with the right one."""
+    config = dict(msgpack.unpackb(vector(name))["codecs"][0])
+    assert record_module.decoder_for(dict(config, **{param: good})) is not None
+    with pytest.raises(FormatError, match="must be an? (integer|number)"):
+        record_module.decoder_for(dict(config, **{param: bad}))
+    if name == "quantize-12" and param == "colour_bits":  # the same through whole records
+        base = vector(name)
+        decode_record(base)
+        with pytest.raises(FormatError, match="must be an integer, got 8.0"):
+            decode_record(record_with(base, codecs=[dict(config, colour_bits=8.0)]))
+
+
 @pytest.mark.parametrize("name, param", [("lattice-default", "position_step"),
                                          ("quantize-12", "colour_bits")])
 def test_missing_decoder_parameters_are_rejected(name, param):
@@ -169,8 +187,9 @@ def test_planar_count_is_checked_before_allocating():
 def test_raw_records_with_invalid_values_are_rejected(col, value):
     params = uniform_splats(4).params.copy()
     params[1, col] = value
+    payload = params.astype("<f2").tobytes()  # raw: encode_record refuses to write it
     with pytest.raises(FormatError, match="non-finite|<= 0"):
-        decode_record(encode_record(SplatSet(params, 8, 8)))
+        decode_record(record_with(n_splats=4, payload=payload))
 
 
 # ---- N = 0 (SPEC.md 1.4 decisions) ----------------------------------------------------------
@@ -212,6 +231,42 @@ def test_huge_claims_in_small_records_stay_in_budget(huge_records, name):
     assert isinstance(result, SplatSet) and result.n_splats == N_MAX
     assert peak <= budget(buf), f"{peak / MIB:.1f} MiB"
     assert peak <= 64 * MIB and seconds < 2
+
+
+@pytest.fixture
+def numpy_decoders():
+    """The NumPy decoders, as ``GSFORMAT_NO_NATIVE=1`` chooses them."""
+    saved = lattice._NATIVE, list(record_module._ROWS_VALID)
+    lattice._NATIVE = None
+    record_module._ROWS_VALID[:] = [None]
+    yield
+    lattice._NATIVE = saved[0]
+    record_module._ROWS_VALID[:] = saved[1]
+
+
+def planes_28_record() -> bytes:
+    """2^20 splats declaring 4 byte planes in each of the 7 slots (28), every plane one rANS
+    symbol of frequency M: 469 bytes (a plane's table does not depend on N, so 64-symbol planes
+    give the stage's bytes)."""
+    from gsformat.codecs import LatticeRans, rans
+    header = (np.array([N_MAX, 1], "<u4").tobytes()
+              + np.array([1000, 1000, -40, 0, -40, 10, 0, 0], "<i4").tobytes()
+              + bytes([4, 0, 4, 4, 4, 4, 4, 4]))
+    payload = header + rans.encode([np.zeros(64, np.uint8)] * 28)
+    return msgpack.packb({"version": [1, 4], "n_splats": N_MAX, "height": 8, "width": 8,
+                          "layout": "gs2d.mu2.chol3.rgb3", "codecs": [LatticeRans().get_config()],
+                          "payload": payload}, use_bin_type=True)
+
+
+def test_numpy_decoders_keep_the_budget(numpy_decoders, huge_records):
+    """Issue 25, item 20: § 7's budget holds without the C decoders too. The NumPy rANS stage
+    kept a second [P, N] array of symbols beside its planes: 57.1 MiB for 28 planes at 2^20
+    splats, against 56.0 MiB."""
+    for buf in [planes_28_record()] + list(huge_records.values()):
+        result, seconds, peak = decode_measured(buf)
+        assert isinstance(result, SplatSet) and result.n_splats == N_MAX
+        assert peak <= budget(buf), f"{len(buf)} bytes: {peak / MIB:.1f} MiB"
+    assert len(planes_28_record()) == 469
 
 
 def _payload_edit(buf: bytes, edit) -> bytes:

@@ -93,10 +93,32 @@ def test_check_rejects_invalid_parameters():
     params = np.ones((4, 8), np.float16)
     params[1, 4] = -1
     params[2, 0] = np.nan
-    record = encode_record(SplatSet(params, 8, 8))
+    record = _record(n_splats=4, payload=params.astype("<f2").tobytes())  # no writer writes it
     # SPEC.md § 2 (1.4): every reader rejects them, not only the validator
     with pytest.raises(FormatError, match="non-finite.*l22 <= 0"):
         decode_record(record)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES[:3], ids=["raw", "zstd", "planar"])
+@pytest.mark.parametrize("col, value, message", [
+    (0, np.nan, "non-finite"), (6, np.inf, "non-finite"), (7, -np.inf, "non-finite"),
+    (2, 0.0, "l11 <= 0"), (4, -0.0, "l22 <= 0"), (4, -1.0, "l22 <= 0"),
+    (2, np.nan, "l11 <= 0")])
+def test_writers_refuse_invalid_splats_with_every_pipeline(pipeline, col, value, message):
+    """Issue 25, item 16: SPEC.md § 2 / § 8 forbid a writer to write them; the lossless
+    pipelines used to store them as they were (the lossy encoders already refused)."""
+    params = np.ones((4, 8), np.float16)
+    params[2, col] = value
+    with pytest.raises(FormatError, match=f"refusing to write invalid splats.*{message}"
+                                          f".*splat 2"):
+        encode_record(SplatSet(params, 8, 8), pipeline)
+
+
+@pytest.mark.parametrize("version", [[1, -1], [-1, 0], [1, 2.0], [True, 0], [1], [1, 0, 0]])
+def test_version_is_two_unsigned_integers(version):
+    """Issue 25, item 17: § 4 says an array of two uints; [1, −1] was accepted."""
+    with pytest.raises(FormatError, match="version must be"):
+        decode_record(_record(version=version))
 
 
 def test_splatset_shape_and_limits():

@@ -11,7 +11,18 @@ from gsformat.cli import main
 from gsformat.format.dataset import iter_dataset, read_index
 from gsformat.format.validate import validate_dataset
 
-from damage import patch_params, patch_record, rewrite_sample_record, shard_path
+from damage import patch_record, rewrite_sample_record, shard_path
+
+
+def raw_params_with(col, value):
+    """A sample's record rewritten as a raw record with one bad value (splat 5): no writer
+    writes one (`encode_record` refuses, SPEC.md § 8), so it is packed here."""
+    def mutate(record):
+        from gsformat import decode_record
+        params = decode_record(record).params.copy()
+        params[5, col] = value
+        return patch_record(codecs=[], payload=params.astype("<f2").tobytes())(record)
+    return mutate
 
 
 def assert_invalid(root, *fragments):
@@ -73,7 +84,7 @@ def test_splat_count_over_limit(small_dataset):
 @pytest.mark.parametrize("col, value, message", [
     (0, np.nan, "non-finite"), (2, 0.0, "l11 <= 0"), (4, -0.5, "l22 <= 0")])
 def test_bad_parameters(small_dataset, col, value, message):
-    rewrite_sample_record(small_dataset, patch_params(col, value))
+    rewrite_sample_record(small_dataset, raw_params_with(col, value))
     assert_invalid(small_dataset, "shard.00000.mds, sample 1", message)
 
 

@@ -53,6 +53,7 @@ HEADER_BYTES = 4 + 4 + 4 * 8 + 8  # n, Wc, code_min, planes
 CHUNK = 1 << 15  # splats per step of the NumPy arithmetic: its scratch stays ~10 MiB at any N
 MAX_CODE = (1 << 31) - 1  # |code| and code_min fit int32
 MAX_PLANES = (4, 0, 4, 4, 4, 4, 4, 4)  # per attribute slot
+FP16_SAFE = 16384.0  # |input| below this cannot decode beyond FP16's 65,504 at any step ≤ 1
 
 try:  # the C decoder (setup.py builds it where a compiler is found)
     from . import _lattice_native as _NATIVE
@@ -150,7 +151,27 @@ class Lattice(IgnoresUnknownParameters, Codec):
             worst = int(np.abs(scaled).max(axis=1).argmax())
             raise ValueError(f"gsformat.lattice: {C.PARAM_NAMES[worst]} needs codes beyond "
                              f"±2^30 at its step; use a larger step")
-        return scaled.astype(np.int64)
+        codes = scaled.astype(np.int64)
+        if codes.size and np.abs(rows).max() >= FP16_SAFE:
+            self._check_finite(codes, rows)
+        return codes
+
+    def _check_finite(self, codes: np.ndarray, rows: np.ndarray) -> None:
+        """SPEC.md § 5.5: an encoder MUST NOT write codes whose decoded value overflows FP16
+        (l = 65,504 at scale_step 0.05 is code 222, exp(11.1) ≈ 66,171 → inf). Only values
+        near FP16's limit can: a decoded value is within a factor e^(step/2) ≤ 1.65 of the
+        input (shear: of |l21| + l22/2), so inputs below `FP16_SAFE` are not checked."""
+        with np.errstate(over="ignore"):
+            decoded = self.dequantize(codes)
+        bad = ~np.isfinite(decoded)
+        if bad.any():
+            splat, col = (int(i[0]) for i in np.nonzero(bad))
+            step = ("position_step", "position_step", "scale_step", "shear_step", "scale_step",
+                    "colour_step", "colour_step", "colour_step")[col]
+            raise ValueError(f"gsformat.lattice: splat {splat}'s {C.PARAM_NAMES[col]} = "
+                             f"{float(rows[splat, col])} would decode beyond FP16's largest "
+                             f"finite value (65504) at {step} {getattr(self, step)}; readers "
+                             f"reject such records (SPEC.md § 2)")
 
     def dequantize(self, codes: np.ndarray, scales=None) -> np.ndarray:
         """int64 codes ``[8, N]`` → float16 rows ``[N, 8]``: float64 arithmetic, rounded to
@@ -182,7 +203,11 @@ class Lattice(IgnoresUnknownParameters, Codec):
     def byte_planes(self, rows: np.ndarray) -> tuple[bytes, list]:
         """float16 ``[N, 8]`` → (the 48-byte header, the uint8 byte planes ``[N]`` in layout
         order): everything but the entropy stage."""
-        codes = self.codes(rows)  # [8, N]
+        return self.planes_of_codes(self.codes(rows))
+
+    def planes_of_codes(self, codes: np.ndarray) -> tuple[bytes, list]:
+        """int64 codes ``[8, N]`` (x, y, s1, k, s2, R, G, B) → (header, byte planes): the
+        layout, whatever the codes decode to (tests and spec/vectors craft payloads with it)."""
         n = codes.shape[1]
         if n == 0:
             return np.uint32(0).tobytes() + bytes(HEADER_BYTES - 4), []

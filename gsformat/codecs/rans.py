@@ -249,8 +249,8 @@ def decode(data, n: int, n_planes: int) -> np.ndarray:
         freq = np.stack([np.pad(tables[p][1], (0, 256 - len(tables[p][1]))) for p in coded])
         cum = np.cumsum(freq, axis=1) - freq  # [R, 256]
         bits = np.array([tables[p][2] for p in coded])
-        x, read, symbols = _decode_stream(x, words, starts, ends, sym_of, freq, cum, bits, n)
-        out[coded] = symbols
+        x, read = _decode_stream(x, words, starts, ends, sym_of, freq, cum, bits, out,
+                                 np.array(coded))
     else:
         read = starts[:STREAMS].copy()
     if (read != ends).any() or (x != STATE_LOW).any():
@@ -260,25 +260,26 @@ def decode(data, n: int, n_planes: int) -> np.ndarray:
     return out
 
 
-def _decode_stream(x, words, starts, ends, sym_of, freq, cum, bits, n):
-    """32 symbols (one per lane) per step over the R rANS planes of n symbols each; → final
-    states, read positions, symbols ``[R, n]``. A plane whose one symbol has frequency M leaves
-    every state as it is and reads no word (x ← M·(x >> b) + x mod M), so it is filled without
-    a step; the others cost a Python step per 32 symbols (the C decoder is ~1,000× faster)."""
+def _decode_stream(x, words, starts, ends, sym_of, freq, cum, bits, out, coded):
+    """32 symbols (one per lane) per step over the R rANS planes, rows ``coded`` of ``out``
+    (uint8 ``[P, n]``, written in place: no second ``[R, n]`` array, SPEC.md § 7's budget);
+    → final states, read positions. A plane whose one symbol has frequency M leaves every state
+    as it is and reads no word (x ← M·(x >> b) + x mod M), so it is filled without a step; the
+    others cost a Python step per 32 symbols (the C decoder is ~1,000× faster)."""
+    n = out.shape[1]
     n_planes = len(bits)
-    symbols = np.empty((n_planes, n), np.uint8)
     single = freq.max(axis=1) == (1 << bits)
-    symbols[single] = freq[single].argmax(axis=1)[:, None]
+    out[coded[single]] = freq[single].argmax(axis=1)[:, None]
     live = np.flatnonzero(~single)  # the planes that are stepped
     masks = (1 << bits) - 1
     stream_of = np.arange(LANES) // (LANES // STREAMS)
     read = starts[:STREAMS].copy()  # next word of each stream
-    flat = symbols.reshape(-1)
     groups = [range(p * n // LANES, -(-(p + 1) * n // LANES)) for p in live]  # 32-symbol steps
     for group in (np.unique(np.concatenate(groups)) if groups else ()):
         start = int(group) * LANES
         stop = min(start + LANES, n_planes * n)
-        plane = np.arange(start, stop) // n  # [≤ 32] the plane of each symbol
+        symbol = np.arange(start, stop)
+        plane = symbol // n  # [≤ 32] the rANS plane of each symbol
         lanes = x[:stop - start]
         slot = lanes & masks[plane]
         s = sym_of[plane, slot]
@@ -294,8 +295,9 @@ def _decode_stream(x, words, starts, ends, sym_of, freq, cum, bits, n):
             lanes[need] = (lanes[need] << 16) | words[at]
             read += np.bincount(mine, minlength=STREAMS)
         x[:lanes.size] = lanes
-        flat[start:stop] = np.where(stepped, s, flat[start:stop])
-    return x, read, symbols
+        rows, cols = coded[plane[stepped]], symbol[stepped] % n
+        out[rows, cols] = s[stepped]
+    return x, read
 
 
 def _rank_within(groups: np.ndarray) -> np.ndarray:

@@ -79,8 +79,9 @@ def decoder_for(config) -> Codec | None:
     of its type and in its range; parameters it does not need ignored. Cached per config."""
     if type(config) is not dict:
         raise FormatError(f"codec config must be a map, got {type(config).__name__}")
-    try:
-        key = tuple(config.items())  # a record's map keeps its key order: hits without a sort
+    try:  # a record's map keeps its key order: hits without a sort. Types are part of the
+        # key: 8, 8.0 and True are equal (and hash alike) in Python, not in SPEC.md § 5
+        key = tuple((name, type(value), value) for name, value in config.items())
         cached = _DECODERS.get(key, False)
     except TypeError:  # unhashable values (a list in a config): not cached
         key, cached = None, False
@@ -216,7 +217,16 @@ def _rows_valid():
 
 def encode_record(splats: SplatSet, codecs: Iterable[Codec | dict] = (),
                   fit: dict | None = None) -> bytes:
-    """Encode a `SplatSet` as a splat record (bytes). ``fit`` defaults to ``splats.meta``."""
+    """Encode a `SplatSet` as a splat record (bytes). ``fit`` defaults to ``splats.meta``.
+
+    Raises `FormatError` for parameters SPEC.md § 2 forbids a writer to write (non-finite
+    values, l11 or l22 not > 0, −0 included), whatever the pipeline: lossless ones would store
+    them as they are."""
+    try:
+        check_params(splats.params)
+    except FormatError as exc:
+        raise FormatError(f"refusing to write invalid splats (SPEC.md § 2, § 8): "
+                          f"{exc.reason}") from None
     # an empty record has no payload to code (zstd cannot round-trip an empty frame)
     payload, configs = encode_payload(splats.params, codecs if splats.n_splats else ())
     record = {
@@ -293,8 +303,10 @@ def read_header(buf: bytes | memoryview) -> dict:
     # `type(v) is int` rather than isinstance: bools are ints to isinstance (and this runs per
     # sample in the loader, so no generator)
     if type(version) is not list or len(version) != 2 or not (
-            type(version[0]) is int and type(version[1]) is int):
-        raise FormatError(f"version must be [major, minor], got {version!r}")
+            type(version[0]) is int and type(version[1]) is int
+            and version[0] >= 0 and version[1] >= 0):  # § 4: an array of two uints
+        raise FormatError(f"version must be [major, minor], two unsigned integers, got "
+                          f"{version!r}")
     if version[0] != C.FORMAT_MAJOR:
         raise FormatError(f"unknown major version {version[0]} (this reader understands "
                           f"{C.FORMAT_MAJOR}.x)")
