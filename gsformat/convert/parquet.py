@@ -8,8 +8,9 @@ column beside ``key``, ``caption``, ``url`` and the other sidecar fields).
   client, as `locations` says); a server that ignores ranges is copied to a temporary file.
 - `find_columns`: the image column by type (or name), caption / label / key columns by name,
   every other scalar column for ``meta``.
-- `read_rows`: the rows of some row groups, one row group in memory at a time, only the columns
-  used. Transient failures are retried per row group (`locations.with_retries`).
+- `read_rows`: the rows of some row groups, one row group read at a time, only the columns
+  used. Footers are read with `locations.with_retries`; a transient failure while reading rows
+  fails the unit, which `unit.convert_with_retries` redoes (units are small).
 
 pyarrow is imported inside the functions: the convert layer loads without it.
 """
@@ -32,6 +33,7 @@ CAPTION_NAMES = ("caption", "text", "txt")
 LABEL_NAMES = ("label", "labels", "cls")
 KEY_NAMES = ("key",)
 FOOTER_THREADS = 16  # remote footers are read concurrently when units are planned
+BATCH_ROWS = 4       # rows decoded at a time (of the one row group being read)
 
 
 @dataclass(frozen=True)
@@ -274,9 +276,9 @@ def _image_cell(value, max_bytes: int) -> tuple[bytes | None, str | None]:
 
 def read_rows(url: str, row_groups: list[int] | None, columns: Columns, chunk_rows: int,
               max_image_bytes: int) -> Iterator[Row]:
-    """The rows of ``row_groups`` of one file, one row group read at a time (``None``: the
-    file's only chunk, for a file whose footer could not be read when units were planned: a
-    ValueError if the file now needs more than one chunk)."""
+    """The rows of ``row_groups`` of one file, a row group at a time, decoded `BATCH_ROWS`
+    rows at a time (``None``: the file's only chunk, for a file whose footer could not be read
+    when units were planned: a ValueError if the file now needs more than one chunk)."""
     with open_parquet(url) as parquet_file:
         meta = parquet_file.metadata
         rows_per_group = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
@@ -287,21 +289,21 @@ def read_rows(url: str, row_groups: list[int] | None, columns: Columns, chunk_ro
                                  "re-run to plan and convert it")
             row_groups = chunks[0]
         for group in row_groups:
-            table = locations.with_retries(
-                lambda: parquet_file.read_row_group(group, columns=columns.read))
             first = sum(rows_per_group[:group])
-            yield from _rows(table, first, columns, max_image_bytes)
-            del table  # one row group at a time
+            for batch in parquet_file.iter_batches(BATCH_ROWS, row_groups=[group],
+                                                   columns=columns.read, use_threads=False):
+                yield from _rows(batch, first, columns, max_image_bytes)
+                first += batch.num_rows
 
 
-def _rows(table, first: int, columns: Columns, max_image_bytes: int) -> Iterator[Row]:
-    images = table.column(columns.image)
-    values = {name: table.column(name).to_pylist() for name in columns.read
+def _rows(batch, first: int, columns: Columns, max_image_bytes: int) -> Iterator[Row]:
+    images = batch.column(columns.image)
+    values = {name: batch.column(name).to_pylist() for name in columns.read
               if name != columns.image}  # the small columns, as Python values
-    none = [None] * table.num_rows
+    none = [None] * batch.num_rows
     captions, labels, keys = (values.get(c, none) for c in (columns.caption, columns.label,
                                                              columns.key))
-    for i in range(table.num_rows):
+    for i in range(batch.num_rows):
         image, problem = _image_cell(images[i].as_py(), max_image_bytes)  # one row's copy
         meta = None
         if columns.meta:
