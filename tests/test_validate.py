@@ -139,3 +139,63 @@ def test_iter_dataset_reads_everything(small_dataset):
     assert [s["key"] for s in samples] == [f"img-{i:03d}" for i in range(12)]
     assert samples[3]["label"] == 1 and samples[3]["caption"] == "photo 3"
     assert samples[0]["splats"].n_splats > 0
+
+
+# ---- issue 25, item 19 and § 9 item 1: every field of § 6.5 --------------------------------
+def edit_index(root, edit):
+    path = os.path.join(root, "index.json")
+    index = json.load(open(path))
+    edit(index)
+    json.dump(index, open(path, "w"))
+
+
+def test_index_over_64_mib_is_a_report_not_a_crash(small_dataset, capsys):
+    path = os.path.join(small_dataset, "index.json")
+    with open(path, "r+b") as f:
+        f.truncate((64 << 20) + 1)  # sparse: the size is refused before anything is read
+    assert_invalid(small_dataset, "index.json", "exceeds limit 67108864")
+    capsys.readouterr()
+    result = subprocess.run([sys.executable, "-m", "gsformat.cli", "validate", small_dataset],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "index.json" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("field, message", [
+    ("version", "field 'version' is missing"), ("hashes", "field 'hashes' is missing"),
+    ("size_limit", "field 'size_limit' is missing"), ("zip_data", "field 'zip_data' is missing"),
+    ("compression", "must name its compression")])
+def test_shard_entry_fields_are_required(small_dataset, field, message):
+    edit_index(small_dataset, lambda index: index["shards"][0].pop(field))
+    assert_invalid(small_dataset, "index.json, shard entry 0", message)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda e: e["raw_data"].pop("hashes"), "raw_data.hashes is missing"),
+    (lambda e: e["zip_data"].pop("hashes"), "zip_data.hashes is missing"),
+    (lambda e: e.update(version=3), "shard version 3"),
+    (lambda e: e.update(size_limit="64mb"), "field 'size_limit' has type str"),
+    (lambda e: e.update(hashes=["xxh64", "sha1"]), "hashes lists ['sha1', 'xxh64']"),
+    (lambda e: e["column_sizes"].__setitem__(e["column_names"].index("label"), 4),
+     "column 'label' (int) has size 4, its encoding's is 8"),
+    (lambda e: e["column_sizes"].__setitem__(e["column_names"].index("key"), 8),
+     "column 'key' (str) has size 8, its encoding's is null"),
+    (lambda e: e["zip_data"]["hashes"].update(xxh64=e["zip_data"]["hashes"]["xxh64"].upper()),
+     "is not 16 lower-case hex digits"),
+    (lambda e: e.update(compression="gz"), "unsupported shard compression 'gz'"),
+])
+def test_shard_entry_field_values(small_dataset, edit, message):
+    edit_index(small_dataset, lambda index: edit(index["shards"][0]))
+    assert_invalid(small_dataset, message)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(layout="gs3d"), "layout 'gs3d' is not"),
+    (lambda m: m.pop("layout"), "layout None is not"),
+    (lambda m: m.pop("codecs"), "codecs must be an array"),
+    (lambda m: m.update(codecs=[{"level": 3}]), "codecs must be an array")])
+def test_manifest_fields_a_validator_checks(small_dataset, edit, message):
+    path = os.path.join(small_dataset, "gsformat.json")
+    manifest = json.load(open(path))
+    edit(manifest)
+    json.dump(manifest, open(path, "w"))
+    assert_invalid(small_dataset, "gsformat.json", message)

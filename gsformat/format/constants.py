@@ -42,6 +42,7 @@ MAX_RECORD_BYTES = 64 << 20        # 64 MiB per encoded record
 MAX_DECODED_BYTES = MAX_SPLATS * BYTES_PER_SPLAT * 2  # any intermediate stage of a codec pipeline
 MAX_CODECS = 8                     # codec pipeline length
 MAX_FIT_KEYS = 64                  # entries in the optional fit map
+MAX_NESTING = 64                   # 1.5: containers deep in a record (its map is depth 1)
 
 # ---- dataset --------------------------------------------------------------------------------
 MANIFEST_NAME = "gsformat.json"

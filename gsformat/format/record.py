@@ -257,27 +257,42 @@ def _refuse_ext(code, data):
 
 
 _SCALARS = frozenset((int, float, str, bytes, bool, type(None)))
+_FIT_SCALARS = frozenset((int, float, str, bool, type(None)))  # § 4: a `fit` value (1.5)
 
 
 def _check_tree(record: dict) -> None:
     """SPEC.md § 4: no extension type anywhere (msgpack turns type −1, Timestamp, into an object
-    without asking `ext_hook`) and only str map keys. Iterative: nesting cannot exhaust the
+    without asking `ext_hook`), only str map keys, and *(1.5)* nesting at most
+    `C.MAX_NESTING` deep (the record's map is depth 1). Iterative: nesting cannot exhaust the
     stack; the payload is one bytes value, so this costs a few steps per record."""
-    stack = [record]
+    stack = [(record, 1)]
     while stack:
-        value = stack.pop()
+        value, depth = stack.pop()
+        if depth > C.MAX_NESTING:
+            raise FormatError(f"record nests containers {depth} deep, limit {C.MAX_NESTING}")
         kind = type(value)
         if kind is dict:
             for key, item in value.items():
                 if type(key) is not str:
                     raise FormatError(f"map key {key!r} is not a str (records use str keys)")
                 if type(item) not in _SCALARS:
-                    stack.append(item)
+                    stack.append((item, depth + 1))
         elif kind is list:
-            stack.extend(item for item in value if type(item) not in _SCALARS)
+            stack.extend((item, depth + 1) for item in value if type(item) not in _SCALARS)
         elif kind not in _SCALARS:
             raise FormatError(f"msgpack extension type ({kind.__name__}) is not allowed in a "
                               f"record")
+
+
+def _unique_map(pairs: list) -> dict:
+    """A msgpack map's (key, value) pairs → dict, refusing a key given twice (SPEC.md § 4, 1.5:
+    which value a reader keeps would be its parser's choice)."""
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        seen: set = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise FormatError(f"map key {twice!r} appears twice in one map")
+    return mapping
 
 
 def read_header(buf: bytes | memoryview) -> dict:
@@ -287,7 +302,7 @@ def read_header(buf: bytes | memoryview) -> dict:
     try:
         record = msgpack.unpackb(
             buf, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext,
-            max_bin_len=C.MAX_RECORD_BYTES, max_str_len=1 << 20, max_array_len=1 << 16,
+            object_pairs_hook=_unique_map, max_bin_len=C.MAX_RECORD_BYTES, max_str_len=1 << 20, max_array_len=1 << 16,
             max_map_len=1 << 12)
     except FormatError:
         raise
@@ -333,6 +348,9 @@ def read_header(buf: bytes | memoryview) -> dict:
     fit = record.get(C.KEY_FIT, {})
     if not isinstance(fit, dict) or len(fit) > C.MAX_FIT_KEYS:
         record[C.KEY_FIT] = {}  # optional and ignorable: a malformed fit map is dropped
+    elif not all(type(value) in _FIT_SCALARS for value in fit.values()):
+        record[C.KEY_FIT] = {key: value for key, value in fit.items()  # (1.5) and an entry
+                             if type(value) in _FIT_SCALARS}           # that is not a scalar
     return record
 
 

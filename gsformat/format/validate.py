@@ -1,9 +1,11 @@
 """`validate_dataset`: check a dataset (local or remote) against SPEC.md § 8.
 
-Checks, in order: index.json (MDS v2), gsformat.json (version, columns, sample count agree with
-the index), every shard (present, sizes, hashes, decompression, sample count, sample offsets) and
-every sample (record decodes, finite parameters, l11 > 0 and l22 > 0, limits, unique keys,
-column types). Problems are collected, not raised, so one run reports everything it finds.
+Checks, in SPEC.md § 9's order: index.json (MDS v2, every field of § 6.5; a fault in reading
+or parsing it ends the run), gsformat.json (format, version, layout, codecs; columns and sample
+count agree with the index), every shard in index order (present, size, hashes, decompression,
+sample count, sample offsets — the first of these that fails ends that shard's checks) and every
+sample (record decodes, finite parameters, l11 > 0 and l22 > 0, limits, unique keys, column
+types). Problems are collected, not raised, so one run reports everything it finds.
 """
 from __future__ import annotations
 
@@ -62,10 +64,56 @@ def _check_hashes(report: Report, where: str, data: bytes, hashes: dict) -> bool
         if algo not in mds.hash_names():
             report.add(where, f"unknown hash algorithm {algo!r}")
             ok = False
-        elif mds.hex_digest(algo, data) != expected:
+            continue
+        digest = mds.hex_digest(algo, data)
+        if len(expected) != len(digest) or expected.strip(HEX_DIGITS):
+            report.add(where, f"{algo} digest {expected!r:.80} is not {len(digest)} lower-case "
+                              f"hex digits (SPEC.md § 6.5)")
+            ok = False
+        elif digest != expected:
             report.add(where, f"{algo} hash mismatch (file changed or corrupt)")
             ok = False
     return ok
+
+
+HEX_DIGITS = "0123456789abcdef"
+# § 6.5's fields a reader may do without but a writer writes and a validator checks (§ 9 item 1)
+ENTRY_FIELDS = {"version": (int,), "hashes": (list,), "size_limit": (int, type(None)),
+                "compression": (str, type(None)), "zip_data": (dict, type(None))}
+FIXED_COLUMN_SIZES = {"str": None, "bytes": None, "jpeg": None, **mds.FIXED_SIZES}
+
+
+def _check_entry_fields(report: Report, i: int, info: dict) -> None:
+    """SPEC.md § 9 item 1 beyond what every reader checks (`mds.check_shard_entry`): every field
+    of § 6.5 present with its type, ``version`` 2, ``hashes`` naming exactly the digests given,
+    column sizes those of their encodings."""
+    where = f"{C.INDEX_NAME}, shard entry {i}"
+    for name, kinds in ENTRY_FIELDS.items():
+        if name not in info:
+            report.add(where, f"field {name!r} is missing (SPEC.md § 6.5)")
+        elif type(info[name]) not in kinds:
+            report.add(where, f"field {name!r} has type {type(info[name]).__name__}, expected "
+                              f"{' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}")
+    if type(info.get("version")) is int and info["version"] != 2:
+        report.add(where, f"shard version {info['version']} (MDS shards here are version 2)")
+    algos = info.get("hashes")
+    algos = set(algos) if type(algos) is list and all(type(a) is str for a in algos) else None
+    for part in ("raw_data", "zip_data"):
+        files = info.get(part)
+        if not isinstance(files, dict):
+            continue
+        if not isinstance(files.get("hashes"), dict):
+            report.add(where, f"{part}.hashes is missing (SPEC.md § 6.5: algorithm → hex)")
+        elif algos is not None and set(files["hashes"]) != algos:
+            report.add(where, f"{part}.hashes has {sorted(files['hashes'])}, hashes lists "
+                              f"{sorted(algos)}")
+    for name, encoding, size in zip(info.get("column_names", ()),
+                                    info.get("column_encodings", ()),
+                                    info.get("column_sizes", ())):
+        if encoding in FIXED_COLUMN_SIZES and size != FIXED_COLUMN_SIZES[encoding]:
+            expected = FIXED_COLUMN_SIZES[encoding]
+            report.add(where, f"column {name!r} ({encoding}) has size {size}, its encoding's "
+                              f"is {'null' if expected is None else expected}")
 
 
 def _check_manifest(report: Report, root: str, index: dict) -> None:
@@ -77,6 +125,14 @@ def _check_manifest(report: Report, root: str, index: dict) -> None:
     except FormatError as exc:
         report.add(C.MANIFEST_NAME, exc.reason)
         return
+    if manifest.get("layout") != C.LAYOUT_ID:
+        report.add(C.MANIFEST_NAME, f"layout {manifest.get('layout')!r:.80} is not "
+                                    f"{C.LAYOUT_ID!r} (the only layout of version 1)")
+    codecs = manifest.get("codecs")
+    if type(codecs) is not list or not all(isinstance(c, dict) and type(c.get("id")) is str
+                                           for c in codecs):
+        report.add(C.MANIFEST_NAME, "codecs must be an array of codec configs with a string "
+                                    "'id' (SPEC.md § 6.2)")
     total = sum(int(s.get("samples", 0)) for s in index["shards"])
     if manifest.get("n_samples") != total:
         report.add(C.MANIFEST_NAME, f"n_samples {manifest.get('n_samples')} contradicts "
@@ -129,6 +185,11 @@ def validate_dataset(root: str, progress: bool = False) -> Report:
     except NotADirectoryError:
         report.add(C.INDEX_NAME, f"missing ({root} is a file, not a dataset directory)")
         return report
+    except (ValueError, OSError) as exc:  # over 64 MiB, unreadable: a report, not a crash
+        report.add(C.INDEX_NAME, f"cannot read: {exc}")
+        return report
+    for i, info in enumerate(index["shards"]):
+        _check_entry_fields(report, i, info)
     _check_manifest(report, root, index)
     keys: set[str] = set()
     shards = index["shards"]

@@ -60,6 +60,15 @@ def from_planes(data: np.ndarray, n: int, nbytes: int) -> np.ndarray:
     return out
 
 
+def check_zigzag(zigzag: np.ndarray, bits: np.ndarray) -> None:
+    """SPEC.md § 5.4 (1.5): a zig-zag value of an attribute of b bits is below 2^b (its centred
+    difference s lies in [−2^(b−1), 2^(b−1))); FormatError otherwise. ``zigzag`` ``[k, m]``,
+    ``bits`` ``[k]``."""
+    if (zigzag >> bits[:, None]).any():
+        raise FormatError("entropy payload: a zig-zag difference is not below 2^b for its "
+                          "attribute's bit depth b")
+
+
 class Entropy(IgnoresUnknownParameters, Codec):
     """Lossy, entropy-coded splat codec (Morton order, delta coding, zstd).
 
@@ -141,6 +150,7 @@ class Entropy(IgnoresUnknownParameters, Codec):
             morton_delta = np.ascontiguousarray(morton_planes[:, part].T).view("<u4")[:, 0]
             words = word_planes[:, :, part].transpose(0, 2, 1)  # [attr, splat, lo/hi]
             zigzag = np.ascontiguousarray(words).view("<u2")[..., 0].astype(np.int64)  # [6, m]
+            check_zigzag(zigzag, bits[2:])
             morton = np.cumsum(morton_delta, dtype=np.uint64)
             morton += morton_carry
             morton_carry = morton[-1]
@@ -172,16 +182,18 @@ class Entropy(IgnoresUnknownParameters, Codec):
         if n == 0:
             return copy_out(np.empty(0, np.float16), out)
         raw = zstd_decompress(data[HEADER_BYTES:], 16 * n)
+        bits = np.array(self._quantize.bits, np.int64)
         morton = np.cumsum(from_planes(raw, n, 4), dtype=np.uint64)
         codes = np.empty((C.PARAMS_PER_SPLAT, n), np.float64)
         codes[0] = gather_bits(morton)
         codes[1] = gather_bits(morton >> np.uint64(1))
         for i, col in enumerate(range(2, C.PARAMS_PER_SPLAT)):
             zigzag = from_planes(raw[4 * n + 2 * i * n:], n, 2).astype(np.int64)
+            check_zigzag(zigzag[None], bits[col:col + 1])
             signed = (zigzag >> 1) ^ -(zigzag & 1)
             modulus = np.int64(1) << self._quantize.bits[col]
             codes[col] = np.cumsum(signed) % modulus
-        limits = (1 << np.array(self._quantize.bits, np.int64)) - 1
+        limits = (1 << bits) - 1
         if (codes > limits[:, None]).any():
             raise FormatError("entropy payload decodes to codes beyond their bit depth")
         values = dequantize(codes, lo, steps_of(self._quantize.bits, lo, hi))

@@ -13,6 +13,8 @@ Encoded layout (little-endian)::
     [codes: for each attribute in canonical order, n_splats codes of b bits, LSB-first bit stream,
             each attribute's stream padded to a whole byte]
 
+The padding bits of each stream are zero (readers check them, SPEC.md § 5.3, 1.5).
+
 Error bound: with ``step = (hi − lo) / (2^b − 1)`` for an attribute coded with b bits, the
 decoded value in its coding domain differs from the input by at most ``step / 2``, plus the FP16
 rounding of the result (half a unit in the last place, ≤ 2⁻¹¹ relative). For l11 and l22 this
@@ -133,6 +135,16 @@ def unpack_streams(data: np.ndarray, starts, n: int, bits: int, first: int = 0,
     return (word >> (bit_pos & 7).astype(np.uint32)) & np.uint32((1 << bits) - 1)
 
 
+def check_padding(data: np.ndarray, starts, stream_bytes, n: int, bits) -> None:
+    """SPEC.md § 5.3 (1.5): the bits after an attribute's last code, up to its stream's byte
+    boundary, are zero; FormatError naming the attribute otherwise."""
+    for col, (start, size, b) in enumerate(zip(starts, stream_bytes, bits)):
+        used = (n * b) % 8
+        if used and int(data[start + size - 1]) >> used:
+            raise FormatError(f"quantized payload: padding bits after {C.PARAM_NAMES[col]}'s "
+                              f"codes are not zero")
+
+
 def _unpack_codes_reference(data: np.ndarray, n: int, bits: int) -> np.ndarray:
     """Reference twin of `unpack_codes`: the bit matrix, literally."""
     bit_matrix = np.unpackbits(data, count=n * bits, bitorder="little").reshape(n, bits)
@@ -199,6 +211,7 @@ class Quantize(IgnoresUnknownParameters, Codec):
                               f"for {n} splats at bits {self.bits}")
         lo, hi = read_ranges(data, "quantized")
         starts = HEADER_BYTES + np.concatenate([[0], np.cumsum(stream_bytes)[:-1]])
+        check_padding(data, starts, stream_bytes, n, self.bits)
         padded = np.concatenate([data, np.zeros(3, np.uint8)])
         steps = steps_of(self.bits, lo, hi)
         rows = np.empty((n, C.PARAMS_PER_SPLAT), np.float16)
