@@ -1,24 +1,62 @@
 """Where units run: here, in ``--workers`` processes of this node, or as Ray tasks
-(``--distributor ray``); a GPU per process from ``LOCAL_RANK``."""
+(``--distributor ray``); a GPU per process from ``LOCAL_RANK``.
+
+Worker processes are started (`Workers`) before the source is listed, and each imports the fitter
+and streaming's writer (torch: seconds) while the source is listed; the source goes to each of
+them once, through a file, not with every unit. The fitter's threads are shared out: a unit runs
+with ``cores // min(workers, units)`` of them (``$GSFORMAT_THREADS`` where set), so that ``N``
+workers on ``N`` cores use each core once, and a single unit still gets every core.
+"""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import pickle
+import shutil
+import tempfile
 
-from .sources import UnitError
-from .unit import Progress, convert_with_retries
+from .unit import Progress, failure_record, run_unit, unit_location, write_failure
+
+BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_SOURCES: dict = {}  # a worker's sources, by the file they came in
 
 
-def _unit_task(source, unit, part_dir, args, digest) -> tuple[str, dict | str]:
-    """One unit in a worker process (or a Ray task): ("ok", part stats) or ("failed", why)."""
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_unit(workers: int, n_units: int) -> int | None:
+    """The fitter's threads for one of ``min(workers, n_units)`` units running side by side
+    (None: ``$GSFORMAT_THREADS`` is set, and rules)."""
+    if os.environ.get("GSFORMAT_THREADS"):
+        return None
+    return max(1, min(usable_cores() // max(1, min(workers, n_units)), 8))
+
+
+def _load_source(source_or_path):
+    """A source, or the path of its pickle (read once per process)."""
+    if not isinstance(source_or_path, str):
+        return source_or_path
+    if source_or_path not in _SOURCES:
+        with open(source_or_path, "rb") as f:
+            _SOURCES[source_or_path] = pickle.load(f)
+    return _SOURCES[source_or_path]
+
+
+def _unit_task(source, unit, part_dir, args, digest, threads: int | None = None) -> dict:
+    """One unit in a worker process (or a Ray task): `run_unit`'s result, without its bar."""
+    if threads:
+        os.environ["GSFORMAT_THREADS"] = str(threads)  # this process's own environment
     if args.device == "gpu":
         bind_gpu()
     progress = Progress(None, disable=True)
-    try:
-        return "ok", convert_with_retries(source, unit, part_dir, args, digest, progress,
-                                          [math.inf])
-    except UnitError as exc:
-        return "failed", str(exc)
+    result = run_unit(_load_source(source), unit, part_dir, args, digest, progress, [math.inf])
+    progress.close()
+    return result
 
 
 def bind_gpu() -> None:
@@ -29,7 +67,7 @@ def bind_gpu() -> None:
     cupy.cuda.Device(int(os.environ.get("LOCAL_RANK", 0)) % max(count, 1)).use()
 
 
-def _run_on_ray(todo, source, args, digest, progress) -> list[str]:
+def _run_on_ray(todo, source, args, digest, progress) -> list[dict]:
     """Every unit a Ray task (``num_gpus=1`` with ``--device gpu``); results as they finish."""
     import ray
     if not ray.is_initialized():
@@ -38,64 +76,119 @@ def _run_on_ray(todo, source, args, digest, progress) -> list[str]:
                  **({} if address else {"num_cpus": max(args.workers, 1)}))
     task = ray.remote(num_cpus=1, num_gpus=1 if args.device == "gpu" else 0,
                       max_retries=0)(_unit_task)
-    pending = {task.remote(source, unit, part_dir, args, digest): unit for unit, part_dir in todo}
+    source_ref = ray.put(source)  # once, not with every task
+    pending = {task.remote(source_ref, unit, part_dir, args, digest): unit
+               for unit, part_dir in todo}
+    pending_dirs = {unit.name: part_dir for unit, part_dir in todo}
     failures = []
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         unit = pending.pop(done[0])
         try:
-            status, value = ray.get(done[0])
+            result = ray.get(done[0])
         except Exception as exc:  # the task itself died (a node lost, out of memory)
-            status, value = "failed", f"{unit.name}: Ray task failed: {type(exc).__name__}"
-        _record(status, value, progress, failures)
+            failure = failure_record(unit, exc, digest)
+            failure["error"] = f"{unit_location(unit)}: Ray task failed: {type(exc).__name__}"
+            write_failure(pending_dirs[unit.name], failure)
+            result = {"unit": unit.name, "stats": None, "failure": failure}
+        _record(result, progress, failures)
     return failures
 
 
-def _record(status: str, value, progress, failures: list) -> None:
-    """A finished unit's result, from another process: counted, or its failure kept."""
-    if status == "ok":
-        progress.update(value["psnr"], value["n_rejected"])
-    else:
-        failures.append(value)
+def _record(result: dict, progress, failures: list) -> None:
+    """A finished unit's result, from another process: counted, its failure kept."""
+    if result["stats"] is not None:
+        progress.update(result["stats"]["psnr"], result["stats"]["n_rejected"])
+    if result["failure"] is not None:
+        failures.append(result["failure"])
     progress.unit_done()
 
 
-def _number_worker(counter) -> None:
-    """Worker i of this node takes GPU i (`bind_gpu` reads it as its LOCAL_RANK)."""
+def _start_worker(counter) -> None:
+    """Worker i of this node takes GPU i (`bind_gpu` reads it as its LOCAL_RANK); the imports
+    a unit needs are done now, while the parent lists the source."""
     with counter.get_lock():
         index, counter.value = counter.value, counter.value + 1
     os.environ["LOCAL_RANK"] = str(int(os.environ.get("LOCAL_RANK", 0)) + index)
+    from ..fitting import fit_images  # noqa: F401
+    with contextlib.suppress(ImportError):
+        import streaming  # noqa: F401  (SplatWriter's MDS writer; it imports torch: seconds)
 
 
-def run_units(todo, source, args, digest, progress, budget) -> list[str]:
-    """Convert the units ``todo`` ([(unit, part_dir)]) here, in ``args.workers`` processes or as
-    Ray tasks; returns one line per unit that failed."""
-    failures = []
+def _warm() -> None:
+    """A no-op task: submitting one per worker starts them all at once."""
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    """``os.environ`` with ``values`` set where unset, for processes started inside."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+class Workers:
+    """``--workers`` processes of this node (spawned: no forked threads or locks), started at
+    once; `run` gives them units."""
+
+    def __init__(self, workers: int):
+        import concurrent.futures
+        import multiprocessing
+        context = multiprocessing.get_context("spawn")
+        self.workers, self.scratch = workers, None
+        blas = max(1, usable_cores() // workers)  # numpy's BLAS inside each worker
+        with _environment({name: str(blas) for name in BLAS_THREADS}):
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_start_worker,
+                initargs=(context.Value("i", 0),))
+            for _ in range(workers):  # the pool spawns a process per task while none is idle
+                self.pool.submit(_warm)
+
+    def run(self, todo, source, args, digest, progress) -> list[dict]:
+        import concurrent.futures
+        self.scratch = tempfile.mkdtemp(prefix="gsformat-source-")
+        path = os.path.join(self.scratch, "source.pickle")
+        with open(path, "wb") as f:
+            pickle.dump(source, f, protocol=pickle.HIGHEST_PROTOCOL)
+        threads = threads_per_unit(self.workers, len(todo))
+        futures = [self.pool.submit(_unit_task, path, unit, part_dir, args, digest, threads)
+                   for unit, part_dir in todo]
+        failures = []
+        for future in concurrent.futures.as_completed(futures):
+            _record(future.result(), progress, failures)
+        return failures
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the workers to exit; ``cancel``: stop them first (an error, Ctrl-C)."""
+        if cancel:
+            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                process.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def run_units(todo, source, args, digest, progress, budget, workers: Workers | None = None
+              ) -> list[dict]:
+    """Convert the units ``todo`` ([(unit, part_dir)]) here, in the ``workers`` processes or
+    as Ray tasks; returns the failure record of each unit that failed (`unit.failure_record`;
+    a unit that kept part of its data is in the dataset and failed too)."""
     if args.distributor == "ray":
         return _run_on_ray(todo, source, args, digest, progress)
-    if args.workers <= 1:
-        if args.device == "gpu":
-            bind_gpu()
-        for unit, part_dir in todo:
-            try:
-                convert_with_retries(source, unit, part_dir, args, digest, progress, budget)
-            except UnitError as exc:
-                failures.append(str(exc))
-            progress.unit_done()
-            if budget[0] <= 0:
-                break
-        return failures
-    import concurrent.futures
-    import multiprocessing
-    threads = max(1, (os.cpu_count() or 1) // args.workers)  # the fitter's threads per worker
-    os.environ.setdefault("GSFORMAT_THREADS", str(threads))
-    context = multiprocessing.get_context("spawn")  # no forked threads or locks
-    counter = context.Value("i", 0)
-    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context,
-                                                initializer=_number_worker,
-                                                initargs=(counter,)) as pool:
-        futures = [pool.submit(_unit_task, source, unit, part_dir, args, digest)
-                   for unit, part_dir in todo]
-        for future in concurrent.futures.as_completed(futures):
-            _record(*future.result(), progress, failures)
+    if workers is not None and todo:
+        return workers.run(todo, source, args, digest, progress)
+    if args.device == "gpu":
+        bind_gpu()
+    failures = []
+    for unit, part_dir in todo:
+        result = run_unit(source, unit, part_dir, args, digest, progress, budget)
+        if result["failure"] is not None:
+            failures.append(result["failure"])
+        progress.unit_done()
+        if budget[0] <= 0:
+            break
     return failures

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -13,23 +14,30 @@ class RejectedImage(ValueError):
     pass
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded bytes → uint8 RGB ``[H, W, 3]``; `RejectedImage` with a reason otherwise."""
-    from PIL import Image
+def decode_image(data: bytes, name: str = "the file") -> np.ndarray:
+    """Encoded bytes → uint8 RGB ``[H, W, 3]``; `RejectedImage` with a reason naming ``name``
+    (where the bytes came from) otherwise."""
+    from PIL import Image, UnidentifiedImageError
     if not data:
-        raise RejectedImage("zero-byte file")
+        raise RejectedImage(f"zero-byte file: {name}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > MAX_PIXELS:
-                raise RejectedImage(f"{image.width}×{image.height} pixels exceeds {MAX_PIXELS}")
+                raise RejectedImage(f"{name}: {image.width}×{image.height} pixels exceeds "
+                                    f"{MAX_PIXELS}")
             image.load()  # truncated data fails here, not later
             return np.asarray(image.convert("RGB"))
     except RejectedImage:
         raise
+    except UnidentifiedImageError:  # its message names a BytesIO object, not the file
+        raise RejectedImage(f"not an image: {name} ({len(data)} bytes in no format Pillow "
+                            f"reads)") from None
     except Exception as exc:
-        raise RejectedImage(f"not a decodable image: {type(exc).__name__}: {exc}") from None
+        text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", str(exc))
+        raise RejectedImage(f"not a decodable image: {name}: {type(exc).__name__}: "
+                            f"{text}") from None
 
 
 def resize(image: np.ndarray, size: int, mode: str) -> np.ndarray:

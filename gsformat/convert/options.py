@@ -8,6 +8,7 @@ import os
 CONVERT_JSON = "convert.json"
 PART_JSON = "part.json"
 REJECTS = "rejects.jsonl"
+FAILURE_JSON = "failure.json"  # in a part folder: why its unit failed (no part.json then)
 LOSSY_CODECS = ("gsformat.lattice", "gsformat.lattice-rans")  # --quantize-aware fits through these
 LEGACY_CODECS = ("gsformat.quantize", "gsformat.entropy")    # readers decode them; convert refuses
 
@@ -55,6 +56,9 @@ def add_convert_arguments(p) -> None:
                    help="also store the resized source image as a JPEG column (stage 1 needs it)")
     p.add_argument("--limit", type=int, default=None, help="convert at most this many images")
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    p.add_argument("--strict", action="store_true",
+                   help="merge no dataset unless every unit converted (default: a unit that "
+                        "fails is recorded in summary.json, the others are merged, exit 1)")
     p.add_argument("--chunk-size", type=int, default=512,
                    help="images per part for folder sources, rows per part for Parquet "
                         "files of several row groups (the unit of resumption)")

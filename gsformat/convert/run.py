@@ -5,6 +5,11 @@ shards, index and rejects). Re-running the same command skips finished parts and
 others from scratch, so every source key ends up exactly once; on a complete output it does
 nothing and says so. Ranks take units ``rank::world``; ``gsformat merge`` (automatic with one
 rank) joins the finished parts, atomically (merge.py).
+
+Failures: a unit that cannot be read is retried while its location is unreachable
+(`locations.with_retries`), then recorded (`unit.run_unit`) and left for a re-run; the run
+merges everything that converted (``--strict``: nothing unless every unit did), says in
+``summary.json`` which units failed and why, and exits 1.
 """
 from __future__ import annotations
 
@@ -18,13 +23,15 @@ import time
 
 from ..format import storage
 from ..fitting.images import MIN_SIDE
-from .distribute import run_units
-from .options import (CONVERT_JSON, LEGACY_CODECS, LOSSY_CODECS, PART_JSON, parse_codecs,
-                      resolve_rank)
+from . import locations
+from .distribute import Workers, run_units
+from .options import (CONVERT_JSON, FAILURE_JSON, LEGACY_CODECS, LOSSY_CODECS, PART_JSON,
+                      parse_codecs, resolve_rank)
 from .sources import SourceError, open_source
 from .unit import Progress, columns_of
 
 MAX_SIZE = 8192  # --size: a 8192² float32 canvas batch is already ~800 MiB per image in the fit
+ZSTD_LEVELS = range(1, 23)  # --compression zstd:N (gsformat's readers decompress zstd only)
 
 
 def settings_of(args) -> dict:
@@ -81,6 +88,18 @@ def check_args(args) -> list[dict]:
                 from None
     if not 0 <= args.prune_at <= 1 or not math.isfinite(args.prune_threshold):
         raise ValueError("--prune-at must be in [0, 1] and --prune-threshold finite")
+    if not (math.isfinite(args.l1_colour) and args.l1_colour >= 0):
+        raise ValueError(f"--l1-colour must be finite and ≥ 0, got {args.l1_colour}")
+    if args.resize != "keep" and args.size * args.size < args.splats:
+        raise ValueError(f"--splats {args.splats} needs a canvas of at least "
+                         f"{math.isqrt(args.splats - 1) + 1}² pixels (--size {args.size} "
+                         f"gives {args.size * args.size}): every image would be rejected")
+    level = args.compression.partition(":")[2]
+    if not (args.compression in ("none", "") or args.compression == "zstd" or (
+            args.compression.startswith("zstd:") and level.isdigit()
+            and int(level) in ZSTD_LEVELS)):
+        raise ValueError(f"--compression must be none, zstd or zstd:LEVEL (LEVEL 1–22; "
+                         f"gsformat's readers decompress zstd only), got {args.compression!r}")
     try:
         codecs = parse_codecs(args.codec)
     except ValueError as exc:
@@ -94,6 +113,10 @@ def check_args(args) -> list[dict]:
                              f"writers should not write it: SPEC.md § 5); use "
                              f"gsformat.lattice-rans (lossy) or gsformat.planar (lossless)")
         get_codec(config)  # FormatError (one line) for an unknown id or a bad parameter
+    if args.quantize_aware and not any(c["id"] in LOSSY_CODECS for c in codecs):
+        raise ValueError(f"--quantize-aware fits through a lossy codec ({', '.join(LOSSY_CODECS)}"
+                         f"); --codec {args.codec} is lossless: drop --quantize-aware, or "
+                         f"choose --codec gsformat.lattice-rans")
     if args.matched_steps is not None and not (
             args.quantize_aware and any(c["id"] in LOSSY_CODECS for c in codecs)
             and math.isfinite(args.matched_steps)):
@@ -111,27 +134,98 @@ def check_args(args) -> list[dict]:
 
 
 def prepare_out(args, settings: dict, source) -> str:
-    """Check OUT against earlier runs; write convert.json. Returns the settings hash."""
+    """Check OUT against earlier runs; write convert.json. Returns the settings hash. A
+    conversion with other settings is kept unless --overwrite, once it has finished a part."""
+    from .merge import find_parts
     digest = settings_hash(settings)
     path = storage.join(args.out, CONVERT_JSON)
     previous = read_json_or_none(path)
-    if previous and previous.get("hash") != digest and not args.overwrite:
+    if previous and previous.get("hash") != digest and not args.overwrite \
+            and find_parts(args.out, previous.get("hash")):
         changed = sorted(k for k in settings if previous.get("settings", {}).get(k) != settings[k])
         raise ValueError(f"{args.out} holds a conversion with other settings ({', '.join(changed)}"
                          f"); re-run with the same options to resume, or pass --overwrite")
     if args.overwrite and args.rank == 0 and not storage.is_remote(args.out):
         shutil.rmtree(args.out, ignore_errors=True)
     meta = {"hash": digest, "settings": settings, "class_names": source.class_names,
-            "columns": columns_of(source, args)}
+            "columns": columns_of(source, args), "n_units": len(source.units())}
     storage.write_bytes(path, json.dumps(meta, indent=2).encode())
     return digest
 
 
+def image_total(source, todo, budget: float) -> int | None:
+    """Images in the units ``todo`` where the source says (folders, MDS shards), at most the
+    --limit budget; None where only reading tells (tars)."""
+    if source.kind == "folder":
+        total = sum(len(unit.refs) for unit, _ in todo)
+    elif source.kind == "mds":
+        total = sum(int(source.index["shards"][unit.refs[0]].get("samples", 0))
+                    for unit, _ in todo)
+    else:
+        return None
+    return int(min(total, max(budget, 0)))
+
+
+def settled_units(out: str, units, digest: str) -> int:
+    """How many of ``units`` OUT holds a finished part or a failure record of, now."""
+    settled = 0
+    for unit in units:
+        for name in (PART_JSON, FAILURE_JSON):
+            record = read_json_or_none(storage.join(out, f"part-{unit.name}", name))
+            if record and record.get("hash") == digest:
+                settled += 1
+                break
+    return settled
+
+
+def report_failures(out: str, failures: list[dict], n_units: int, strict: bool,
+                    merged: dict | None) -> None:
+    """What failed, what OUT now holds, and what a re-run can do about it (stderr)."""
+    from .merge import failure_lines
+    for line in failure_lines(failures):
+        print(f"gsformat convert: failed: {line}", file=sys.stderr)
+    kinds: dict[str, int] = {}
+    for failure in failures:
+        kinds[failure.get("kind", "error")] = kinds.get(failure.get("kind", "error"), 0) + 1
+    counts = ", ".join(f"{n} {locations.KIND_TEXT.get(k, k)}" for k, n in sorted(kinds.items()))
+    if merged is not None:
+        held = (f"{out} holds the {merged['summary']['units_converted']} units that converted "
+                f"({merged['n_samples']} samples), valid, marked incomplete in summary.json")
+    elif strict:
+        held = (f"--strict: no dataset merged (the finished parts are kept; `gsformat merge "
+                f"{out}` merges them as they are)")
+    else:
+        held = "nothing converted, no dataset written (summary.json lists the failures)"
+    print(f"gsformat convert: incomplete: {len(failures)} of {n_units} units failed ({counts}); "
+          f"{held}", file=sys.stderr)
+    advice = ["re-running the same command retries only the failed units and merges again"]
+    if kinds.get(locations.MISSING) or kinds.get(locations.DENIED):
+        advice.append("those not found or denied fail again until they exist or are readable "
+                      "(or leave them out of SRC)")
+    if kinds.get(locations.DAMAGED):
+        advice.append("a damaged file kept the samples before the damage; replace it to "
+                      "convert it whole")
+    print(f"gsformat convert: {'; '.join(advice)}", file=sys.stderr)
+
+
 def run_convert(args) -> int:
-    from ..format.validate import validate_dataset
-    from .merge import merge_parts
     args.rank, args.world_size = resolve_rank(args.rank, args.world_size)
     check_args(args)
+    # worker processes start now: their imports overlap with listing the source
+    workers = Workers(args.workers) if args.workers > 1 and args.distributor == "local" \
+        else None
+    try:
+        code = _convert(args, workers)
+    except BaseException:
+        if workers:
+            workers.close(cancel=True)
+        raise
+    if workers:
+        workers.close()
+    return code
+
+
+def _convert(args, workers) -> int:
     try:
         source = open_source(args.src, args.source_format, args.chunk_size, args.image_column)
     except SourceError as exc:
@@ -139,58 +233,72 @@ def run_convert(args) -> int:
         return 2
     settings = settings_of(args)
     digest = prepare_out(args, settings, source)
-    units = source.units()[args.rank::args.world_size]
+    everything = source.units()
+    units = everything[args.rank::args.world_size]
     todo, skipped, budget = [], 0, [args.limit if args.limit is not None else math.inf]
     for unit in units:
         part_dir = storage.join(args.out, f"part-{unit.name}")
         done = read_json_or_none(storage.join(part_dir, PART_JSON))
-        if done and done.get("hash") == digest and not args.overwrite:
+        if done and done.get("hash") == digest and not done.get("failure") \
+                and not args.overwrite:
             skipped += 1
             budget[0] -= done["n_written"] + done["n_rejected"]
         else:
             todo.append((unit, part_dir))
-    if source.kind == "folder":  # a bar over images; over units for tars and shards
-        total = sum(len(u.refs) for u, _ in todo)
-        total = total if args.limit is None else min(total, max(int(budget[0]), 0))
-        progress = Progress(total, disable=args.no_progress)
-    else:
-        progress = Progress(len(todo), disable=args.no_progress, unit="shard")
+    progress = Progress(image_total(source, todo, budget[0]), disable=args.no_progress,
+                        n_units=len(todo))
     start = time.perf_counter()
     try:
-        failures = run_units(todo, source, args, digest, progress, budget) \
+        failures = run_units(todo, source, args, digest, progress, budget, workers) \
             if budget[0] > 0 else []
     finally:
         progress.close()
     print(f"rank {args.rank}/{args.world_size}: {progress.n_ok} images converted, "
           f"{progress.n_rejected} rejected, {skipped} finished parts skipped, "
           f"{len(failures)} failed, {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    if failures:  # never marked finished: a rerun converts exactly these
-        for line in failures:
-            print(f"gsformat convert: failed: {line}", file=sys.stderr)
-        print(f"gsformat convert: {len(failures)} of {len(units)} units could not be read; "
-              f"re-run the same command to convert them", file=sys.stderr)
-        return 1
+    return _finish(args, everything, units, failures, skipped, digest)
+
+
+def _finish(args, everything, units, failures, skipped, digest) -> int:
+    """After this rank's units: merge (the last rank to finish), validate, report."""
+    from ..format.validate import validate_dataset
+    from .merge import failure_lines, find_failures, find_parts, merge_parts, write_summary
     if args.world_size > 1:
-        everything = [unit for unit in source.units()]
-        finished = [read_json_or_none(storage.join(args.out, f"part-{u.name}", PART_JSON))
-                    for u in everything]
-        if not all(p and p.get("hash") == digest for p in finished):
-            print(f"rank {args.rank} done; the last rank to finish merges (or run "
+        if settled_units(args.out, everything, digest) < len(everything):
+            for line in failure_lines(failures):
+                print(f"gsformat convert: failed: {line}", file=sys.stderr)
+            note = (f" ({len(failures)} of its {len(units)} units failed: re-run it to retry "
+                    f"them)" if failures else "")
+            print(f"rank {args.rank} done{note}; the last rank to finish merges (or run "
                   f"`gsformat merge {args.out}`)", file=sys.stderr)
-            return 0
-        # every unit of every rank is finished: this rank came last and merges (a merge is
+            return 1 if failures else 0
+        # every unit of every rank is settled: this rank came last and merges (a merge is
         # atomic, so two ranks finishing together both merging is harmless)
         print(f"rank {args.rank} finished last: merging", file=sys.stderr)
+    names = {f"part-{unit.name}" for unit in everything}
+    parts = [(name, p) for name, p in find_parts(args.out, digest) if name in names]
+    failures = [f for f in find_failures(args.out, digest, parts)
+                if f"part-{f.get('unit')}" in names]  # every rank's, as OUT records them
+    if failures and args.strict:
+        report_failures(args.out, failures, len(everything), True, None)
+        return 1
     finished = read_json_or_none(storage.join(args.out, "gsformat.json"))
-    if skipped == len(units) and finished and finished.get("parts") == [
+    if not failures and skipped == len(units) and finished and finished.get("parts") == [
             f"part-{unit.name}" for unit in sorted(units, key=lambda u: u.name)]:
         print(f"nothing to do: {args.out} is complete ({finished.get('n_samples')} samples "
               f"in {skipped} parts)", file=sys.stderr)
         return 0
+    if not parts and failures:
+        write_summary(args.out, failures, len(everything))
+        report_failures(args.out, failures, len(everything), False, None)
+        return 1
     manifest = merge_parts(args.out)
     report = validate_dataset(args.out)  # what convert wrote must validate
     if not report.valid:
         print(report.text(), file=sys.stderr)
         return 1
     print(json.dumps(manifest["summary"], indent=2))
+    if failures:
+        report_failures(args.out, failures, len(everything), False, manifest)
+        return 1
     return 0

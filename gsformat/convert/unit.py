@@ -1,5 +1,12 @@
 """One source unit → one finished part: read, check, resize, batch, fit, write (`convert_unit`),
-redone from scratch after a transient failure (`convert_with_retries`); the progress bar."""
+redone from scratch after a transient failure (`convert_with_retries`), or recorded as failed
+(`run_unit`); the progress bar.
+
+A unit whose data is damaged part-way (a truncated tar) keeps the samples complete before the
+damage, as WebDataset does: its part is written and merged, and its ``part.json`` carries the
+failure, so that it counts as failed (exit status, summary) and a re-run converts it again. A
+unit that cannot be read at all leaves no ``part.json``; its ``failure.json`` (`FAILURE_JSON`)
+records why, for the merge's summary."""
 from __future__ import annotations
 
 import json
@@ -15,7 +22,7 @@ from ..fitting import fit_images
 from ..fitting.images import MIN_SIDE
 from . import locations
 from .imageio import RejectedImage, decode_image, encode_jpeg, resize
-from .options import LOSSY_CODECS, PART_JSON, REJECTS, parse_codecs
+from .options import FAILURE_JSON, LOSSY_CODECS, PART_JSON, REJECTS, parse_codecs
 
 
 def columns_of(source, args) -> list[str]:
@@ -23,31 +30,43 @@ def columns_of(source, args) -> list[str]:
 
 
 class Progress:
-    """A tqdm bar with its total and ETA: over images (``unit="img"``) or over source units
-    (``"shard"``: tars and MDS shards, whose image counts are unknown until read), with
-    images/s, running mean PSNR and rejects (silent when disabled)."""
+    """A tqdm bar over images, with images/s and an ETA where the total is known (folders,
+    MDS shards; a tar's count is only known once read), the running mean PSNR, rejects and the
+    units done (silent when disabled)."""
 
-    def __init__(self, total, disable: bool, unit: str = "img"):
+    def __init__(self, total, disable: bool, n_units: int | None = None):
         from tqdm import tqdm
-        self.per_unit = unit != "img"
-        self.bar = tqdm(total=total, unit=unit, desc="convert", disable=disable,
+        self.bar = tqdm(total=total, unit="img", desc="convert", disable=disable,
                         dynamic_ncols=True, file=sys.stderr)
         self.psnr_sum, self.n_ok, self.n_rejected = 0.0, 0, 0
-        self.start = time.perf_counter()
+        self.n_units, self.units_done = n_units, 0
 
     def update(self, psnr_values, rejected: int = 0):
         self.n_ok += len(psnr_values)
         self.psnr_sum += float(np.sum(psnr_values))
         self.n_rejected += rejected
-        if not self.per_unit:
-            self.bar.update(len(psnr_values) + rejected)
-        rate = self.n_ok / max(time.perf_counter() - self.start, 1e-9)
-        self.bar.set_postfix(psnr=f"{self.psnr_sum / max(self.n_ok, 1):.2f}",
-                             rejects=self.n_rejected, img_s=f"{rate:.2f}", refresh=False)
+        self.bar.update(len(psnr_values) + rejected)
+        self._postfix()
 
     def unit_done(self):
-        if self.per_unit:
-            self.bar.update(1)
+        self.units_done += 1
+        self._postfix()
+
+    def _postfix(self):
+        postfix = {"psnr": f"{self.psnr_sum / max(self.n_ok, 1):.2f}",
+                   "rejects": self.n_rejected}
+        if self.n_units and self.n_units > 1:
+            postfix["units"] = f"{self.units_done}/{self.n_units}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def snapshot(self) -> tuple:
+        return self.psnr_sum, self.n_ok, self.n_rejected, self.bar.n
+
+    def restore(self, saved: tuple):
+        """Back to `snapshot`'s counts (a unit redone from scratch is not counted twice)."""
+        self.psnr_sum, self.n_ok, self.n_rejected, n = saved
+        self.bar.n = n
+        self.bar.refresh()
 
     def close(self):
         self.bar.close()
@@ -98,7 +117,17 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
         progress.update(result.psnr)
 
     try:
-        _fill(source, unit, args, budget, stats, pending, seen, reject, flush)
+        try:
+            _fill(source, unit, args, budget, stats, pending, seen, reject, flush)
+        except Exception as exc:
+            if locations.failure_kind(exc) != locations.DAMAGED:
+                raise
+            # the data is cut short or corrupt: keep the samples read before it (WebDataset's
+            # behaviour); the part carries the failure, so a re-run converts the unit again
+            for shape in list(pending):
+                flush(shape)
+            stats["complete"] = False
+            stats["failure"] = failure_record(unit, exc, digest, stats["n_written"])
     except BaseException:
         writer._writer.cancel_future_jobs()  # keep no half-written part: a rerun redoes it
         raise
@@ -124,7 +153,7 @@ def _fill(source, unit, args, budget, stats, pending, seen, reject, flush) -> No
             continue
         seen.add(item.key)
         try:
-            decoded = decode_image(item.data)
+            decoded = decode_image(item.data, item.source)
         except RejectedImage as exc:
             reject(item, str(exc))
             continue
@@ -163,11 +192,65 @@ def write_sample(writer, item, splats, image, columns) -> int:
 
 
 def convert_with_retries(source, unit, part_dir, args, digest, progress, budget) -> dict:
-    """`convert_unit`, redone from scratch after a transient failure (`locations.with_retries`);
-    a unit that still cannot be read raises `UnitError` and is left unfinished."""
-    spent = budget[0]
+    """`convert_unit`, redone from scratch after a transient failure (`locations.with_retries`:
+    refused, reset, timed out, 5xx, throttled); any other failure is raised at once."""
+    spent, counted = budget[0], progress.snapshot()
 
     def attempt():
         budget[0] = spent  # a retried unit starts over, its items uncounted
+        progress.restore(counted)
         return convert_unit(source, unit, part_dir, args, digest, progress, budget)
     return locations.with_retries(attempt)
+
+
+def unit_location(unit) -> str:
+    """Where a unit's data is, for messages: a tar's URL, else the unit's name."""
+    return str(unit.refs[0]) if unit.name.startswith("tar-") and unit.refs else unit.name
+
+
+def failure_line(unit, exc: BaseException) -> str:
+    """One line: where, what kind of failure and its innermost cause, the attempts made
+    (``http://…/00002.tar: unreachable (ClientConnectorError: …), 4 attempts``)."""
+    from .sources import UnitError
+    head = unit_location(unit)
+    if isinstance(exc, UnitError):  # "WHERE: Type: message" of the exception it came from
+        text, context = " ".join(str(exc).split()), exc.__cause__ or exc.__context__
+        tail = f"{type(context).__name__}: {' '.join(str(context).split())}" if context \
+            else ""
+        head = text[:-len(tail)].rstrip(": ") if tail and text.endswith(tail) \
+            and len(text) > len(tail) else text
+    attempts = locations.attempts_of(exc)
+    return f"{head}: {locations.describe(exc)}" + (f", {attempts} attempts" if attempts > 1
+                                                   else "")
+
+
+def failure_record(unit, exc: BaseException, digest: str, kept: int = 0) -> dict:
+    """What `FAILURE_JSON` (and a damaged part's ``part.json``) records of a failed unit."""
+    return {"hash": digest, "unit": unit.name, "location": unit_location(unit),
+            "kind": locations.failure_kind(exc) or locations.ERROR,
+            "error": failure_line(unit, exc), "attempts": locations.attempts_of(exc),
+            "samples_kept": kept}
+
+
+def run_unit(source, unit, part_dir, args, digest, progress, budget) -> dict:
+    """One unit, retried as `convert_with_retries` does: ``{"unit", "stats", "failure"}`` —
+    stats of its part (None when it failed before one was written), and the failure record
+    (None when it converted whole; also written to the part's `FAILURE_JSON` when no part
+    was). An exception that is not about reading the source (a bug) propagates."""
+    try:
+        stats = convert_with_retries(source, unit, part_dir, args, digest, progress, budget)
+    except Exception as exc:
+        if locations.failure_kind(exc) is None:
+            raise
+        failure = failure_record(unit, exc, digest)
+        write_failure(part_dir, failure)
+        return {"unit": unit.name, "stats": None, "failure": failure}
+    return {"unit": unit.name, "stats": stats, "failure": stats.get("failure")}
+
+
+def write_failure(part_dir: str, failure: dict) -> None:
+    """Record a unit that left no part (`FAILURE_JSON`: the merge's summary lists it)."""
+    try:
+        storage.write_bytes(storage.join(part_dir, FAILURE_JSON), json.dumps(failure).encode())
+    except OSError:
+        pass  # OUT itself unwritable: the run's own report still names the unit

@@ -49,16 +49,30 @@ def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
         return read_bytes(local, max_bytes)
 
 
+S3_MISSING = ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
+S3_DENIED = ("403", "AccessDenied", "AllAccessDisabled")
+
+
 def download(remote: str, local: str, timeout: float = 120) -> None:
-    """Copy a remote object to a local file (FileNotFoundError when it is missing)."""
+    """Copy a remote object to a local file: FileNotFoundError when the object or its bucket is
+    missing, PermissionError when access is denied; anything else (a server that is down,
+    throttling) raised as the client raised it, for the caller to tell apart and retry."""
     from streaming.base.storage.download import CloudDownloader
     try:
         CloudDownloader.direct_download(remote, local, timeout)
     except FileNotFoundError:
         raise
     except Exception as exc:  # boto & co. say "404" in many ways
+        response = getattr(exc, "response", None)
+        code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) \
+            else ""
+        if code in S3_MISSING:  # (streaming rewrites a 403's message to "not found" too)
+            raise FileNotFoundError(f"{remote}: not found ({code})") from None
+        if code in S3_DENIED:
+            raise PermissionError(f"{remote}: access denied ({code})") from None
         text = str(exc).lower()
-        if any(s in text for s in ("404", "not found", "nosuchkey", "does not exist")):
+        if not code and any(s in text for s in ("404", "not found", "nosuchkey",
+                                                "does not exist")):
             raise FileNotFoundError(f"{remote}: not found") from None
         raise
 
