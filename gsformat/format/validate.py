@@ -80,6 +80,10 @@ HEX_DIGITS = "0123456789abcdef"
 # § 6.5's fields a reader may do without but a writer writes and a validator checks (§ 9 item 1)
 ENTRY_FIELDS = {"version": (int,), "hashes": (list,), "size_limit": (int, type(None)),
                 "compression": (str, type(None)), "zip_data": (dict, type(None))}
+ENTRY_KEYS = frozenset(("format", "version", "column_names", "column_encodings", "column_sizes",
+                        "compression", "hashes", "raw_data", "zip_data", "samples",
+                        "size_limit"))
+FILE_KEYS = frozenset(("basename", "bytes", "hashes"))
 FIXED_COLUMN_SIZES = {"str": None, "bytes": None, "jpeg": None, **mds.FIXED_SIZES}
 
 
@@ -94,6 +98,13 @@ def _check_entry_fields(report: Report, i: int, info: dict) -> None:
         elif type(info[name]) not in kinds:
             report.add(where, f"field {name!r} has type {type(info[name]).__name__}, expected "
                               f"{' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}")
+    for name in sorted(set(info) - ENTRY_KEYS):
+        report.add(where, f"field {name!r} is not one of § 6.5's (MDS readers refuse it)")
+    for part in ("raw_data", "zip_data"):
+        if isinstance(info.get(part), dict):
+            for name in sorted(set(info[part]) - FILE_KEYS):
+                report.add(where, f"field {part}.{name} is not one of § 6.5's (MDS readers "
+                                  f"refuse it)")
     if type(info.get("version")) is int and info["version"] != 2:
         report.add(where, f"shard version {info['version']} (MDS shards here are version 2)")
     algos = info.get("hashes")
