@@ -8,21 +8,19 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-
-from gsformat.cli import main  # noqa: E402
-from gsformat.convert.sources import SourceError, open_source  # noqa: E402
-from gsformat.format.dataset import iter_dataset, read_manifest  # noqa: E402
-from gsformat.format.validate import validate_dataset  # noqa: E402
-from test_sources import http_root  # noqa: E402,F401  (the http.server fixture)
+from gsformat.cli import main
+from gsformat.convert.sources import SourceError, open_source
+from gsformat.format.dataset import iter_dataset, read_manifest
+from gsformat.format.validate import validate_dataset
+from test_sources import http_root  # noqa: F401  (the http.server fixture)
 
 TINY = ["--splats", "24", "--iters", "4", "--size", "16", "--no-progress"]
 CLASSES = ["cat", "dog", "bird"]
@@ -54,7 +52,7 @@ def write_hf(folder, n_files=2, rows=5, row_group_size=2, padding=0) -> dict:
             key = f"{stem}/{r:06d}"  # (a key column's absence: file stem / row index)
             image = {"bytes": jpeg(f * rows + r), "path": f"{r}.jpg"}
             if (f, r) == (0, 3):
-                image["bytes"], bad[key] = b"not a jpeg at all", "cannot identify"
+                image["bytes"], bad[key] = b"not a jpeg at all", ""  # (the decoder's words)
             if (f, r) == (1, 1):
                 image["bytes"], bad[key] = None, "not embedded"
             row = {"label": (f + r) % 3, "photographer": f"p{f}{r}", "score": r / 4}
@@ -155,9 +153,12 @@ def test_hf_layout_local_glob_row_group_units(tmp_path):
     # a unit per row group here (2 rows each): 3 per file, 6 parts
     assert sorted(p.name for p in out.glob("part-*")) == [
         f"part-parquet-{f:05d}-{c:05d}" for f in range(2) for c in range(3)]
-    # the repository's prefix is listed like a folder: the same keys
+    # the repository's prefix is listed like a folder; file:// with a brace list: same keys
     assert convert(tmp_path / "hub", tmp_path / "prefix") == 0
     assert sorted(samples_of(tmp_path / "prefix")) == sorted(good)
+    braces = f"file://{tmp_path}/hub/data/train-{{00000..00001}}-of-00002.parquet"
+    assert convert(braces, tmp_path / "braces") == 0
+    assert sorted(samples_of(tmp_path / "braces")) == sorted(good)
 
 
 def test_img2dataset_layout_on_s3_prefix_glob_and_braces(tmp_path, s3_bucket, s3_server):
@@ -200,7 +201,7 @@ def test_truncated_file_is_a_failed_unit_and_a_rerun_converts_it(tmp_path, capsy
     assert convert(tmp_path / "i2d", out) == 1
     err = capsys.readouterr().err
     assert "00001.parquet" in err and "Traceback" not in err
-    assert not (out / "index.json").exists()
+    assert not list(out.glob("part-parquet-00001-*/part.json"))  # not finished
     damaged.write_bytes(whole)
     assert convert(tmp_path / "i2d", out) == 0
     err = capsys.readouterr().err
@@ -256,6 +257,7 @@ def test_columns_found_by_type_or_named(tmp_path):
     assert items[0].data == jpeg(0) and items[0].source.endswith("t.parquet#0")
     assert items[0].meta is None  # lists and bytes are not meta: it holds the other scalars
     assert source.columns == ["source", "caption", "label"]
+    assert [source.n_rows(unit) for unit in source.units()] == [2]  # (from the footer)
 
 
 def test_folder_beside_parquet_metadata_stays_a_folder(tmp_path):

@@ -345,8 +345,9 @@ class ParquetSource:
             raise SourceError(f"{readable[0][0]}: {exc}") from None
         self.class_names = list(self.read.class_names) if self.read.class_names else None
         # a file whose footer cannot be read now is one unit, which fails when converted
-        self.chunks = [None if isinstance(f, Exception) else
-                       parquet.chunk_row_groups(f[1], chunk_size) for f in footers]
+        self.group_rows = [None if isinstance(f, Exception) else f[1] for f in footers]
+        self.chunks = [rows if rows is None else parquet.chunk_row_groups(rows, chunk_size)
+                       for rows in self.group_rows]
 
     @property
     def columns(self) -> list[str]:
@@ -358,6 +359,11 @@ class ParquetSource:
         return [Unit(f"parquet-{i:05d}-{c:05d}", [i, groups], label)
                 for i, (chunks, label) in enumerate(zip(self.chunks, labels))
                 for c, groups in enumerate(chunks or [None])]
+
+    def n_rows(self, unit: Unit) -> int:
+        """The unit's rows, as its file's footer says (0 where it could not be read)."""
+        index, groups = unit.refs
+        return sum(self.group_rows[index][g] for g in groups) if groups is not None else 0
 
     def items(self, unit: Unit) -> Iterator[Item]:
         index, groups = unit.refs
