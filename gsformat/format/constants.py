@@ -7,8 +7,9 @@ from __future__ import annotations
 
 # ---- versions -------------------------------------------------------------------------------
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 4  # 1.0: records, datasets, gsformat.planar/quantize; 1.1: gsformat.entropy;
-                  # 1.2: gsformat.lattice; 1.3: gsformat.lattice-rans; 1.4: reader rules
+FORMAT_MINOR = 5  # 1.0: records, datasets, gsformat.planar/quantize; 1.1: gsformat.entropy;
+                  # 1.2: gsformat.lattice; 1.3: gsformat.lattice-rans; 1.4: reader rules;
+                  # 1.5: the second implementer's guesses closed
 FORMAT_VERSION = (FORMAT_MAJOR, FORMAT_MINOR)
 
 # ---- splat parameters -----------------------------------------------------------------------
