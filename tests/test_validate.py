@@ -122,7 +122,11 @@ def test_manifest_columns_contradict_index(small_dataset):
 
 
 def test_missing_index_and_manifest(tmp_path, small_dataset):
-    assert_invalid(str(tmp_path / "nowhere"), "index.json", "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_invalid(str(empty), "index.json", "missing")
+    report = validate_dataset(str(tmp_path / "nowhere"))  # (the CLI: a path that is not there)
+    assert not report.valid and "index.json: missing" in report.text()
     os.remove(os.path.join(small_dataset, "gsformat.json"))
     assert_invalid(small_dataset, "gsformat.json: missing")
 
