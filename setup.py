@@ -21,7 +21,10 @@ setup(ext_modules=[
     Extension(
         "gsformat.fitting._tiles",
         sources=["gsformat/fitting/_tiles.c"],
-        extra_compile_args=["-O3", "-std=c11", "-Wall", "-pthread"],
+        # no errno or FP traps: lets GCC vectorise sqrtf and the selects (no -ffast-math: the
+        # rounding trick in exp_nonpos needs exact float arithmetic)
+        extra_compile_args=["-O3", "-std=c11", "-Wall", "-pthread", "-fno-math-errno",
+                            "-fno-trapping-math"],
         extra_link_args=["-pthread"],
         optional=True,
     ),

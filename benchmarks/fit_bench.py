@@ -1,16 +1,27 @@
-"""Fitter benchmark: quality and speed of the CPU path, on a tuning set and a held-out report set.
+"""Fitter benchmark: cost to quality of the CPU fitter, on a tuning set and a held-out report set.
 
 Prints one JSON object. Every figure is measured in this run, on real photographs centre-cropped
-and resized to 224². Two fitters, both measured here: ``fixed`` — one window size for every
-splat and no relocation (the fitter before per-splat extents, kept as a named configuration)
-— and ``extents`` — the defaults: size classes (per-splat extents) and error-driven relocation.
+and resized to 224², one image per fit (what a conversion pays per image). Two fitters, both
+measured here:
 
-Held-out data: defaults are tuned on TUNING only (the seven scikit-image photographs the earlier
-defaults were tuned on, too); REPORT holds photographs no default was ever tuned on. README
-reports REPORT. Ratios, not absolute times, are what transfer between machines.
+- ``previous`` — the fitter before the tile engine (`fit.PREVIOUS`: the NumPy window engine,
+  its learning rates, no colour solves) at 2,000 iterations, the quality reference;
+- ``new`` — today's defaults (the C tile engine, `FitOptions`), at a ladder of iteration counts
+  around `fit.DEFAULT_ITERS` (``convert``'s default too).
 
-    python benchmarks/fit_bench.py            # full run (~50 min on 2 cores)
-    python benchmarks/fit_bench.py --quick    # smoke run (~2 min)
+For each budget (400 / 1,600 / 3,136 splats): PSNR against wall seconds per image for both (the
+previous fitter's curve from its training loss every 10 iterations, its end point exact; the new
+fitter's ladder points exact), the seconds the new fitter needs to reach the previous fitter's
+2,000-iteration mean PSNR (interpolated on its ladder) and their ratio, and each image's PSNR at
+the new default against its own previous 2,000-iteration result. Then the engines' steady-state
+ms per iteration at each budget on the same splats (C tiles, NumPy windows, dense autograd).
+
+Held-out data: defaults are tuned on TUNING only; REPORT holds photographs no default was ever
+tuned on, and README reports REPORT. Ratios, not absolute times, are what transfer between
+machines.
+
+    python benchmarks/fit_bench.py            # full run (~40 min on 2 cores)
+    python benchmarks/fit_bench.py --quick    # smoke run (~1 min)
 """
 from __future__ import annotations
 
@@ -26,132 +37,148 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 
 from gsformat.fitting import cupy_available, fit_images
-from gsformat.fitting.fit import FIXED_WINDOW as FIXED
+from gsformat.fitting.fit import DEFAULT_ITERS, PREVIOUS
 from samples import load_photo
 
 TUNING = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
           "immunohistochemistry", "retina")
 REPORT = ("china", "flower", "motorcycle", "camera", "coins", "moon", "clock", "gravel")
-FITTERS = {"fixed": FIXED, "extents": {}}
+PREVIOUS_ITERS = 2000
+LADDER = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # × DEFAULT_ITERS for the new fitter's curve
 
 
-def best_of(fn, repeats=3):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed_fit(image, n, iters, curve=None, **options):
+    """One image's fit → (PSNR, wall seconds); ``curve`` collects (seconds, step, training
+    PSNR) every 10 iterations."""
+    start = time.perf_counter()
+
+    def progress(step, total, mse):
+        if curve is not None and np.isfinite(mse):
+            curve.append((round(time.perf_counter() - start, 3), step,
+                          round(float(10 * np.log10(1 / max(mse, 1e-12))), 3)))
+    result = fit_images(image[None], n, iters, progress=progress, **options)
+    return float(result.psnr[0]), time.perf_counter() - start
 
 
-def ms_per_iter(images, n_splats, short=10, long=60, repeats=3, **options):
+def previous_fitter(photos: dict, n: int, iters: int) -> dict:
+    psnr, seconds, curves = {}, [], []
+    for name, image in photos.items():
+        curve = []
+        psnr[name], s = timed_fit(image, n, iters, curve, **PREVIOUS)
+        seconds.append(s)
+        curves.append(curve)
+    # the mean curve over images, at the steps every image logged
+    steps = sorted(set.intersection(*[{c[1] for c in curve} for curve in curves]))
+    mean_curve = [[round(float(np.mean([dict((c[1], c[0]) for c in cv)[s] for cv in curves])), 2),
+                   s, round(float(np.mean([dict((c[1], c[2]) for c in cv)[s] for cv in curves])),
+                            2)] for s in steps[::10]]
+    return {"iters": iters, "psnr_per_image": {k: round(v, 2) for k, v in psnr.items()},
+            "psnr_mean": round(float(np.mean(list(psnr.values()))), 3),
+            "seconds_per_image": round(float(np.mean(seconds)), 2),
+            "curve_seconds_step_training_psnr": mean_curve}
+
+
+def new_fitter(photos: dict, n: int, ladder_iters) -> dict:
+    points = []
+    for iters in ladder_iters:
+        psnr, seconds = {}, []
+        for name, image in photos.items():
+            psnr[name], s = timed_fit(image, n, iters)
+            seconds.append(s)
+        points.append({"iters": iters, "psnr_mean": round(float(np.mean(list(psnr.values()))), 3),
+                       "seconds_per_image": round(float(np.mean(seconds)), 3),
+                       "psnr_per_image": {k: round(v, 2) for k, v in psnr.items()}})
+        print(f"  new {n}/{iters}: {points[-1]['psnr_mean']} dB, "
+              f"{points[-1]['seconds_per_image']} s", file=sys.stderr, flush=True)
+    return {"ladder": points}
+
+
+def seconds_to_reach(points, target: float):
+    """Seconds per image at which the ladder's mean PSNR first reaches ``target`` (linear in
+    between two points); None if it never does."""
+    previous = None
+    for point in points:
+        if point["psnr_mean"] >= target:
+            if previous is None:
+                return point["seconds_per_image"]
+            (s0, p0), (s1, p1) = previous, (point["seconds_per_image"], point["psnr_mean"])
+            return round(s0 + (s1 - s0) * (target - p0) / max(p1 - p0, 1e-9), 3)
+        previous = (point["seconds_per_image"], point["psnr_mean"])
+    return None
+
+
+def cost_to_quality(photos: dict, n: int, previous_iters: int, default_iters: int,
+                    ladder=LADDER) -> dict:
+    old = previous_fitter(photos, n, previous_iters)
+    print(f"previous {n}/{previous_iters}: {old['psnr_mean']} dB, {old['seconds_per_image']} s",
+          file=sys.stderr, flush=True)
+    new = new_fitter(photos, n, sorted({max(10, round(f * default_iters)) for f in ladder}))
+    at_default = next(p for p in new["ladder"] if p["iters"] == default_iters)
+    reach = seconds_to_reach(new["ladder"], old["psnr_mean"])
+    deltas = {k: round(at_default["psnr_per_image"][k] - v, 2)
+              for k, v in old["psnr_per_image"].items()}
+    return {"splats": n, "previous": old, "new": new,
+            "new_default": {"iters": default_iters, "psnr_mean": at_default["psnr_mean"],
+                            "seconds_per_image": at_default["seconds_per_image"],
+                            "psnr_minus_previous_per_image": deltas,
+                            "worst_image_minus_previous_db": min(deltas.values())},
+            "seconds_to_reach_previous_psnr": reach,
+            "time_ratio_previous_over_new": None if reach is None else round(
+                old["seconds_per_image"] / reach, 2)}
+
+
+def ms_per_iter(image, n_splats, short=10, long=60, repeats=3, **options):
     """Steady-state ms per iteration: (t(long) − t(short)) / (long − short), best of repeats
-    (init and the final exact render cancel out; relocation's cost is spread as in a fit)."""
-    t_long = best_of(lambda: fit_images(images, n_splats, long, **options), repeats)
-    t_short = best_of(lambda: fit_images(images, n_splats, short, **options), repeats)
-    return 1000 * (t_long - t_short) / (long - short)
+    (init and the final exact render cancel out)."""
+    def best(iters):
+        return min(timed_fit(image, n_splats, iters, **options)[1] for _ in range(repeats))
+    return 1000 * (best(long) - best(short)) / (long - short)
 
 
-def quality(photos: dict, budgets, iters_list, fitters=FITTERS) -> dict:
-    """PSNR per image and mean, per fitter × budget × iteration count, one batch per image."""
-    out = {}
-    for fitter, options in fitters.items():
-        for n in budgets:
-            for iters in iters_list:
-                psnr, seconds = [], []
-                for name, image in photos.items():
-                    result = fit_images(image[None], n, iters, **options)
-                    psnr.append(float(result.psnr[0]))
-                    seconds.append(result.seconds)
-                key = f"{fitter}/{n}/{iters}"
-                out[key] = {"psnr_per_image": dict(zip(photos, [round(p, 2) for p in psnr])),
-                            "psnr_mean": round(float(np.mean(psnr)), 2),
-                            "seconds_per_image": round(float(np.mean(seconds)), 2)}
-                print(f"{key}: {out[key]}", file=sys.stderr, flush=True)
-    return out
-
-
-def compare(results: dict, budgets, iters: int) -> dict:
-    """extents − fixed per budget: mean gain and the worst image's gain (dB)."""
+def engine_speed(image, budgets, quick: bool) -> dict:
+    """ms per iteration of the engines on the same image and schedule (the previous fitter's,
+    so both engines fit the same splats)."""
     out = {}
     for n in budgets:
-        new, old = results[f"extents/{n}/{iters}"], results[f"fixed/{n}/{iters}"]
-        gains = [new["psnr_per_image"][k] - old["psnr_per_image"][k] for k in old["psnr_per_image"]]
-        out[str(n)] = {"mean_gain_db": round(new["psnr_mean"] - old["psnr_mean"], 2),
-                       "worst_image_gain_db": round(min(gains), 2)}
+        row = {engine: round(ms_per_iter(image, n, **dict(PREVIOUS, engine=engine)), 2)
+               for engine in ("tiles", "window")}
+        row["window_over_tiles"] = round(row["window"] / row["tiles"], 2)
+        out[str(n)] = row
+        print(f"engines {n}: {row}", file=sys.stderr, flush=True)
+    n_dense = budgets[0] if quick else 1600
+    dense = ms_per_iter(image, n_dense, short=1, long=3, repeats=1,
+                        **dict(PREVIOUS, engine="dense-torch", large_fraction=0.0))
+    tiles = ms_per_iter(image, n_dense, **dict(PREVIOUS, engine="tiles", large_fraction=0.0))
+    out["dense_autograd"] = {"splats": n_dense, "dense_torch_ms": round(dense, 1),
+                             "tiles_ms": round(tiles, 2), "dense_over_tiles": round(dense / tiles, 1)}
     return out
 
 
 def main(quick: bool = False) -> dict:
-    size, iters = (96, 200) if quick else (224, 2000)
-    budgets = (100, 400) if quick else (400, 1600, 3136)
+    size = 96 if quick else 224
+    budgets = (100, 300) if quick else (400, 1600, 3136)
+    previous_iters = 60 if quick else PREVIOUS_ITERS
+    default_iters = 40 if quick else DEFAULT_ITERS
     tuning = {n: load_photo(n, size) for n in (TUNING[:2] if quick else TUNING)}
     report = {n: load_photo(n, size) for n in (REPORT[:2] if quick else REPORT)}
     out = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                        "processor": platform.processor() or platform.machine()},
-           "tuning_set": list(tuning), "report_set": list(report), "size": size,
-           "iters": iters, "quick": quick, "fitters": FITTERS}
-
-    # 1. quality on the report set at the paper's budgets; the iteration knee at 1,600
-    knee = (50, 100) if quick else (250, 500, 1000)
-    mid = budgets[-1] if quick else 1600
-    out["report"] = quality(report, budgets, (iters,))
-    out["report"].update(quality(report, (mid,), knee))
-    out["report_gain"] = compare(out["report"], budgets, iters)
-    out["report_500_vs_fixed_2000"] = None if quick else round(
-        out["report"][f"extents/{mid}/500"]["psnr_mean"]
-        - out["report"][f"fixed/{mid}/{iters}"]["psnr_mean"], 2)
-    out["tuning"] = quality(tuning, (mid,), (iters,))
-    out["tuning_gain"] = compare(out["tuning"], (mid,), iters)
-
-    # 2. speed: steady-state ms per iteration of both fitters at 1,600 splats, same image
-    one = next(iter(report.values()))[None]
-    speed = {fitter: round(ms_per_iter(one, mid, **options), 2)
-             for fitter, options in FITTERS.items()}
-    out["ms_per_iter"] = dict(speed, ratio=round(speed["extents"] / speed["fixed"], 2),
-                              splats=mid)
-    print(f"speed: {out['ms_per_iter']}", file=sys.stderr)
-    names = list(report)
-
-    # 2. the naive dense autograd fitter (every splat over every pixel), same init and optimiser
-    n_dense = 100 if quick else 1600
-    dense_ms = ms_per_iter(one, n_dense, short=1, long=3, repeats=1, engine="dense-torch",
-                           **FIXED)
-    fast_ms = ms_per_iter(one, n_dense, **FIXED)
-    out["dense_vs_window"] = {
-        "splats": n_dense, "size": size, "dense_torch_ms_per_iter": round(dense_ms, 1),
-        "window_ms_per_iter": round(fast_ms, 2), "speedup": round(dense_ms / fast_ms, 1)}
-    crop = load_photo(names[0], 64)[None]
-    equal = {}
-    for engine in ("window", "dense-torch"):
-        equal[engine] = float(fit_images(crop, 256, 300, engine=engine, **FIXED).psnr[0])
-    out["dense_vs_window"]["psnr_64px_256splats_300iters"] = {
-        k: round(v, 3) for k, v in equal.items()}
-    out["dense_vs_window"]["psnr_gap_db"] = round(equal["dense-torch"] - equal["window"], 3)
-    print(f"dense vs window: {out['dense_vs_window']}", file=sys.stderr)
-
-    # 3. init ablation (paper: 35.25 dB grid vs 28.24 dB random, 4900 splats, 3000 iterations)
-    n_abl, it_abl = (400, 200) if quick else (4900, 3000)
-    ablation_images = names[:2]
-    ablation = {}
-    for init in ("grid", "random"):
-        scores = [float(fit_images(report[n][None], n_abl, it_abl, init=init,
-                                   **FIXED).psnr[0]) for n in ablation_images]
-        ablation[init] = round(float(np.mean(scores)), 2)
-    out["init_ablation"] = {"splats": n_abl, "iters": it_abl, "images": ablation_images,
-                            "psnr_mean": ablation}
-    print(f"init ablation: {out['init_ablation']}", file=sys.stderr)
-
-    # 4. GPU throughput (only where CuPy sees a GPU)
-    if cupy_available():
-        gpu = {}
+           "tuning_set": list(tuning), "report_set": list(report), "size": size, "quick": quick,
+           "previous_fitter": dict(PREVIOUS, iters=previous_iters),
+           "default_iters": default_iters}
+    out["report"] = [cost_to_quality(report, n, previous_iters, default_iters) for n in budgets]
+    mid = budgets[len(budgets) // 2]
+    out["tuning"] = [cost_to_quality(tuning, mid, previous_iters, default_iters)]
+    out["engines_ms_per_iter"] = engine_speed(next(iter(report.values())), budgets, quick)
+    if cupy_available():  # GPU throughput, only where CuPy sees a GPU
+        names, gpu = list(report), {}
         for n in (400, 1600):
-            for batch in (64, 256, 1024, 4096):
+            for batch in (64, 256, 1024):
                 images = np.stack([report[names[i % len(names)]] for i in range(batch)])
                 start = time.perf_counter()
-                fit_images(images, n, iters, backend="cupy", batch_size=batch)
-                gpu[f"{n}_splats_batch_{batch}"] = round(batch / (time.perf_counter() - start),
-                                                         1)
+                fit_images(images, n, default_iters, backend="cupy", batch_size=batch)
+                gpu[f"{n}_splats_batch_{batch}"] = round(
+                    batch / (time.perf_counter() - start), 1)
         out["gpu_images_per_second"] = gpu
     else:
         out["gpu_images_per_second"] = "no GPU available in this run"

@@ -33,15 +33,23 @@ def test_rd_bench_quick(tmp_path):
     assert costs["r-mid_decode_cost_vs_jpeg"] > 0 and costs["raw-fp16_records_per_s"] > 0
 
 
-def test_fit_bench_quality_and_compare():
+def test_fit_bench_cost_to_quality():
     import fit_bench
     from samples import load_photo
     photos = {"astronaut": load_photo("astronaut", 40), "china": load_photo("china", 40)}
-    results = fit_bench.quality(photos, (40,), (20,))
-    gains = fit_bench.compare(results, (40,), 20)
-    assert set(results) == {"fixed/40/20", "extents/40/20"}
-    assert set(gains["40"]) >= {"mean_gain_db"}
+    out = fit_bench.cost_to_quality(photos, 40, previous_iters=30, default_iters=20,
+                                    ladder=(0.5, 1.0, 3.0))
+    json.dumps(out)
+    assert [p["iters"] for p in out["new"]["ladder"]] == [10, 20, 60]
+    assert set(out["new_default"]["psnr_minus_previous_per_image"]) == set(photos)
+    assert out["previous"]["curve_seconds_step_training_psnr"]
+    reach = out["seconds_to_reach_previous_psnr"]
+    assert reach is None or reach > 0
     assert set(fit_bench.TUNING).isdisjoint(fit_bench.REPORT)  # held-out by construction
+    points = [{"seconds_per_image": 1.0, "psnr_mean": 20.0},
+              {"seconds_per_image": 3.0, "psnr_mean": 24.0}]
+    assert fit_bench.seconds_to_reach(points, 22.0) == 2.0
+    assert fit_bench.seconds_to_reach(points, 25.0) is None
 
 
 def test_downstream_bench_quick(tmp_path):

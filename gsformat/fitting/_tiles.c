@@ -9,7 +9,7 @@
  * z₁² + z₂² = dᵀΣ⁻¹d ≤ k², so G ≥ exp(−k²/2) wherever it is cut (0.2 % of |c| at k = 3.5). The
  * ellipse's bounding box, |dx| ≤ k·√Σxx = k·|l11| and |dy| ≤ k·√Σyy = k·√(l21² + l22²)
  * (`footprint`, Python's `tiles.footprint` is the same), bins splats into tiles; per row only
- * the 8-lane chunks that the ellipse reaches are evaluated (`row_chunks`).
+ * the 8-lane chunks that the ellipse reaches are evaluated (`row_spans`).
  *
  * Per call (`loss_grad`):
  *   1. per image: each splat's box → the tiles it touches → (tile, splat) entries in CSR order,
@@ -22,7 +22,8 @@
  *   3. per image: entries' gradients summed into their splats in entry order, tiles' Σ r² in
  *      tile order — so the result does not depend on the number of threads.
  * Rows of a tile are evaluated 8 lanes at a time (lanes outside the ellipse give 0): a fixed
- * trip count the compiler vectorises. This is the structure of a CUDA tile kernel
+ * trip count the compiler vectorises (selects, not branches: with -fno-trapping-math GCC
+ * if-converts them for AVX2 as well as AVX-512). This is the structure of a CUDA tile kernel
  * (gsplat's): one block per tile, one thread per pixel, `fitting/cuda_tiles.py` translates it.
  *
  * Reference twins: `gsformat.fitting.tiles._render_boxes` (values) and `_loss_grad_boxes`
@@ -55,18 +56,23 @@
 typedef struct {
     float x, y, il11, l21, il22, r, g, b;  /* centre, 1/l11, l21, 1/l22, colour */
     float l11, l22, k2;                    /* and k² of the footprint */
+    float k2a, al22, ia;                   /* k²·(l21² + l22²), |l22|, 1 / (l21² + l22²) */
 } Splat;
 
 typedef struct { int32_t x0, x1, y0, y1; } Box;  /* pixel ranges [x0, x1) × [y0, y1); empty ok */
+
+/* A thread's store of G, z₁, z₂ for every chunk the forward pass evaluates, read back in the
+ * same order by the backward pass (saves recomputing them). */
+typedef struct { float *values; size_t chunks; } Cache;
 
 /* exp(x) for x ≤ 0 without branches (vectorisable): x = n·ln2 + r, |r| ≤ ln2/2, a degree-6
  * polynomial for eʳ (relative error < 2·10⁻⁷), 2ⁿ by the exponent bits; below −87 it is 0. */
 static inline float exp_nonpos(float x) {
     const float lo = -87.0f;
-    float clamped = x < lo ? lo : x;
-    float t = clamped * 1.44269504088896341f;
-    float n = (t + 12582912.0f) - 12582912.0f;  /* round to nearest (1.5·2²³ trick) */
-    float r = clamped - n * 0.693145751953125f - n * 1.42860682030941723212e-6f;
+    const float clamped = x > lo ? x : lo;
+    const float t = clamped * 1.44269504088896341f;
+    const float n = (t + 12582912.0f) - 12582912.0f;  /* round to nearest (1.5·2²³ trick) */
+    const float r = clamped - n * 0.693145751953125f - n * 1.42860682030941723212e-6f;
     float p = 1.0f / 720.0f;
     p = p * r + 1.0f / 120.0f;
     p = p * r + 1.0f / 24.0f;
@@ -74,10 +80,10 @@ static inline float exp_nonpos(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    union { int32_t i; float f; } scale;
+    union { int32_t i; float f; } scale;  /* 2ⁿ from its exponent bits */
     scale.i = ((int32_t)n + 127) << 23;
-    float value = p * scale.f;
-    return x < lo ? 0.0f : value;
+    const float value = p * scale.f;
+    return x >= lo ? value : 0.0f;
 }
 
 static int finite_splat(const float *p) {
@@ -126,6 +132,7 @@ typedef struct {
 #else
     long next_tile;
 #endif
+    volatile int failed;   /* a thread could not allocate its cache */
 } Batch;
 
 /* Boxes and binning for every image: fills splats, boxes, tile_start, entry_splat. */
@@ -139,10 +146,14 @@ static int bin_batch(Batch *w) {
         Box box = footprint(p, w->height, w->width, w->k_sigma);
         w->boxes[s] = box;
         Splat sp = {p[0], p[1], 0, p[3], 0, p[5], p[6], p[7], p[2], p[4],
-                    w->k_sigma * w->k_sigma};
+                    w->k_sigma * w->k_sigma, 0, 0, 0};
         if (box.x1 > box.x0) {
+            const float a = p[3] * p[3] + p[4] * p[4];
             sp.il11 = 1.0f / p[2];
             sp.il22 = 1.0f / p[4];
+            sp.k2a = sp.k2 * a;
+            sp.al22 = fabsf(p[4]);
+            sp.ia = 1.0f / a;
         }
         w->splats[s] = sp;
         if (box.x1 <= box.x0)
@@ -177,41 +188,41 @@ static int bin_batch(Batch *w) {
     return 1;
 }
 
-/* The lanes of tile row `dy` (offset from the centre) inside the ellipse, as 8-lane chunks
- * [*c0, *c1): for fixed dy, z₁² + z₂² ≤ k² is a quadratic in u = dx / l11 whose roots are
- * u = (dy·l21 ± l22·√(k²(l21² + l22²) − dy²)) / (l21² + l22²). Conservative by 0.01 px: the
- * mask q ≤ k² in `chunk_gaussian` decides, chunks only skip lanes that are surely outside. */
-static inline int row_chunks(const Splat *sp, float dy, int tx0, int cols, int *c0, int *c1) {
-    const float a = sp->l21 * sp->l21 + sp->l22 * sp->l22;
-    const float disc = sp->k2 * a - dy * dy;
-    if (!(disc >= 0.0f))
-        return 0;
-    const float root = fabsf(sp->l22) * sqrtf(disc), mid = dy * sp->l21;
-    float dx0 = sp->l11 * (mid - root) / a, dx1 = sp->l11 * (mid + root) / a;
-    if (dx0 > dx1) {
-        float t = dx0;
-        dx0 = dx1, dx1 = t;
+/* The lanes of each tile row inside the ellipse, [lo[ly], hi[ly]] (empty: hi < lo), all rows
+ * at once (vectorised): for fixed dy, z₁² + z₂² ≤ k² is a quadratic in u = dx / l11 whose
+ * roots are u = (dy·l21 ± |l22|·√(k²(l21² + l22²) − dy²)) / (l21² + l22²). Conservative by
+ * 0.01 px: the mask q ≤ k² in `chunk_gaussian` decides, spans only skip lanes surely outside. */
+static inline void row_spans(const Splat *sp, int tx0, int ty0, int cols,
+                             int32_t *restrict lo, int32_t *restrict hi) {
+    const float y0 = (float)ty0 + 0.5f - sp->y, x = sp->x - (float)tx0, k2a = sp->k2a;
+    const float al22 = sp->al22, l21 = sp->l21, scale = sp->l11 * sp->ia, last = (float)(cols - 1);
+    float first[TILE], final[TILE];
+    for (int ly = 0; ly < TILE; ly++) {
+        const float dy = y0 + (float)ly;
+        const float disc = k2a - dy * dy;
+        const float root = al22 * sqrtf(disc > 0.0f ? disc : 0.0f), mid = dy * l21;
+        const float u0 = scale * (mid - root), u1 = scale * (mid + root);
+        const float start = ceilf(x + (u0 < u1 ? u0 : u1) - 0.51f);
+        const float end = floorf(x + (u0 < u1 ? u1 : u0) - 0.49f);
+        first[ly] = start > 0.0f ? start : 0.0f;
+        final[ly] = disc < 0.0f ? -1.0f : end < last ? end : last;
     }
-    /* lane l has dx = tx0 + l + ½ − x */
-    float lo = ceilf(sp->x + dx0 - 0.5f - 0.01f) - tx0, hi = floorf(sp->x + dx1 - 0.5f + 0.01f) - tx0;
-    lo = lo < 0 ? 0 : lo;
-    hi = hi > cols - 1 ? cols - 1 : hi;
-    if (hi < lo)
-        return 0;
-    *c0 = (int)lo / CHUNK;
-    *c1 = (int)hi / CHUNK + 1;
-    return 1;
+    for (int ly = 0; ly < TILE; ly++) {
+        lo[ly] = (int32_t)first[ly];
+        hi[ly] = (int32_t)final[ly];
+    }
 }
 
 /* G on 8 lanes of a row, 0 outside the ellipse z₁² + z₂² ≤ k²; z₁, z₂ kept for backward */
-static inline void chunk_gaussian(const Splat *sp, float dy, const float *dx, float *g, float *z1,
-                                  float *z2) {
+static inline void chunk_gaussian(const Splat *sp, float dy, const float *restrict dx,
+                                  float *restrict g, float *restrict z1, float *restrict z2) {
+    const float il11 = sp->il11, l21 = sp->l21, il22 = sp->il22, k2 = sp->k2;
     for (int l = 0; l < CHUNK; l++) {
-        float a = dx[l] * sp->il11;
-        float b = (dy - sp->l21 * a) * sp->il22;
-        float q = a * a + b * b;
-        float value = exp_nonpos(-0.5f * q);
-        g[l] = q <= sp->k2 ? value : 0.0f;
+        const float a = dx[l] * il11;
+        const float b = (dy - l21 * a) * il22;
+        const float q = a * a + b * b;
+        const float value = exp_nonpos(-0.5f * q);
+        g[l] = q <= k2 ? value : 0.0f;
         z1[l] = a;
         z2[l] = b;
     }
@@ -223,7 +234,7 @@ static inline void box_rows(Box box, int ty0, int rows, int *ly0, int *ly1) {
     *ly1 = box.y1 - ty0 < rows ? box.y1 - ty0 : rows;
 }
 
-KERNEL static void do_tile(Batch *w, int64_t tile) {
+KERNEL static void do_tile(Batch *w, int64_t tile, float *cache) {
     const int image = (int)(tile / w->tiles), t = (int)(tile % w->tiles);
     const int tx0 = (t % w->tiles_x) * TILE, ty0 = (t / w->tiles_x) * TILE;
     const int rows = w->height - ty0 < TILE ? w->height - ty0 : TILE;
@@ -232,8 +243,10 @@ KERNEL static void do_tile(Batch *w, int64_t tile) {
     const Box *boxes = w->boxes + (int64_t)image * w->n;
     const int64_t first = w->tile_start[tile], last = w->tile_start[tile + 1];
     float acc[3][TILE * TILE];  /* the tile's render, then ∂L/∂I, per channel */
-    float g[CHUNK], z1[CHUNK], z2[CHUNK], dx[TILE];
-    int ly0, ly1, c0, c1;
+    float scratch[3 * CHUNK], dx[TILE];
+    float *cached = cache != NULL ? cache : scratch;  /* forward: where G, z₁, z₂ go */
+    int ly0, ly1;
+    int32_t lo[TILE], hi[TILE];
     memset(acc, 0, sizeof acc);
 
     /* forward: Σ G·c over the tile's entries */
@@ -242,11 +255,15 @@ KERNEL static void do_tile(Batch *w, int64_t tile) {
         box_rows(boxes[w->entry_splat[e]], ty0, rows, &ly0, &ly1);
         for (int l = 0; l < TILE; l++)
             dx[l] = (float)(tx0 + l) + 0.5f - sp->x;
+        row_spans(sp, tx0, ty0, cols, lo, hi);
         for (int ly = ly0; ly < ly1; ly++) {
             const float dy = (float)(ty0 + ly) + 0.5f - sp->y;
-            if (!row_chunks(sp, dy, tx0, cols, &c0, &c1))
+            if (hi[ly] < lo[ly])
                 continue;
-            for (int c = c0; c < c1; c++) {
+            for (int c = lo[ly] / CHUNK; c <= hi[ly] / CHUNK; c++) {
+                float *g = cached, *z1 = cached + CHUNK, *z2 = cached + 2 * CHUNK;
+                if (cache != NULL)
+                    cached += 3 * CHUNK;
                 chunk_gaussian(sp, dy, dx + c * CHUNK, g, z1, z2);
                 const int at = ly * TILE + c * CHUNK;
                 for (int l = 0; l < CHUNK; l++) {
@@ -281,20 +298,20 @@ KERNEL static void do_tile(Batch *w, int64_t tile) {
         }
     w->tile_sse[tile] = sse;
 
-    /* backward: each entry's gradient into its own slot */
+    /* backward: each entry's gradient into its own slot, G, z₁, z₂ from the cache */
+    cached = cache;
     for (int64_t e = first; e < last; e++) {
         const Splat *sp = splats + w->entry_splat[e];
         box_rows(boxes[w->entry_splat[e]], ty0, rows, &ly0, &ly1);
         float s[8][CHUNK];  /* per lane: Σ A z₁, A z₂, A z₁², A z₁z₂, A z₂², G·∂L/∂I (r, g, b) */
         memset(s, 0, sizeof s);
-        for (int l = 0; l < TILE; l++)
-            dx[l] = (float)(tx0 + l) + 0.5f - sp->x;
+        row_spans(sp, tx0, ty0, cols, lo, hi);  /* the chunks the forward pass cached */
         for (int ly = ly0; ly < ly1; ly++) {
-            const float dy = (float)(ty0 + ly) + 0.5f - sp->y;
-            if (!row_chunks(sp, dy, tx0, cols, &c0, &c1))
+            if (hi[ly] < lo[ly])
                 continue;
-            for (int c = c0; c < c1; c++) {
-                chunk_gaussian(sp, dy, dx + c * CHUNK, g, z1, z2);
+            for (int c = lo[ly] / CHUNK; c <= hi[ly] / CHUNK; c++) {
+                const float *g = cached, *z1 = cached + CHUNK, *z2 = cached + 2 * CHUNK;
+                cached += 3 * CHUNK;
                 const int at = ly * TILE + c * CHUNK;
                 for (int l = 0; l < CHUNK; l++) {
                     const float dr = acc[0][at + l], dg = acc[1][at + l], db = acc[2][at + l];
@@ -329,6 +346,7 @@ KERNEL static void do_tile(Batch *w, int64_t tile) {
 static void *worker(void *arg) {
     Batch *w = arg;
     const long total = (long)w->batch * w->tiles;
+    Cache cache = {NULL, 0};
     for (;;) {
 #ifdef HAVE_THREADS
         long tile = atomic_fetch_add(&w->next_tile, 1);
@@ -336,9 +354,23 @@ static void *worker(void *arg) {
         long tile = w->next_tile++;
 #endif
         if (tile >= total)
-            return NULL;
-        do_tile(w, tile);
+            break;
+        /* at most two chunks per row of each entry */
+        const size_t need = (size_t)(w->tile_start[tile + 1] - w->tile_start[tile]) * TILE * 2;
+        if (w->target != NULL && need > cache.chunks) {
+            free(cache.values);
+            cache.chunks = need + need / 2;
+            cache.values = malloc(cache.chunks * 3 * CHUNK * sizeof(float));
+            if (cache.values == NULL) {
+                cache.chunks = 0;
+                w->failed = 1;
+                break;
+            }
+        }
+        do_tile(w, tile, cache.values);
     }
+    free(cache.values);
+    return NULL;
 }
 
 static void run_tiles(Batch *w, int threads) {
@@ -434,8 +466,10 @@ static PyObject *py_run(PyObject *self, PyObject *args) {
     ok = w.splats != NULL && w.boxes != NULL && w.tile_sse != NULL && bin_batch(&w);
     if (ok) {
         run_tiles(&w, threads);
-        reduce(&w, sse.buf);
+        ok = !w.failed;
     }
+    if (ok)
+        reduce(&w, sse.buf);
     Py_END_ALLOW_THREADS
     if (!ok) {
         PyErr_NoMemory();
