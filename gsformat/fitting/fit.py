@@ -28,14 +28,15 @@ from .solve import has_steps, matched_step_scale, requantize, scale_steps
 
 MIN_SIGMA = 0.3  # pixels: narrower splats alias and stop receiving useful gradients
 DEFAULT_MEMORY_LIMIT = 2 << 30
+DEFAULT_ITERS = 500  # `fit_images` and `gsformat convert` (the knee of fit_bench's tuning set)
 
 
 @dataclass
 class FitOptions:
     """Everything `fit_images` accepts besides the images (defaults tuned on the tuning set of
-    `benchmarks/fit_bench.py`; `FIXED_WINDOW` is the fitter before per-splat extents)."""
+    `benchmarks/fit_bench.py`; `PREVIOUS` is the fitter before the tile engine)."""
     n_splats: int = 1600
-    iters: int = 2000
+    iters: int = DEFAULT_ITERS
     lr_position: float = 0.03      # pixels per step (Adam)
     lr_covariance: float = 0.015   # pixels per step
     lr_colour: float = 0.008       # colour units per step
@@ -84,9 +85,11 @@ class FitOptions:
     memory_limit: int = DEFAULT_MEMORY_LIMIT
 
 
-# The fitter before per-splat extents and relocation (one window size, a cosine schedule tuned
-# for it): a named configuration, so that benchmarks compare both in one run.
-FIXED_WINDOW = {"large_fraction": 0.0, "relocate_every": 0, "lr_final": 0.05}
+# The fitter before the tile engine (the NumPy window engine, the learning rates it was tuned
+# with, 2,000 iterations): a named configuration, so that benchmarks compare both in one run.
+PREVIOUS = {"engine": "window", "lr_position": 0.03, "lr_covariance": 0.015, "lr_colour": 0.008,
+            "lr_final": 1.0, "coarse_fraction": 0.0, "colour_solve_steps": 0,
+            "relocate_every": 250, "k_sigma": 3.5}
 
 
 @dataclass
@@ -159,7 +162,7 @@ def rebin(xp, params, moments, classes) -> None:
             array[b, down] = rows
 
 
-def fit_images(images, n_splats: int = 1600, iters: int = 2000, *,
+def fit_images(images, n_splats: int = 1600, iters: int = DEFAULT_ITERS, *,
                progress: Callable[[int, int, float], None] | None = None,
                history: bool = False, init_splats: list[SplatSet] | None = None,
                **options) -> FitResult:
