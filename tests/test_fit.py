@@ -135,3 +135,13 @@ def test_cupy_backend_is_refused_without_gpu():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="CuPy"):
         fit_images(np.zeros((1, 8, 8, 3)), 4, 1, backend="cupy")
+
+
+def test_convert_default_iterations_are_the_fitters():
+    """convert's parser loads without the fitter (and scipy): it keeps the literal, checked here."""
+    import argparse
+    from gsformat.convert.options import add_convert_arguments
+    from gsformat.fitting.fit import DEFAULT_ITERS
+    parser = argparse.ArgumentParser()
+    add_convert_arguments(parser)
+    assert parser.parse_args(["s", "o"]).iters == DEFAULT_ITERS

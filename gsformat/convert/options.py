@@ -30,7 +30,8 @@ def add_convert_arguments(p) -> None:
                        help=f"Parquet sources: the {name} column (default: {found}, if there)")
     p.add_argument("--splats", type=int, default=1600, help="splat budget per image")
     p.add_argument("--iters", type=int, default=1000,
-                   help="fitting iterations (1,000: the knee of PSNR per time, fit_bench.py)")
+                   help="fitting iterations (fitting.fit.DEFAULT_ITERS, chosen from PSNR per "
+                        "second in benchmarks/fit_bench.py)")
     p.add_argument("--size", type=int, default=224, help="canvas side after resizing")
     p.add_argument("--resize", choices=["center-crop", "pad", "keep"], default="center-crop")
     p.add_argument("--init", choices=["grid", "random"], default="grid")

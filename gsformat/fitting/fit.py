@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -28,7 +28,8 @@ from .solve import has_steps, matched_step_scale, requantize, scale_steps
 
 MIN_SIGMA = 0.3  # pixels: narrower splats alias and stop receiving useful gradients
 DEFAULT_MEMORY_LIMIT = 2 << 30
-DEFAULT_ITERS = 500  # `fit_images` and `gsformat convert` (the knee of fit_bench's tuning set)
+DEFAULT_ITERS = 1000  # `fit_images` and `gsformat convert` (fit_bench.py: the previous fitter's
+# 2,000-iteration mean PSNR is reached at ~500 on the tuning set; 1,000 for its worst images)
 
 
 @dataclass
@@ -37,23 +38,18 @@ class FitOptions:
     `benchmarks/fit_bench.py`; `PREVIOUS` is the fitter before the tile engine)."""
     n_splats: int = 1600
     iters: int = DEFAULT_ITERS
-    lr_position: float = 0.03      # pixels per step (Adam)
-    lr_covariance: float = 0.015   # pixels per step
-    lr_colour: float = 0.008       # colour units per step
+    lr_position: float = 0.3       # pixels per step (Adam; 10× the rates `PREVIOUS` was tuned
+    lr_covariance: float = 0.15    #   with: benchmarks/RESULTS.md, "fewer iterations")
+    lr_colour: float = 0.016       # colour units per step
     lr_final: float = 1.0          # cosine decay to this fraction of each rate (1: constant
                                    # rates; the fixed-window fitter was tuned with 0.05)
     init: str = "grid"             # "grid" | "random"
     init_scale: float = 0.5        # initial σ as a fraction of the grid spacing
-    relocate_every: int = 250      # move the weakest splats to the error every this many
+    relocate_every: int = 125      # move the weakest splats to the error every this many
                                    # iterations (0: never; placement.relocate)
-    relocate_fraction: float = 0.05  # share of the budget moved each time
+    relocate_fraction: float = 0.02  # share of the budget moved each time
     relocate_until: float = 0.7    # no relocation after this fraction of iters
     relocate_tolerance: float = 0.05  # a move that raises the loss by more (relative) is undone
-    coarse_fraction: float = 0.0  # this share of the iterations fits the half-resolution
-                                   # image first (about a quarter of the cost per iteration)
-    colour_solve_every: int = 0    # every this many iterations (and at the start) the colours
-    colour_solve_steps: int = 0    #   take this many conjugate-gradient steps towards their
-                                   #   least-squares optimum for the current geometry (0: never)
     window_scale: float = 1.5      # window half-size R = max(ceil(window_scale · spacing),
     min_radius: int = 8            #   min_radius) pixels; 3σ_max ≤ R (see kernel.py)
     large_fraction: float = 0.1    # per-splat extents: this share of the budget in a class of
@@ -88,8 +84,7 @@ class FitOptions:
 # The fitter before the tile engine (the NumPy window engine, the learning rates it was tuned
 # with, 2,000 iterations): a named configuration, so that benchmarks compare both in one run.
 PREVIOUS = {"engine": "window", "lr_position": 0.03, "lr_covariance": 0.015, "lr_colour": 0.008,
-            "lr_final": 1.0, "coarse_fraction": 0.0, "colour_solve_steps": 0,
-            "relocate_every": 250, "k_sigma": 3.5}
+            "relocate_every": 250, "relocate_fraction": 0.05}
 
 
 @dataclass
@@ -265,14 +260,12 @@ class _BatchFit:
                                   self.width, self.classes, k_sigma=opts.k_sigma)
 
     # ---- set-up -----------------------------------------------------------------------------
-    def start(self, init_splats=None, warm_params=None) -> None:
-        """Initial splats: ``warm_params`` (pixel units ``[B, N, 8]``, a coarse phase's), the
-        `SplatSet`s ``init_splats`` (a warm re-fit), or ``opts.init``."""
+    def start(self, init_splats=None) -> None:
+        """Initial splats: the `SplatSet`s ``init_splats`` (a warm re-fit), or ``opts.init``."""
         xp, opts, batch, n = self.xp, self.opts, self.batch, self.n
         height, width = self.height, self.width
-        if warm_params is not None or init_splats is not None:
-            params = xp.asarray(warm_params if warm_params is not None else
-                                _warm_params(init_splats, n, height, width))
+        if init_splats is not None:
+            params = xp.asarray(_warm_params(init_splats, n, height, width))
             clamp_covariance(xp, params, self.radii)
         else:  # each class on its own grid, σ from its own spacing (within its window)
             params = xp.asarray(np.concatenate([init_params(
@@ -297,8 +290,6 @@ class _BatchFit:
         self.undo = None  # (indices, params, m, v) of the last move, until its loss is seen
         self.last_mse = self.render = self.grad = None
         self.rebin_due = False
-        if opts.colour_solve_steps > 0 and init_splats is None:  # a warm re-fit keeps its own
-            self.solve_colours(opts.colour_solve_steps)
 
     # ---- one iteration ----------------------------------------------------------------------
     def step(self, step: int):
@@ -310,9 +301,6 @@ class _BatchFit:
             self.relocate()
         if step == self.prune_step:
             self.prune()
-        every = self.opts.colour_solve_every
-        if every > 0 and self.opts.colour_solve_steps > 0 and step > 0 and step % every == 0:
-            self.solve_colours(self.opts.colour_solve_steps)
         mse = self.loss_and_grad()
         if self.undo is not None:
             mse = self.undo_worse_moves(mse)
@@ -332,37 +320,6 @@ class _BatchFit:
         self.render, mse, self.grad = self.engine.loss_grad(self.params, self.target,
                                                             self.pixel_scale)
         return mse
-
-    def solve_colours(self, steps: int) -> None:
-        """Conjugate gradients on the colours' normal equations GᵀG c = Gᵀ t (three channels of
-        every image at once, each its own step sizes), the geometry fixed: A·d is the colour
-        gradient of a render of colours d against a black target. Adam's colour moments restart:
-        their history is of colours that are gone."""
-        xp, cols = self.xp, C.COLOUR_COLS
-        probe = self.params.copy()
-        black = xp.zeros_like(self.target)
-
-        def times_a(colours):  # [B, N, 3] → scale · GᵀG · colours
-            probe[..., cols] = colours
-            return self.engine.loss_grad(probe, black, self.pixel_scale)[2][..., cols].copy()
-
-        self.loss_and_grad()
-        residual = -self.grad[..., cols].copy()  # scale · Gᵀ (t − G c)
-        direction = residual.copy()
-        rr = (residual * residual).sum(axis=1, keepdims=True)  # [B, 1, 3]
-        colours = self.params[..., cols].copy()
-        for _ in range(steps):
-            a_d = times_a(direction)
-            d_a_d = (direction * a_d).sum(axis=1, keepdims=True)
-            alpha = xp.where(d_a_d > 0, rr / xp.where(d_a_d > 0, d_a_d, 1), 0)
-            colours += alpha * direction
-            residual -= alpha * a_d
-            rr_next = (residual * residual).sum(axis=1, keepdims=True)
-            direction = residual + xp.where(rr > 0, rr_next / xp.where(rr > 0, rr, 1), 0) * direction
-            rr = rr_next
-        self.params[..., cols] = colours * self.alive[..., None]
-        self.m[..., cols] = 0
-        self.v[..., cols] = 0
 
     def relocate(self) -> None:
         xp, rows = self.xp, self.xp.arange(self.batch)[:, None]
@@ -446,46 +403,18 @@ def _quantised(splats, target_np, opts: FitOptions, r_max: int) -> list[SplatSet
             for i, fitted in enumerate(splats)]
 
 
-def half_resolution(images: np.ndarray) -> np.ndarray:
-    """``[B, H, W, 3]`` → ``[B, H//2, W//2, 3]``, each pixel the mean of a 2×2 block (pixel j of
-    the half image covers pixels 2j and 2j + 1: pixel-unit coordinates scale by exactly 2)."""
-    b, h, w, c = images.shape
-    even = images[:, :h // 2 * 2, :w // 2 * 2]
-    return even.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4), dtype=np.float32)
-
-
-def _phases(target_np, opts: FitOptions, init_splats):
-    """[(target, options, first step)]: with ``coarse_fraction`` > 0, that share of the
-    iterations fits the half-resolution image first (a quarter of the pixels each splat covers,
-    so about a quarter of the cost), then the rest the full image from there."""
-    _, height, width, _ = target_np.shape
-    coarse = int(round(opts.coarse_fraction * opts.iters))
-    if (coarse <= 0 or init_splats is not None or min(height, width) < 32
-            or opts.n_splats > (height // 2) * (width // 2)):
-        return [(target_np, opts, 0)]
-    coarse_opts = replace(opts, iters=coarse, quantize=None, quantize_reference_psnr=None,
-                          prune_threshold=0.0, min_radius=max(2, opts.min_radius // 2))
-    return [(half_resolution(target_np), coarse_opts, 0),
-            (target_np, replace(opts, iters=opts.iters - coarse), coarse)]
-
-
 def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=0,
                init_splats=None):
     """One batch → (splats, PSNR ``[B]``, pruned ``[B]``, loss history ``[iters, B]`` or None)."""
-    losses = np.zeros((opts.iters, len(target_np)), np.float32) if keep_history else None
-    warm = None  # the previous phase's splats, pixel units of the next phase's canvas
-    for image, phase_opts, first in _phases(target_np, opts, init_splats):
-        fit = _BatchFit(image, phase_opts, seed_offset)
-        fit.start(init_splats, warm_params=warm)
-        for i in range(phase_opts.iters):
-            step = first + i
-            mse = fit.step(i)
-            if keep_history:
-                losses[step] = to_numpy(mse)
-            if progress and step % 10 == 0:
-                progress(step, opts.iters, float(mse.mean()))
-        warm = fit.params.copy()
-        warm[..., 0:5] *= 2.0  # half → full resolution: positions and L double
+    fit = _BatchFit(target_np, opts, seed_offset)
+    fit.start(init_splats)
+    losses = np.zeros((opts.iters, fit.batch), np.float32) if keep_history else None
+    for step in range(opts.iters):
+        mse = fit.step(step)
+        if keep_history:
+            losses[step] = to_numpy(mse)
+        if progress and step % 10 == 0:
+            progress(step, opts.iters, float(mse.mean()))
     if progress:
         progress(opts.iters, opts.iters, float("nan"))
     splats, scores, n_pruned = fit.finish()
