@@ -73,3 +73,11 @@ def test_downstream_bench_quick(tmp_path):
     assert all(0 <= r["top1"] <= 1 for r in out["rows"])
     assert out["summary"]["16"]["smallest_within_1pt"] in {r["setting"] for r in out["rows"]}
     assert os.path.getsize(tmp_path / "ds.png") > 10_000
+
+
+def test_fit_tune_measures_the_tuning_set():
+    import fit_tune
+    options = fit_tune.parse_options(["lr_position=0.3", "relocate_every=5", "engine=tiles"])
+    assert options == {"lr_position": 0.3, "relocate_every": 5, "engine": "tiles"}
+    out = fit_tune.measure(30, 10, options, names=("astronaut", "coffee"), size=32)
+    assert set(out["psnr_per_image"]) == {"astronaut", "coffee"} and out["psnr_mean"] > 10
