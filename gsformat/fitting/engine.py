@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ..format.render_math import exact_radius, psnr, sigma_max, to_pixels
+from ..format.render_math import EXACT_SIGMAS, exact_radius, psnr, sigma_max, to_pixels
 from ..format.splatset import SplatSet
 from .backend import get_xp, to_numpy
 from .cuda_kernel import MAX_WINDOW, CudaWindowKernel
@@ -111,9 +111,9 @@ def make_engine(engine: str, threads: int | None, xp, batch: int, height: int, w
 
 def render_splatsets(splats: list[SplatSet], radius: int | None = None,
                      backend: str = "numpy") -> np.ndarray:
-    """Render same-canvas `SplatSet`s with the windowed renderer → ``[B, H, W, 3]`` float32.
-
-    ``radius`` defaults to the exact window of the splats (`render_math.exact_radius`)."""
+    """Render same-canvas `SplatSet`s → ``[B, H, W, 3]`` float32, exactly (each splat to 6σ,
+    below float32 precision: the C tile engine where it is built, else windows of
+    `render_math.exact_radius`), or with windows of half-size ``radius`` if given."""
     xp = get_xp(backend)
     height, width = splats[0].canvas_hw
     n = max(max(s.n_splats for s in splats), 1)
@@ -121,6 +121,9 @@ def render_splatsets(splats: list[SplatSet], radius: int | None = None,
     params[..., 2] = params[..., 4] = 1.0  # padding splats: unit size, colour 0
     for i, s in enumerate(splats):
         params[i, :s.n_splats] = to_pixels(s.params.astype(np.float32), height, width)
+    if radius is None and xp is np and tiles.native() is not None:
+        return tiles.TileEngine(len(splats), n, height, width, k_sigma=EXACT_SIGMAS,
+                                threads=fit_threads(None)).forward(params)
     if radius is None:
         radius = exact_radius(float(sigma_max(np, params).max()))
     # in chunks of images whose window matrix fits cuSPARSE's int32 indices
@@ -133,9 +136,11 @@ def render_splatsets(splats: list[SplatSet], radius: int | None = None,
     return np.concatenate(parts)
 
 
-def evaluate_psnr(splats: list[SplatSet], target_np: np.ndarray, radius: int,
+def evaluate_psnr(splats: list[SplatSet], target_np: np.ndarray, radius: int | None = None,
                   backend: str = "numpy") -> np.ndarray:
-    """PSNR of stored splats, rendered with a 2R window (≥ 6σ for fitted splats, whose 3σ ≤ R)."""
+    """PSNR of stored splats against ``[B, H, W, 3]`` images, rendered exactly (``radius``:
+    windows of half-size 2R instead, ≥ 6σ for splats fitted with 3σ ≤ R)."""
     backend = "numpy" if backend == "auto" else backend
-    render = render_splatsets(splats, radius=2 * radius, backend=backend)
+    render = render_splatsets(splats, radius=None if radius is None else 2 * radius,
+                              backend=backend)
     return psnr(render, target_np)

@@ -24,6 +24,7 @@ from .init import colour_from_pixels, init_params
 from . import placement
 from . import kernel as kernel_mod
 from .kernel import WindowKernel, window_entries
+from .tiles import K_SIGMA
 from .solve import has_steps, matched_step_scale, requantize, scale_steps
 
 MIN_SIGMA = 0.3  # pixels: narrower splats alias and stop receiving useful gradients
@@ -66,7 +67,7 @@ class FitOptions:
                                    # (threaded NumPy windows on a CPU, fused CUDA kernels on a
                                    # GPU) | "window-xp" (the array-code twin, either backend) |
                                    # "dense-torch" (reference baseline)
-    k_sigma: float = 3.5           # "tiles": a splat covers its ellipse at k_sigma·σ (tiles.py)
+    k_sigma: float = K_SIGMA       # "tiles": a splat covers its ellipse at k_sigma·σ (tiles.py)
     quantize: dict | None = None   # a lossy codec config (e.g. gsformat.lattice-rans): after the
                                    # fit, quantise the geometry, solve the colours for it by least
                                    # squares and round them with error feedback (solve.py)
@@ -382,7 +383,7 @@ class _BatchFit:
                            .astype(np.float16), height, width) for i in range(self.batch)]
         if opts.quantize:
             splats = _quantised(splats, target_np, opts, self.r_max)
-        scores = evaluate_psnr(splats, target_np, self.r_max, backend=opts.backend)
+        scores = evaluate_psnr(splats, target_np, backend=opts.backend)
         for s, score in zip(splats, scores):
             s.meta.update(psnr=round(float(score), 3), iters=opts.iters)
         return splats, scores, self.n_pruned
@@ -394,7 +395,7 @@ def _quantised(splats, target_np, opts: FitOptions, r_max: int) -> list[SplatSet
     codec = get_codec(opts.quantize)
     codecs = [codec] * len(splats)
     if opts.quantize_reference_psnr is not None:  # matched steps (solve.py)
-        fit_scores = evaluate_psnr(splats, target_np, r_max, backend=opts.backend)
+        fit_scores = evaluate_psnr(splats, target_np, backend=opts.backend)
         for i, (fitted, score) in enumerate(zip(splats, fit_scores)):
             factor = matched_step_scale(float(score), opts.quantize_reference_psnr)
             fitted.meta.update(fit_psnr=round(float(score), 3), step_scale=factor)

@@ -2,9 +2,10 @@
 
 Each splat covers its own footprint — the pixels whose centres lie inside its ellipse at
 ``k_sigma`` σ, dᵀΣ⁻¹d ≤ k², where its value is ≥ e^(−k²/2) (SPEC.md § 2.1 note) — instead of a
-window of a fixed size, so the work per iteration follows what the splats cover. `TileEngine.loss_grad` runs the C
-kernel in `_tiles.c` (its comment gives the algorithm); results are the same for any number of
-threads (per-splat gradients are reduced per tile in a fixed order).
+window of a fixed size, so the work per iteration follows what the splats cover.
+`TileEngine.loss_grad` runs the C kernel in `_tiles.c` (its comment gives the algorithm); results
+are the same for any number of threads (per-splat gradients are reduced per tile in a fixed
+order).
 
 Where the C extension was not built (no compiler at install time) `native()` is None and the
 fitter falls back to the NumPy window engine (`kernel.py`) with a warning.
@@ -20,8 +21,6 @@ import os
 import warnings
 
 import numpy as np
-
-from ..format.render_math import dense_render
 
 K_SIGMA = 3.5   # footprint: a splat is cut at dᵀΣ⁻¹d = k², where its value is e^−6.1 ≈ 0.2 %
 TILE = 16       # tile side in pixels (the C engine's TILE)
@@ -113,11 +112,6 @@ def _loss_grad_boxes(params, target, k_sigma: float = K_SIGMA):
     loss = ((image - t) ** 2).mean(dim=(1, 2, 3)).sum()
     loss.backward()
     return float(loss.detach()), p.grad.numpy()
-
-
-def dense_twin(params, height: int, width: int):
-    """The untruncated spec render, for comparisons (float64)."""
-    return dense_render(np, np.asarray(params, np.float64), height, width)
 
 
 class TileEngine:
