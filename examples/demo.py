@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from gsformat.fitting.fit import DEFAULT_ITERS  # convert's default
+
 
 def build_input_folder(folder: str) -> int:
     """The photographs scikit-image and scikit-learn ship, as an image folder with captions."""
@@ -46,7 +48,8 @@ def stream_back(out: str, cache: str) -> dict:
             "splats_mean": float(np.mean(n_splats))}
 
 
-def main(out: str = "demo-out", splats: int = 1600, iters: int = 500, size: int = 224) -> int:
+def main(out: str = "demo-out", splats: int = 1600, iters: int = DEFAULT_ITERS,
+         size: int = 224) -> int:
     from gsformat.cli import main as gsformat
     start = time.perf_counter()
     shutil.rmtree(out, ignore_errors=True)
@@ -79,6 +82,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="demo-out")
     parser.add_argument("--splats", type=int, default=1600)
-    parser.add_argument("--iters", type=int, default=500)
+    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS)
     parser.add_argument("--size", type=int, default=224)
     sys.exit(main(**vars(parser.parse_args())))
