@@ -60,37 +60,56 @@ def timed_fit(image, n, iters, curve=None, **options):
     return float(result.psnr[0]), time.perf_counter() - start
 
 
-def previous_fitter(photos: dict, n: int, iters: int) -> dict:
-    psnr, seconds, curves = {}, [], []
+def cost_to_quality(photos: dict, n: int, previous_iters: int, default_iters: int,
+                    ladder=LADDER) -> dict:
+    """Both fitters on each image in turn (image by image, so that a busy machine slows both
+    alike): the previous one at ``previous_iters`` (with its training curve), the new one at
+    each ladder point."""
+    ladder_iters = sorted({max(10, round(f * default_iters)) for f in ladder})
+    old_psnr, old_seconds, curves = {}, [], []
+    new_psnr = {iters: {} for iters in ladder_iters}
+    new_seconds = {iters: [] for iters in ladder_iters}
     for name, image in photos.items():
         curve = []
-        psnr[name], s = timed_fit(image, n, iters, curve, **PREVIOUS)
-        seconds.append(s)
+        old_psnr[name], seconds = timed_fit(image, n, previous_iters, curve, **PREVIOUS)
+        old_seconds.append(seconds)
         curves.append(curve)
-    # the mean curve over images, at the steps every image logged
+        for iters in ladder_iters:
+            new_psnr[iters][name], seconds = timed_fit(image, n, iters)
+            new_seconds[iters].append(seconds)
+        print(f"  {n} splats, {name}: previous {old_psnr[name]:.2f} dB in {old_seconds[-1]:.1f} s; "
+              f"new {new_psnr[default_iters][name]:.2f} dB in "
+              f"{new_seconds[default_iters][-1]:.1f} s", file=sys.stderr, flush=True)
+    old = {"iters": previous_iters, "psnr_per_image": _rounded(old_psnr),
+           "psnr_mean": round(float(np.mean(list(old_psnr.values()))), 3),
+           "seconds_per_image": round(float(np.mean(old_seconds)), 2),
+           "curve_seconds_step_training_psnr": _mean_curve(curves)}
+    points = [{"iters": iters, "psnr_mean": round(float(np.mean(list(new_psnr[iters].values()))), 3),
+               "seconds_per_image": round(float(np.mean(new_seconds[iters])), 3),
+               "psnr_per_image": _rounded(new_psnr[iters])} for iters in ladder_iters]
+    at_default = next(p for p in points if p["iters"] == default_iters)
+    reach = seconds_to_reach(points, old["psnr_mean"])
+    deltas = {k: round(at_default["psnr_per_image"][k] - v, 2) for k, v in old_psnr.items()}
+    return {"splats": n, "previous": old, "new": {"ladder": points},
+            "new_default": {"iters": default_iters, "psnr_mean": at_default["psnr_mean"],
+                            "seconds_per_image": at_default["seconds_per_image"],
+                            "psnr_minus_previous_per_image": deltas,
+                            "worst_image_minus_previous_db": min(deltas.values())},
+            "seconds_to_reach_previous_psnr": reach,
+            "time_ratio_previous_over_new": None if reach is None else round(
+                old["seconds_per_image"] / reach, 2)}
+
+
+def _rounded(values: dict) -> dict:
+    return {k: round(v, 2) for k, v in values.items()}
+
+
+def _mean_curve(curves) -> list:
+    """[seconds, step, training PSNR] means over images, at every 10th logged step all share."""
     steps = sorted(set.intersection(*[{c[1] for c in curve} for curve in curves]))
-    mean_curve = [[round(float(np.mean([dict((c[1], c[0]) for c in cv)[s] for cv in curves])), 2),
-                   s, round(float(np.mean([dict((c[1], c[2]) for c in cv)[s] for cv in curves])),
-                            2)] for s in steps[::10]]
-    return {"iters": iters, "psnr_per_image": {k: round(v, 2) for k, v in psnr.items()},
-            "psnr_mean": round(float(np.mean(list(psnr.values()))), 3),
-            "seconds_per_image": round(float(np.mean(seconds)), 2),
-            "curve_seconds_step_training_psnr": mean_curve}
-
-
-def new_fitter(photos: dict, n: int, ladder_iters) -> dict:
-    points = []
-    for iters in ladder_iters:
-        psnr, seconds = {}, []
-        for name, image in photos.items():
-            psnr[name], s = timed_fit(image, n, iters)
-            seconds.append(s)
-        points.append({"iters": iters, "psnr_mean": round(float(np.mean(list(psnr.values()))), 3),
-                       "seconds_per_image": round(float(np.mean(seconds)), 3),
-                       "psnr_per_image": {k: round(v, 2) for k, v in psnr.items()}})
-        print(f"  new {n}/{iters}: {points[-1]['psnr_mean']} dB, "
-              f"{points[-1]['seconds_per_image']} s", file=sys.stderr, flush=True)
-    return {"ladder": points}
+    tables = [{c[1]: (c[0], c[2]) for c in curve} for curve in curves]
+    return [[round(float(np.mean([t[s][0] for t in tables])), 2), s,
+             round(float(np.mean([t[s][1] for t in tables])), 2)] for s in steps[::10]]
 
 
 def seconds_to_reach(points, target: float):
@@ -105,26 +124,6 @@ def seconds_to_reach(points, target: float):
             return round(s0 + (s1 - s0) * (target - p0) / max(p1 - p0, 1e-9), 3)
         previous = (point["seconds_per_image"], point["psnr_mean"])
     return None
-
-
-def cost_to_quality(photos: dict, n: int, previous_iters: int, default_iters: int,
-                    ladder=LADDER) -> dict:
-    old = previous_fitter(photos, n, previous_iters)
-    print(f"previous {n}/{previous_iters}: {old['psnr_mean']} dB, {old['seconds_per_image']} s",
-          file=sys.stderr, flush=True)
-    new = new_fitter(photos, n, sorted({max(10, round(f * default_iters)) for f in ladder}))
-    at_default = next(p for p in new["ladder"] if p["iters"] == default_iters)
-    reach = seconds_to_reach(new["ladder"], old["psnr_mean"])
-    deltas = {k: round(at_default["psnr_per_image"][k] - v, 2)
-              for k, v in old["psnr_per_image"].items()}
-    return {"splats": n, "previous": old, "new": new,
-            "new_default": {"iters": default_iters, "psnr_mean": at_default["psnr_mean"],
-                            "seconds_per_image": at_default["seconds_per_image"],
-                            "psnr_minus_previous_per_image": deltas,
-                            "worst_image_minus_previous_db": min(deltas.values())},
-            "seconds_to_reach_previous_psnr": reach,
-            "time_ratio_previous_over_new": None if reach is None else round(
-                old["seconds_per_image"] / reach, 2)}
 
 
 def ms_per_iter(image, n_splats, short=10, long=60, repeats=3, **options):
