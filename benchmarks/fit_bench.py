@@ -22,6 +22,7 @@ machines.
 
     python benchmarks/fit_bench.py            # full run (~35 min on 2 cores)
     python benchmarks/fit_bench.py --quick    # smoke run (~1 min)
+    python benchmarks/fit_bench.py --from results/fit_bench.json --plot results/fit_cost.png
 """
 from __future__ import annotations
 
@@ -185,9 +186,56 @@ def main(quick: bool = False, tuning_set: bool = False) -> dict:
     return out
 
 
+def plot(results: dict, path: str) -> None:
+    """PSNR against seconds per image, one panel per budget: the previous fitter's training
+    curve and end point, the new fitter's ladder (its default marked)."""
+    import matplotlib
+    import matplotlib.ticker
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = results["report"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.6), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        old, ladder = row["previous"], row["new"]["ladder"]
+        curve = np.array(old["curve_seconds_step_training_psnr"]).reshape(-1, 3)
+        curve = curve[curve[:, 0] > 0]
+        if len(curve):
+            ax.plot(curve[:, 0], curve[:, 2], color="tab:grey", lw=1,
+                    label="previous, training loss")
+        ax.plot([old["seconds_per_image"]], [old["psnr_mean"]], "s", color="tab:grey",
+                label=f"previous, {old['iters']} it.")
+        ax.plot([p["seconds_per_image"] for p in ladder], [p["psnr_mean"] for p in ladder],
+                "o-", color="tab:blue", label="new (C tiles)")
+        default = row["new_default"]
+        ax.plot([default["seconds_per_image"]], [default["psnr_mean"]], "*", ms=14,
+                color="tab:blue", label=f"new default, {default['iters']} it.")
+        ax.axhline(old["psnr_mean"], color="tab:grey", ls=":", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_title(f"{row['splats']} splats, report set")
+        ax.set_xlabel("wall seconds per image (2 cores)")
+        ax.set_ylabel("mean PSNR (dB)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tuning-set", action="store_true",
                         help="also the tuning set at 1,600 splats (~15 min more)")
-    print(json.dumps(main(**vars(parser.parse_args())), indent=2))
+    parser.add_argument("--plot", metavar="PNG", help="draw PSNR against seconds per image")
+    parser.add_argument("--from", dest="source", metavar="JSON",
+                        help="plot this earlier run's JSON instead of running")
+    args = parser.parse_args()
+    if args.source:
+        with open(args.source) as f:
+            out = json.load(f)
+    else:
+        out = main(args.quick, args.tuning_set)
+        print(json.dumps(out, indent=2))
+    if args.plot:
+        plot(out, args.plot)

@@ -33,7 +33,7 @@ def test_rd_bench_quick(tmp_path):
     assert costs["r-mid_decode_cost_vs_jpeg"] > 0 and costs["raw-fp16_records_per_s"] > 0
 
 
-def test_fit_bench_cost_to_quality():
+def test_fit_bench_cost_to_quality(tmp_path):
     import fit_bench
     from samples import load_photo
     photos = {"astronaut": load_photo("astronaut", 40), "china": load_photo("china", 40)}
@@ -46,6 +46,8 @@ def test_fit_bench_cost_to_quality():
     reach = out["seconds_to_reach_previous_psnr"]
     assert reach is None or reach > 0
     assert set(fit_bench.TUNING).isdisjoint(fit_bench.REPORT)  # held-out by construction
+    fit_bench.plot({"report": [out]}, str(tmp_path / "cost.png"))
+    assert os.path.getsize(tmp_path / "cost.png") > 10_000
     points = [{"seconds_per_image": 1.0, "psnr_mean": 20.0},
               {"seconds_per_image": 3.0, "psnr_mean": 24.0}]
     assert fit_bench.seconds_to_reach(points, 22.0) == 2.0
