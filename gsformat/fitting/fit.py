@@ -204,10 +204,10 @@ def fit_images(images, n_splats: int = 1600, iters: int = DEFAULT_ITERS, *,
         warm = init_splats[first:first + batch] if init_splats is not None else None
         parts.append(_fit_batch(target_all[first:first + batch], opts, progress, history,
                                 seed_offset=first, init_splats=warm))
-    splats = [s for part in parts for s in part[0]]
-    hist = np.concatenate([p[3] for p in parts], axis=1) if history else None
-    return FitResult(splats, np.concatenate([p[1] for p in parts]),
-                     np.concatenate([p[2] for p in parts]), time.perf_counter() - start, hist,
+    splats = [s for part in parts for s in part.splats]
+    hist = np.concatenate([p.history for p in parts], axis=1) if history else None
+    return FitResult(splats, np.concatenate([p.psnr for p in parts]),
+                     np.concatenate([p.n_pruned for p in parts]), time.perf_counter() - start, hist,
                      opts)
 
 
@@ -405,8 +405,8 @@ def _quantised(splats, target_np, opts: FitOptions, r_max: int) -> list[SplatSet
 
 
 def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=0,
-               init_splats=None):
-    """One batch → (splats, PSNR ``[B]``, pruned ``[B]``, loss history ``[iters, B]`` or None)."""
+               init_splats=None) -> FitResult:
+    """One batch → its `FitResult` (``seconds`` left 0: `fit_images` times the whole call)."""
     fit = _BatchFit(target_np, opts, seed_offset)
     fit.start(init_splats)
     losses = np.zeros((opts.iters, fit.batch), np.float32) if keep_history else None
@@ -419,4 +419,4 @@ def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=
     if progress:
         progress(opts.iters, opts.iters, float("nan"))
     splats, scores, n_pruned = fit.finish()
-    return splats, scores, n_pruned, losses
+    return FitResult(splats, scores, n_pruned, 0.0, losses, opts)
