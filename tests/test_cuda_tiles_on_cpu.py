@@ -8,14 +8,16 @@ within float32 rounding of the C engine (both sum a pixel's splats in entry orde
 in the last bits), gradients within 10⁻⁶ of each kind's largest value (the block reduces its
 pixels' terms as a tree, C in lanes of 8).
 """
+import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from gsformat.format.render_math import sigma_max
-from gsformat.fitting import cuda_tiles, tiles
+from gsformat.fitting import cuda_tiles, cupy_available, tiles
 from gsformat.fitting.cuda_tiles import CudaTileEngine
 from gsformat.fitting.fit import FitOptions, _BatchFit
 from gsformat.fitting.tiles import _loss_grad_boxes, _render_boxes
@@ -269,3 +271,15 @@ def test_the_source_compiles_for_a_gpu(tmp_path):
     assert "0 bytes spill stores" in out.stderr and " spill stores" in out.stderr
     assert all(line.endswith("0 bytes spill loads") for line in out.stderr.splitlines()
                if "spill loads" in line)
+
+
+# ---- the GPU benchmark's script, where there is no GPU ----------------------------------------
+def test_gpu_bench_explains_itself_without_a_gpu():
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_bench.py")
+    usage = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0 and "--budget-s" in usage.stdout and "--dry-run" in usage.stdout
+    if cupy_available():
+        return
+    run = subprocess.run([sys.executable, script], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "needs CuPy and a CUDA GPU" in run.stderr

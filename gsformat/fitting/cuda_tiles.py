@@ -18,7 +18,8 @@ pixel centres inside its ellipse at k σ, z₁² + z₂² ≤ k², within the el
    stay in registers. Backward: for each splat every thread computes its pixel's terms of the
    eight sums (Σ A z₁, Σ A z₂, Σ A z₁², Σ A z₁z₂, Σ A z₂², Σ G ∂L/∂I_c with A = G·Σ c_c ∂L/∂I_c),
    a warp reduces its 8 sums by a butterfly of 9 shuffles (reduce-scatter: lane ℓ ends with
-   the sum of value (ℓ >> 2) & 7), lanes 0, 4, … write them to shared memory, and once per
+   the sum of value (ℓ >> 2) & 7; a warp whose two pixel rows the splat's box misses skips
+   them), lanes 0, 4, … write them to shared memory, and once per
    32 splats (one barrier) a thread per splat adds the 8 warps' sums in a fixed order, turns
    them into the gradient and adds it with one atomic per value: one per splat and tile.
 4. ``adam_clamp``: the fitter's Adam step, covariance clamps and position clips
@@ -230,6 +231,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) tile_loss_grad(
     }
 
     // backward: per splat, the block's 8 sums → its gradient, one atomic per value
+    const int warp_row = (t / tiles_x) * TILE + 2 * warp;  // a warp's pixels: two rows
     int round = 0;
     for (long long base = first; base < last; base += BLOCK) {
         const int count = last - base < BLOCK ? (int)(last - base) : BLOCK;
@@ -244,6 +246,10 @@ extern "C" __global__ void __launch_bounds__(BLOCK) tile_loss_grad(
             float (*sums)[WARPS][8] = partial[round & 1];  // double-buffered: one barrier
             for (int j = 0; j < members; j++) {
                 const TileSplat& sp = batch[group + j];
+                if (sp.y0 > warp_row + 1 || sp.y1 <= warp_row) {  // the warp's two rows: none
+                    if ((lane & 3) == 0) sums[j][warp][lane >> 2] = 0.0f;
+                    continue;
+                }
                 float z1, z2;
                 const float G = gaussian(sp, px, py, k2, &z1, &z2);
                 const float a = G * (sp.r * d[0] + sp.g * d[1] + sp.b * d[2]);
