@@ -45,7 +45,7 @@ TUNING = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
           "immunohistochemistry", "retina")
 REPORT = ("china", "flower", "motorcycle", "camera", "coins", "moon", "clock", "gravel")
 PREVIOUS_ITERS = 2000
-LADDER = (0.25, 0.5, 0.75, 1.0, 1.5)  # × DEFAULT_ITERS for the new fitter's curve
+LADDER = (0.25, 0.5, 1.0)  # × DEFAULT_ITERS for the new fitter's curve
 
 
 def timed_fit(image, n, iters, curve=None, **options):
@@ -166,7 +166,10 @@ def main(quick: bool = False, tuning_set: bool = False) -> dict:
            "tuning_set": list(tuning), "report_set": list(report), "size": size, "quick": quick,
            "previous_fitter": dict(PREVIOUS, iters=previous_iters),
            "default_iters": default_iters}
-    out["report"] = [cost_to_quality(report, n, previous_iters, default_iters) for n in budgets]
+    out["report"] = []
+    for n in budgets:  # each budget's result also on stderr as it ends (a long run's partial)
+        out["report"].append(cost_to_quality(report, n, previous_iters, default_iters))
+        print(json.dumps(out["report"][-1]), file=sys.stderr, flush=True)
     if tuning_set:  # the same at the middle budget on the set the defaults were chosen on
         out["tuning"] = [cost_to_quality(tuning, budgets[len(budgets) // 2], previous_iters,
                                          default_iters)]
