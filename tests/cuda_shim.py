@@ -20,11 +20,13 @@ reproducible. ``__shared__`` variables are function statics: one per kernel, sha
 
 Emulated: ``__global__``, ``__device__``, ``__forceinline__``, ``__launch_bounds__``,
 ``__shared__``, ``threadIdx``, ``blockIdx``, ``blockDim``, ``gridDim`` (1-D launches),
-``__syncthreads``, ``__shfl_xor_sync``, ``__shfl_down_sync`` (full masks only), ``atomicAdd``
-(float, double, int, unsigned long long). ``-DSHIM_NO_BARRIER`` makes ``__syncthreads`` a no-op:
-the shim's own test shows that a kernel that needs the barrier then fails. ``-DSHIM_REVERSE``
-runs each phase's threads last to first: a kernel whose result changes with it has a race
-between two accesses of one phase (lockstep phases cannot show a race across a wait).
+``__syncthreads``, ``__shfl_xor_sync``, ``__shfl_down_sync`` (full masks only; a partial last
+warp shuffles among the lanes it has, a source lane beyond them giving the lane's own value),
+``atomicAdd`` (float, double, int, unsigned long long); a shuffle with another mask is
+refused. ``-DSHIM_NO_BARRIER`` makes ``__syncthreads`` a no-op: the shim's own test shows that a
+kernel that needs the barrier then fails. ``-DSHIM_REVERSE`` runs each phase's threads last to
+first: a kernel whose result changes with it has a race between two accesses of one phase
+(lockstep phases cannot show a race across a wait).
 """
 from __future__ import annotations
 
@@ -81,6 +83,7 @@ static jmp_buf scheduler;
 static void (*body)(void**);
 static void** body_args;
 static char message[512];
+static bool refused;  // a thread asked for what the shim does not emulate
 
 static void entry() {
     body(body_args);
@@ -156,6 +159,8 @@ static int run_block(unsigned block, unsigned count) {
                 _longjmp(current->env, 1);
             }
         }
+        if (refused)
+            return 1;
         // every thread now waits or is done: complete what can be completed
         unsigned done = 0, barrier = 0, released = 0;
         for (unsigned j = 0; j < count; j++) {
@@ -217,11 +222,11 @@ static inline void __syncthreads() {}
 static inline void __syncthreads() { shim::wait_as(shim::AT_BARRIER); }
 #endif
 
-static void check_mask(unsigned mask) {
-    if (mask != 0xffffffffu) {
-        fprintf(stderr, "cuda_shim: only full-warp shuffles are emulated\n");
-        abort();
-    }
+static void check_mask(unsigned mask) {  // reported when the phase ends
+    if (mask != 0xffffffffu && !shim::refused)
+        shim::refused = snprintf(shim::message, sizeof shim::message, "block %u, thread %u: "
+                                 "shuffle mask %#x (only full warps are emulated)", blockIdx.x,
+                                 threadIdx.x, mask) > 0;
 }
 template <typename T>
 static inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
@@ -253,6 +258,7 @@ static int launch(void (*kernel)(A...), void (*thunk)(void**), unsigned blocks,
     (void)kernel;
     body = thunk;
     body_args = args;
+    refused = false;
     gridDim.x = blocks, gridDim.y = gridDim.z = 1;
     blockDim.x = threads_per_block, blockDim.y = blockDim.z = 1;
     blockIdx.y = blockIdx.z = 0;

@@ -63,9 +63,9 @@ extern "C" __global__ void early_exit(float* out) {
 }
 
 // half a warp shuffles, the other half does not
-extern "C" __global__ void divergent_shuffle(float* out) {
+extern "C" __global__ void divergent_shuffle(float* out, unsigned mask) {
     float v = (float)threadIdx.x;
-    if (threadIdx.x % 32 < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);
+    if (threadIdx.x % 32 < 16) v = __shfl_xor_sync(mask, v, 1);
     out[threadIdx.x] = v;
 }
 """
@@ -100,29 +100,31 @@ def test_barrier_orders_shared_memory_and_is_needed(folder, shim_kernels):
 
 
 def test_shuffles_and_atomics(shim_kernels):
-    values = np.random.default_rng(0).integers(-50, 50, 96).astype(np.float32)
-    down, butterfly = np.zeros(96, np.float32), np.zeros(96, np.float64)
+    values = np.random.default_rng(0).integers(-50, 50, 128).astype(np.float32)
+    down, butterfly = np.zeros(128, np.float32), np.zeros(128, np.float64)
     total, hits = np.zeros(1, np.float32), np.zeros(4, np.int32)
-    shim_kernels("warp_sums", 2, 48, (values, down, butterfly, total, hits))
-    # what CUDA defines, per warp (the second block's second warp has 16 lanes)
-    for first, lanes in ((0, 32), (32, 16), (48, 32), (80, 16)):
-        a = values[first:first + lanes].copy()
+    shim_kernels("warp_sums", 2, 64, (values, down, butterfly, total, hits))
+    lane = np.arange(32)
+    for first in range(0, 128, 32):  # what CUDA defines, warp by warp
+        a = values[first:first + 32].copy()
         b = a.astype(np.float64)
-        own = np.arange(lanes)
         for offset in (16, 8, 4, 2, 1):
-            a = a + a[np.where(own + offset < lanes, own + offset, own)]
-            b = b + b[np.where((own ^ offset) < lanes, own ^ offset, own)]
-        np.testing.assert_array_equal(down[first:first + lanes], a)
-        np.testing.assert_array_equal(butterfly[first:first + lanes], b)
+            a = a + a[np.where(lane + offset < 32, lane + offset, lane)]  # beyond: its own
+            b = b + b[lane ^ offset]
+        np.testing.assert_array_equal(down[first:first + 32], a)
+        np.testing.assert_array_equal(butterfly[first:first + 32], b)
     assert total[0] == values.sum()
-    np.testing.assert_array_equal(hits, [24, 24, 24, 24])
+    np.testing.assert_array_equal(hits, [32, 32, 32, 32])
 
 
 def test_divergent_barriers_and_shuffles_are_errors(shim_kernels):
     with pytest.raises(ShimError, match="thread 0: returned while other threads wait"):
         shim_kernels("early_exit", 1, 64, (np.zeros(64, np.float32),))
     with pytest.raises(ShimError, match="returned while its warp waits at a shuffle"):
-        shim_kernels("divergent_shuffle", 1, 32, (np.zeros(32, np.float32),))
+        shim_kernels("divergent_shuffle", 1, 32, (np.zeros(32, np.float32),
+                                                  np.uint32(0xffffffff)))
+    with pytest.raises(ShimError, match="shuffle mask 0xffff .only full warps"):
+        shim_kernels("divergent_shuffle", 1, 32, (np.zeros(32, np.float32), np.uint32(0xffff)))
     with pytest.raises(TypeError, match="NumPy scalars"):
         shim_kernels("early_exit", 1, 64, (3,))
 

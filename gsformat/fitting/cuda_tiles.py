@@ -70,7 +70,7 @@ extern "C" __global__ void tile_boxes(
     const float* p = params + 8 * s;
     bool ok = p[2] != 0.0f && p[4] != 0.0f;
     for (int c = 0; c < 8; c++)
-        ok = ok && isfinite(p[c]);
+        ok = ok && fabsf(p[c]) <= 3.40282347e38f;  // finite: not ±inf, not NaN
     int box[4] = {0, 0, 0, 0};
     int count = 0;
     if (ok) {
