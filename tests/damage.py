@@ -62,10 +62,11 @@ def patch_record(**changes):
 
 
 def patch_params(col, value):
+    """Splat 5's column ``col`` set to ``value``, packed as a raw record directly (the encoder
+    refuses the non-finite and non-positive values these tests need)."""
     def mutate(record):
-        from gsformat import SplatSet, decode_record, encode_record
-        splats = decode_record(record)
-        params = splats.params.copy()
+        from gsformat import decode_record
+        params = decode_record(record).params.copy()
         params[5, col] = value
-        return encode_record(SplatSet(params, splats.height, splats.width))
+        return patch_record(codecs=[], payload=params.astype("<f2").tobytes())(record)
     return mutate
