@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gsformat.format.render_math import sigma_max
-from gsformat.fitting import cuda_tiles, cupy_available, tiles
+from gsformat.fitting import cuda_tiles, cupy_available, fit_images, tiles
 from gsformat.fitting.cuda_tiles import CudaTileEngine
 from gsformat.fitting.fit import FitOptions, _BatchFit
 from gsformat.fitting.tiles import _loss_grad_boxes, _render_boxes
@@ -260,6 +260,28 @@ def test_fused_adam_step_matches_the_fitter(kernels):
             np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-9)
     assert (3 * sigma_max(np, params) > fit.radii).any()  # the clamps had work to do
     assert (3 * sigma_max(np, ours[0]) <= fit.radii * (1 + 1e-6)).all()
+
+
+@needs_c_engine
+def test_the_fitter_runs_on_the_emulated_kernels(kernels, monkeypatch):
+    """`fit_images` with its tile engine replaced by the kernels (as engine.py hands CuPy fits
+    to them): the same fit as with the C engine, relocation included."""
+    from gsformat.fitting import fit as fit_module
+    from conftest import photo
+    images = np.stack([photo("astronaut", 32), photo("coffee", 32)])
+    options = dict(backend="numpy", engine="tiles", relocate_every=10)
+    c_fit = fit_images(images, 48, 40, **options)
+    made = []
+
+    def make_engine(name, threads, xp, batch, height, width, classes, k_sigma):
+        made.append(CudaTileEngine(batch, sum(c for c, _ in classes), height, width, k_sigma,
+                                   xp=xp, kernels=kernels))
+        return made[-1]
+
+    monkeypatch.setattr(fit_module, "make_engine", make_engine)
+    emulated = fit_images(images, 48, 40, **options)
+    assert made and made[0].pairs > 0
+    np.testing.assert_allclose(emulated.psnr, c_fit.psnr, atol=0.01)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler")
