@@ -19,11 +19,11 @@ pixel centres inside its ellipse at k σ, z₁² + z₂² ≤ k², within the el
    eight sums (Σ A z₁, Σ A z₂, Σ A z₁², Σ A z₁z₂, Σ A z₂², Σ G ∂L/∂I_c with A = G·Σ c_c ∂L/∂I_c),
    a warp reduces its 8 sums by a butterfly of 9 shuffles (reduce-scatter: lane ℓ ends with
    the sum of value (ℓ >> 2) & 7; a warp whose two pixel rows the splat's box misses skips
-   them), lanes 0, 4, … write them to shared memory, and once per
-   32 splats (one barrier) a thread per splat adds the 8 warps' sums in a fixed order, turns
-   them into the gradient and adds it with one atomic per value: one per splat and tile.
-4. ``adam_clamp``: the fitter's Adam step, covariance clamps and position clips
-   (`fit._BatchFit.adam_step`) for the whole batch in one pass.
+   them), lanes 0, 4, … write them to shared memory, and once per 32 splats (one barrier) a
+   thread per splat adds the 8 warps' sums in a fixed order, turns them into the gradient and
+   adds it with one atomic per value: one per splat and tile.
+4. ``adam_clamp`` (`CudaTileEngine.adam_step`): the fitter's Adam step, covariance clamps and
+   position clips (`fit._BatchFit.adam_step`) for the whole batch in one pass.
 
 The gradient of a splat that spans several tiles is summed by float atomics, so its rounding
 depends on the order the blocks finish in (the C engine's is fixed): runs can differ in the
