@@ -244,6 +244,7 @@ def test_fused_adam_step_matches_the_fitter(kernels):
     grad = rng.normal(0, 1e-3, (batch, n, 8)).astype(np.float32)
     fit = object.__new__(_BatchFit)  # only what adam_step reads
     fit.xp, fit.opts = np, FitOptions(iters=300, lr_final=0.2)
+    fit.engine = None  # the array code's Adam (the CUDA engine's own would call itself)
     fit.height, fit.width = height, width
     fit.lr_base = np.asarray([0.03] * 2 + [0.015] * 3 + [0.008] * 3, np.float32)
     fit.radii = np.where(np.arange(n) < 30, 8.0, 20.0).astype(np.float32)

@@ -47,20 +47,19 @@ def fit_threads(threads: int | None) -> int:
 
 
 def resolve_engine(engine: str, xp) -> str:
-    """``auto`` → the C tile engine on a CPU where it is built (else the NumPy window engine,
-    with a warning), the fused CUDA window kernels on a GPU; other names as given."""
+    """``auto`` → the tile engine: the C one on a CPU where it is built (else the NumPy window
+    engine, with a warning), its CUDA kernels (`cuda_tiles`) on a GPU; other names as given."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
     if engine == "auto":
         if xp is not np:
-            return "window"
+            return "tiles"
         if tiles.native() is None:
             tiles.warn_fallback()
             return "window"
         return "tiles"
-    if engine == "tiles" and (xp is not np or tiles.native() is None):
-        raise ValueError("engine 'tiles' is the C tile engine on the CPU: "
-                         + ("use backend='numpy'" if xp is not np else "it is not built here"))
+    if engine == "tiles" and xp is np and tiles.native() is None:
+        raise ValueError("engine 'tiles' on the CPU is the C tile engine: it is not built here")
     return engine
 
 
@@ -89,6 +88,9 @@ def make_engine(engine: str, threads: int | None, xp, batch: int, height: int, w
     it); ``classes``: ``[(count, R), …]`` (the window engines' size classes)."""
     n = sum(count for count, _ in classes)
     if engine == "tiles":
+        if xp is not np:  # CuPy: the tile engine's CUDA kernels
+            from .cuda_tiles import CudaTileEngine
+            return CudaTileEngine(batch, n, height, width, k_sigma)
         return tiles.TileEngine(batch, n, height, width, k_sigma, fit_threads(threads))
     if engine == "window":
         threads = fit_threads(threads)

@@ -62,11 +62,11 @@ class FitOptions:
     l1_colour: float = 0.0         # weight of the paper's L1 colour term (mean |colour|)
     seed: int = 0
     backend: str = "auto"          # "auto" | "numpy" | "cupy"
-    engine: str = "auto"           # "auto": "tiles" on a CPU (the C tile engine; "window" where
-                                   # it is not built), "window" on a GPU | "tiles" | "window"
-                                   # (threaded NumPy windows on a CPU, fused CUDA kernels on a
-                                   # GPU) | "window-xp" (the array-code twin, either backend) |
-                                   # "dense-torch" (reference baseline)
+    engine: str = "auto"           # "auto" = "tiles": the C tile engine on a CPU ("window" where
+                                   # it is not built), its CUDA kernels on a GPU | "window"
+                                   # (threaded NumPy windows on a CPU, fused CUDA window kernels
+                                   # on a GPU) | "window-xp" (the array-code twin, either
+                                   # backend) | "dense-torch" (reference baseline)
     k_sigma: float = K_SIGMA       # "tiles": a splat covers its ellipse at k_sigma·σ (tiles.py)
     quantize: dict | None = None   # a lossy codec config (e.g. gsformat.lattice-rans): after the
                                    # fit, quantise the geometry, solve the colours for it by least
@@ -274,9 +274,13 @@ class _BatchFit:
                 geometry(count, height, width, opts)[2] if r == self.radius else min(
                     opts.init_scale * math.sqrt(height * width / count), r / 3.0), self.rng)
                 for count, r in self.classes], axis=1))
-            if opts.init == "grid":
-                colour_from_pixels(window_kernel(xp, batch, n, height, width, self.r_max),
-                                   params, self.target)
+            if opts.init == "grid":  # in chunks: the window kernel holds ~42 MB an image
+                chunk = max(1, (4 << 30) // (12 * window_entries(n, height, width, self.r_max)))
+                for first in range(0, batch, chunk):
+                    part = params[first:first + chunk]
+                    colour_from_pixels(window_kernel(xp, len(part), n, height, width,
+                                                     self.r_max), part,
+                                       self.target[first:first + chunk])
         self.params = params                      # [B, N, 8] pixel units
         self.m = xp.zeros_like(params)            # Adam moments
         self.v = xp.zeros_like(params)
@@ -359,13 +363,17 @@ class _BatchFit:
         """Adam with a cosine-decayed, per-parameter-group learning rate; then the clamps."""
         xp, opts, params, m, v = self.xp, self.opts, self.params, self.m, self.v
         beta1, beta2, eps = 0.9, 0.999, 1e-15
+        decay = opts.lr_final + (1 - opts.lr_final) * 0.5 * (
+            1 + math.cos(math.pi * step / max(opts.iters, 1)))
+        bias1, bias2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
+        if hasattr(self.engine, "adam_step"):  # the CUDA tile engine: one fused kernel
+            self.engine.adam_step(params, grad, m, v, self.lr_base * (decay / bias1), bias2,
+                                  self.radii, eps=eps, min_sigma=MIN_SIGMA)
+            return
         m *= beta1
         m += (1 - beta1) * grad
         v *= beta2
         v += (1 - beta2) * grad * grad
-        decay = opts.lr_final + (1 - opts.lr_final) * 0.5 * (
-            1 + math.cos(math.pi * step / max(opts.iters, 1)))
-        bias1, bias2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
         params -= (self.lr_base * (decay / bias1)) * m / (xp.sqrt(v / bias2) + eps)
         clamp_covariance(xp, params, self.radii)
         xp.clip(params[..., 0], 0, self.width, out=params[..., 0])
