@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import sys
 
 
 def cmd_validate(args) -> int:
     from .format.validate import validate_dataset
+    from .render_cli import check_dataset_path
+    check_dataset_path(args.path)  # "not found", not "index.json missing"
     report = validate_dataset(args.path, progress=not args.json and sys.stderr.isatty())
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
     return 0 if report.valid else 1
@@ -15,6 +19,8 @@ def cmd_validate(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .format.dataset import read_index, read_manifest
+    from .render_cli import check_dataset_path, incomplete_note
+    check_dataset_path(args.path, manifest=True)
     if args.html:
         from .render_cli import write_html
         done = write_html(args.path, args.html, count=args.count)
@@ -40,6 +46,7 @@ def cmd_inspect(args) -> int:
              f"{idx['bytes_stored']:,} bytes stored ({idx['bytes_raw']:,} uncompressed)",
              f"  columns: {', '.join(manifest.get('columns', {}))}",
              f"  codecs: {json.dumps(manifest.get('codecs', [])) or 'raw'}"]
+    lines += incomplete_note(manifest)
     for name, value in stats.items():
         lines.append(f"  {name}: {value:.4g}" if isinstance(value, float) else
                      f"  {name}: {value}")
@@ -66,7 +73,22 @@ def cmd_merge(args) -> int:
     manifest = merge_parts(args.path)
     print(f"merged {manifest['n_samples']} samples from {len(manifest.get('parts', []))} parts "
           f"into {args.path}")
+    from .render_cli import incomplete_note
+    for line in incomplete_note(manifest):
+        print(line.strip(), file=sys.stderr)
     return 0
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's default in its help (as the train commands show them), unless the help
+    already names it or there is none to show."""
+
+    def _format_action(self, action):
+        if action.option_strings and all(action.default is not v for v in (
+                None, False, argparse.SUPPRESS)) and "default" not in (action.help or ""):
+            action = copy.copy(action)
+            action.help = (f"{action.help} " if action.help else "") + "(default: %(default)s)"
+        return super()._format_action(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_render)
 
     from .convert.options import add_convert_arguments
-    p = sub.add_parser("convert", help="fit image datasets into splat shards")
+    p = sub.add_parser("convert", help="fit image datasets into splat shards",
+                       formatter_class=DefaultsFormatter)
     add_convert_arguments(p)
     p.set_defaults(func=cmd_convert)
 
@@ -126,7 +149,12 @@ def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.ERROR)  # streaming logs through the root logger too
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:  # `gsformat inspect --json | head -1`: stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe stopped
     except KeyboardInterrupt:
         print(f"gsformat {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -92,6 +92,36 @@ def render_samples(path: str, index: int, output: str, size: int | None = None,
     return [{k: e[k] for k in ("key", "n_splats", "psnr", "bytes")} for e in entries]
 
 
+def check_dataset_path(path: str, manifest: bool = False) -> None:
+    """``FileNotFoundError`` saying "not found" for a local path that does not exist (before a
+    reader's raw Errno or "index.json missing"), and, with ``manifest``, "not a gsformat
+    dataset" for a folder without ``gsformat.json`` (naming `gsformat merge` where a
+    conversion's parts wait for it). Remote paths: their readers say "not found" themselves."""
+    import os
+    from .format import constants as C
+    from .format import storage
+    if storage.is_remote(path):
+        return
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not found")
+    if manifest and not os.path.isfile(os.path.join(path, C.MANIFEST_NAME)):
+        import glob
+        hint = (f"; it holds a conversion's finished parts: `gsformat merge {path}` merges "
+                f"them" if glob.glob(os.path.join(glob.escape(path), "part-*", "part.json"))
+                else "")
+        raise FileNotFoundError(f"{path}: not a gsformat dataset (no {C.MANIFEST_NAME}){hint}")
+
+
+def incomplete_note(manifest: dict) -> list[str]:
+    """A line for a dataset merged from a conversion that had failed units (else none)."""
+    summary = manifest.get("summary") or {}
+    if summary.get("complete", True) or not summary.get("units_failed"):
+        return []
+    of = f" of {summary['units']}" if summary.get("units") else ""
+    return [f"  incomplete: {summary['units_failed']}{of} source units failed (summary.json "
+            f"lists them; re-running the convert command retries them)"]
+
+
 def _class_names(path: str, read_manifest):
     try:
         return read_manifest(path).get("class_names")

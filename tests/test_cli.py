@@ -7,6 +7,7 @@ from PIL import Image
 
 from gsformat import decode_record
 from gsformat.cli import main
+from gsformat.format.constants import FORMAT_VERSION
 from gsformat.format.dataset import iter_dataset
 from gsformat.format.validate import validate_dataset
 from conftest import write_image_folder
@@ -41,7 +42,7 @@ def test_lossy_codec_json_and_quantize_aware(tmp_path):
         record = msgpack.unpackb(sample["splats"])
         assert record["codecs"][0]["id"] == "gsformat.lattice-rans"
         assert record["codecs"][0]["position_step"] == 0.001  # the whole config is stored
-        assert record["version"] == [1, 4]
+        assert record["version"] == list(FORMAT_VERSION)
         assert decode_record(sample["splats"]).n_splats == 24
         n += 1
     assert n == 5  # every image of the folder, not just the first

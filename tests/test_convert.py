@@ -36,6 +36,10 @@ def test_folder_with_broken_files(tmp_path):
                             "things/tiny"}
     assert "zero-byte" in reasons["things/empty"]
     assert "image too small" in reasons["things/tiny"]
+    # the file named and "not an image" said, not Pillow's "<_io.BytesIO object at 0x…>"
+    assert reasons["things/notimage"].startswith("not an image: ")
+    assert "things/notimage.jpg" in reasons["things/notimage"]
+    assert "BytesIO" not in "".join(reasons.values())
     summary = json.load(open(out / "summary.json"))
     assert summary["images_converted"] == 5 and summary["images_rejected"] == 4
     assert summary["ratio_to_raw_pixels"] > 1 and summary["psnr"]["mean"] > 5

@@ -47,3 +47,35 @@ def test_corrupt_shard_in_bucket_is_reported(tmp_path, s3_bucket, s3_server):
     report = validate_dataset(url)
     assert not report.valid and "hash mismatch" in report.text()
     assert os.path.basename(shard) in report.text()
+
+
+def test_missing_objects_and_a_server_that_is_down_are_told_apart(tmp_path, s3_bucket,
+                                                                  s3_server, capsys,
+                                                                  monkeypatch):
+    """Issue 25 item 1 on S3: a missing key or bucket is "not found" (not retried); a server
+    that refuses connections is "unreachable" (retried); what converted is merged."""
+    import json
+    import socket
+    monkeypatch.setattr("gsformat.convert.locations.BACKOFF_S", 0.01)
+    keys = write_tars(tmp_path / "tars", n_tars=2, per_tar=1)
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.upload_file(str(tmp_path / "tars" / "00000.tar"), s3_bucket, "wds/00000.tar")
+    src = f"s3://{s3_bucket}/wds/{{00000..00001}}.tar"
+    assert main(["convert", src, str(tmp_path / "out"), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert f"s3://{s3_bucket}/wds/00001.tar: not found (ClientError: 404" in err
+    assert "attempts" not in err and "Traceback" not in err
+    assert [s["key"] for s in iter_dataset(str(tmp_path / "out"))] == [keys[0]]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["complete"] is False and "00001.tar: not found" in summary["failed"][0]
+    assert main(["convert", "s3://no-such-bucket-here/a.tar", str(tmp_path / "b"), *TINY]) == 1
+    assert "no-such-bucket-here/a.tar: not found (" in capsys.readouterr().err
+    with socket.socket() as sock:  # the S3 endpoint down: a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries off: ours count
+    assert main(["convert", src, str(tmp_path / "c"), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "00000.tar: unreachable (ConnectionRefusedError" in err and "4 attempts" in err
+    assert "2 of 2 units failed (2 unreachable)" in err

@@ -1,11 +1,12 @@
 """Where units run: here, in ``--workers`` processes of this node, or as Ray tasks
 (``--distributor ray``); a GPU per process from ``LOCAL_RANK``.
 
-Worker processes are started (`Workers`) before the source is listed, and each imports the fitter
-and streaming's writer (torch: seconds) while the source is listed; the source goes to each of
-them once, through a file, not with every unit. The fitter's threads are shared out: a unit runs
-with ``cores // min(workers, units)`` of them (``$GSFORMAT_THREADS`` where set), so that ``N``
-workers on ``N`` cores use each core once, and a single unit still gets every core.
+Worker processes are started (`Workers`) before the source is listed. They are forked from a
+fork server that imported the fitter and streaming's writer once (streaming imports torch and
+transformers: ~5 s of CPU that every spawned worker would pay again), and the source goes to
+each of them once, through a file, not with every unit. The fitter's threads are shared out: a
+unit runs with ``cores // min(workers, units)`` of them (``$GSFORMAT_THREADS`` where set), so
+that ``N`` workers on ``N`` cores use each core once, and a single unit still gets every core.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import os
 import pickle
 import shutil
 import tempfile
+import threading
 
 from .unit import Progress, failure_record, run_unit, unit_location, write_failure
 
 BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+PRELOAD = [__name__, "streaming"]  # what the fork server imports once for every worker
 _SOURCES: dict = {}  # a worker's sources, by the file they came in
 
 
@@ -132,30 +135,51 @@ def _environment(values: dict):
 
 
 class Workers:
-    """``--workers`` processes of this node (spawned: no forked threads or locks), started at
-    once; `run` gives them units."""
+    """``--workers`` processes of this node, started at once, from a thread (the fork server's
+    imports overlap with listing the source); forked from a fork server: one import of
+    everything, and no threads or locks of this process forked (spawned where there is no fork
+    server). `run` gives them units."""
 
     def __init__(self, workers: int):
+        self.workers, self.scratch, self.pool, self.error = workers, None, None, None
+        self.starting = threading.Thread(target=self._start, name="gsformat-workers",
+                                         daemon=True)
+        self.starting.start()
+
+    def _start(self) -> None:
         import concurrent.futures
         import multiprocessing
-        context = multiprocessing.get_context("spawn")
-        self.workers, self.scratch = workers, None
-        blas = max(1, usable_cores() // workers)  # numpy's BLAS inside each worker
-        with _environment({name: str(blas) for name in BLAS_THREADS}):
-            self.pool = concurrent.futures.ProcessPoolExecutor(
-                workers, mp_context=context, initializer=_start_worker,
-                initargs=(context.Value("i", 0),))
-            for _ in range(workers):  # the pool spawns a process per task while none is idle
-                self.pool.submit(_warm)
+        try:
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(PRELOAD)
+            else:
+                context = multiprocessing.get_context("spawn")
+            blas = max(1, usable_cores() // self.workers)  # numpy's BLAS inside each worker
+            with _environment({name: str(blas) for name in BLAS_THREADS}):
+                self.pool = concurrent.futures.ProcessPoolExecutor(
+                    self.workers, mp_context=context, initializer=_start_worker,
+                    initargs=(context.Value("i", 0),))
+                for _ in range(self.workers):  # a process per task while none is idle
+                    self.pool.submit(_warm)
+        except BaseException as exc:  # raised where the pool is used
+            self.error = exc
+
+    def _ready(self):
+        self.starting.join()
+        if self.error is not None:
+            raise self.error
+        return self.pool
 
     def run(self, todo, source, args, digest, progress) -> list[dict]:
         import concurrent.futures
+        pool = self._ready()
         self.scratch = tempfile.mkdtemp(prefix="gsformat-source-")
         path = os.path.join(self.scratch, "source.pickle")
         with open(path, "wb") as f:
             pickle.dump(source, f, protocol=pickle.HIGHEST_PROTOCOL)
         threads = threads_per_unit(self.workers, len(todo))
-        futures = [self.pool.submit(_unit_task, path, unit, part_dir, args, digest, threads)
+        futures = [pool.submit(_unit_task, path, unit, part_dir, args, digest, threads)
                    for unit, part_dir in todo]
         failures = []
         for future in concurrent.futures.as_completed(futures):
@@ -164,10 +188,12 @@ class Workers:
 
     def close(self, cancel: bool = False) -> None:
         """Wait for the workers to exit; ``cancel``: stop them first (an error, Ctrl-C)."""
-        if cancel:
-            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
-                process.terminate()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.starting.join()
+        if self.pool is not None:
+            if cancel:
+                for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                    process.terminate()
+            self.pool.shutdown(wait=True, cancel_futures=True)
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
 

@@ -101,10 +101,13 @@ def list_files(root: str) -> list[str]:
         return storage.list_files(root) if kind or os.path.isdir(root) else []
     fs, path = _fs(root)
     path = path.rstrip("/")
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    # fsspec's walk over HTML listings takes a server that is down for an empty folder
+    errors = {"on_error": "raise"} if set(protocols) & {"http", "https"} else {}
     try:
-        found = fs.find(path)
+        found = fs.find(path, **errors)
     except FileNotFoundError as exc:
-        if failure_kind(exc) != "missing":  # fsspec's "not found" for a server that is down
+        if failure_kind(exc) != MISSING:  # fsspec's "not found" for a server that is down
             raise
         return []
     return sorted(f[len(path) + 1:] for f in found if f.startswith(path + "/"))
@@ -244,7 +247,8 @@ def _one_kind(exc: BaseException) -> str | None:
 def _deciding(exc: BaseException) -> tuple[str | None, BaseException]:
     """(kind, the exception that decides it): one marked with its own ``gsformat_kind`` (a
     failed ``pipe:`` command, whatever its output did to the tar reader), else the innermost
-    definite cause, else the outermost OS-level meaning."""
+    definite cause, else the innermost OS-level meaning (a ``UnitError`` from a local
+    ``FileNotFoundError`` is missing)."""
     chain = causes(exc)
     for cause in chain:
         if getattr(cause, "gsformat_kind", None):
@@ -253,7 +257,7 @@ def _deciding(exc: BaseException) -> tuple[str | None, BaseException]:
         kind = _one_kind(cause)
         if kind:
             return kind, cause
-    for cause in chain:
+    for cause in reversed(chain):
         if isinstance(cause, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
             return MISSING, cause
         if isinstance(cause, PermissionError):
@@ -282,6 +286,10 @@ def describe(exc: BaseException) -> str:
     kind = failure_kind(exc) or ERROR
     cause = root_cause(exc)
     text = " ".join(str(cause).split())
+    response = getattr(cause, "response", None)
+    if isinstance(response, dict) and "Error" in response:  # botocore: the store's own words
+        error = response["Error"]
+        text = f"{error.get('Code', '')}: {error.get('Message', '')}".strip(": ")
     detail = type(cause).__name__ + (f": {text}" if text and text != type(cause).__name__
                                      else "")
     return f"{KIND_TEXT[kind]} ({detail})"

@@ -51,6 +51,8 @@ def find_parts(root: str, digest: str | None, files: list[str] | None = None
     parts = []
     for name in _part_files(root, PART_JSON, files):
         stats = _read_part_json(root, name, PART_JSON)
+        if "n_written" not in stats:
+            continue  # retracted (`run.retract_part`): being converted again
         if digest is None or stats.get("hash") == digest:
             parts.append((name, stats))
     return parts

@@ -153,6 +153,15 @@ def prepare_out(args, settings: dict, source) -> str:
     return digest
 
 
+def retract_part(part_dir: str) -> None:
+    """Make a finished part unfinished (its ``part.json`` removed, or blanked on a store)."""
+    path = storage.join(part_dir, PART_JSON)
+    if storage.is_remote(path):
+        storage.write_bytes(path, b"{}")  # (streaming's storage deletes nothing)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
 def image_total(source, todo, budget: float) -> int | None:
     """Images in the units ``todo`` where the source says (folders, MDS shards), at most the
     --limit budget; None where only reading tells (tars)."""
@@ -243,8 +252,10 @@ def _convert(args, workers) -> int:
                 and not args.overwrite:
             skipped += 1
             budget[0] -= done["n_written"] + done["n_rejected"]
-        else:
-            todo.append((unit, part_dir))
+            continue
+        if done and done.get("failure"):  # a damaged unit, redone: its part is no longer
+            retract_part(part_dir)         # one to merge while it is rewritten
+        todo.append((unit, part_dir))
     progress = Progress(image_total(source, todo, budget[0]), disable=args.no_progress,
                         n_units=len(todo))
     start = time.perf_counter()
