@@ -398,3 +398,11 @@ def test_workers_convert_a_partial_run_too(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "00001.tar: not found" in err and "Traceback" not in err
     assert keys_of(out) == [keys[0], keys[2]]
+
+
+def test_workers_and_a_source_that_is_not_there(tmp_path, capsys):
+    """The workers start while the source is listed; a source that is not there is still one
+    line and exit 2, without waiting for them."""
+    assert convert(tmp_path / "nowhere", tmp_path / "out", "--workers", 2) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not found" in err

@@ -142,6 +142,7 @@ class Workers:
 
     def __init__(self, workers: int):
         self.workers, self.scratch, self.pool, self.error = workers, None, None, None
+        self.cancelled = False
         self.starting = threading.Thread(target=self._start, name="gsformat-workers",
                                          daemon=True)
         self.starting.start()
@@ -162,6 +163,8 @@ class Workers:
                     initargs=(context.Value("i", 0),))
                 for _ in range(self.workers):  # a process per task while none is idle
                     self.pool.submit(_warm)
+            if self.cancelled:  # the run ended (an error) while the workers were starting
+                self.pool.shutdown(wait=False, cancel_futures=True)
         except BaseException as exc:  # raised where the pool is used
             self.error = exc
 
@@ -187,7 +190,11 @@ class Workers:
         return failures
 
     def close(self, cancel: bool = False) -> None:
-        """Wait for the workers to exit; ``cancel``: stop them first (an error, Ctrl-C)."""
+        """Wait for the workers to exit; ``cancel``: stop them first (an error, Ctrl-C), and
+        do not wait for workers still starting (the fork server's imports: seconds)."""
+        if cancel and self.starting.is_alive():
+            self.cancelled = True  # `_start` shuts the pool down once it has one
+            return
         self.starting.join()
         if self.pool is not None:
             if cancel:

@@ -230,7 +230,7 @@ def run_convert(args) -> int:
             workers.close(cancel=True)
         raise
     if workers:
-        workers.close()
+        workers.close(cancel=code == 2)  # 2: an error before any unit ran
     return code
 
 
