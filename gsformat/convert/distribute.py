@@ -16,7 +16,6 @@ import os
 import pickle
 import shutil
 import tempfile
-import threading
 
 from .unit import Progress, failure_record, run_unit, unit_location, write_failure
 
@@ -118,10 +117,6 @@ def _start_worker(counter) -> None:
         import streaming  # noqa: F401  (SplatWriter's MDS writer; it imports torch: seconds)
 
 
-def _warm() -> None:
-    """A no-op task: submitting one per worker starts them all at once."""
-
-
 @contextlib.contextmanager
 def _environment(values: dict):
     """``os.environ`` with ``values`` set where unset, for processes started inside."""
@@ -135,54 +130,35 @@ def _environment(values: dict):
 
 
 class Workers:
-    """``--workers`` processes of this node, started at once, from a thread (the fork server's
-    imports overlap with listing the source); forked from a fork server: one import of
-    everything, and no threads or locks of this process forked (spawned where there is no fork
-    server). `run` gives them units."""
+    """``--workers`` processes of this node, forked from a fork server that imports the fitter
+    and streaming once, while the source is listed (started here, used by `run`): no threads or
+    locks of this process are forked. Spawned afresh, each importing everything, where there is
+    no fork server."""
 
     def __init__(self, workers: int):
-        self.workers, self.scratch, self.pool, self.error = workers, None, None, None
-        self.cancelled = False
-        self.starting = threading.Thread(target=self._start, name="gsformat-workers",
-                                         daemon=True)
-        self.starting.start()
-
-    def _start(self) -> None:
-        import concurrent.futures
         import multiprocessing
-        try:
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload(PRELOAD)
-            else:
-                context = multiprocessing.get_context("spawn")
-            blas = max(1, usable_cores() // self.workers)  # numpy's BLAS inside each worker
+        self.workers, self.scratch, self.pool = workers, None, None
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            from multiprocessing import forkserver
+            self.context = multiprocessing.get_context("forkserver")
+            self.context.set_forkserver_preload(PRELOAD)
+            blas = max(1, usable_cores() // workers)  # numpy's BLAS inside each worker
             with _environment({name: str(blas) for name in BLAS_THREADS}):
-                self.pool = concurrent.futures.ProcessPoolExecutor(
-                    self.workers, mp_context=context, initializer=_start_worker,
-                    initargs=(context.Value("i", 0),))
-                for _ in range(self.workers):  # a process per task while none is idle
-                    self.pool.submit(_warm)
-            if self.cancelled:  # the run ended (an error) while the workers were starting
-                self.pool.shutdown(wait=False, cancel_futures=True)
-        except BaseException as exc:  # raised where the pool is used
-            self.error = exc
-
-    def _ready(self):
-        self.starting.join()
-        if self.error is not None:
-            raise self.error
-        return self.pool
+                forkserver.ensure_running()  # returns at once; its imports go on meanwhile
+        else:
+            self.context = multiprocessing.get_context("spawn")
 
     def run(self, todo, source, args, digest, progress) -> list[dict]:
         import concurrent.futures
-        pool = self._ready()
         self.scratch = tempfile.mkdtemp(prefix="gsformat-source-")
         path = os.path.join(self.scratch, "source.pickle")
         with open(path, "wb") as f:
             pickle.dump(source, f, protocol=pickle.HIGHEST_PROTOCOL)
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=self.context, initializer=_start_worker,
+            initargs=(self.context.Value("i", 0),))
         threads = threads_per_unit(self.workers, len(todo))
-        futures = [pool.submit(_unit_task, path, unit, part_dir, args, digest, threads)
+        futures = [self.pool.submit(_unit_task, path, unit, part_dir, args, digest, threads)
                    for unit, part_dir in todo]
         failures = []
         for future in concurrent.futures.as_completed(futures):
@@ -190,12 +166,7 @@ class Workers:
         return failures
 
     def close(self, cancel: bool = False) -> None:
-        """Wait for the workers to exit; ``cancel``: stop them first (an error, Ctrl-C), and
-        do not wait for workers still starting (the fork server's imports: seconds)."""
-        if cancel and self.starting.is_alive():
-            self.cancelled = True  # `_start` shuts the pool down once it has one
-            return
-        self.starting.join()
+        """Wait for the workers to exit; ``cancel``: stop them first (an error, Ctrl-C)."""
         if self.pool is not None:
             if cancel:
                 for process in list((getattr(self.pool, "_processes", None) or {}).values()):
