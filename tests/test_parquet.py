@@ -260,6 +260,23 @@ def test_columns_found_by_type_or_named(tmp_path):
     assert [source.n_rows(unit) for unit in source.units()] == [2]  # (from the footer)
 
 
+def test_convert_names_the_columns_and_resumes_only_with_the_same(tmp_path, capsys):
+    path = tmp_path / "src" / "t.parquet"
+    os.makedirs(path.parent)
+    pq.write_table(pa.table({"picture": [jpeg(0), jpeg(1)], "description": ["one", "two"],
+                             "caption": ["not this", "nor this"], "id": ["a", "b"]}), path)
+    out = tmp_path / "out"
+    assert main(["convert", str(path.parent), str(out), "--source-format", "parquet",
+                 "--image-column", "picture", "--caption-column", "description",
+                 "--key-column", "id", *TINY]) == 0
+    rows = {r["key"]: r["caption"] for r in iter_dataset(str(out))}
+    assert rows == {"a": "one", "b": "two"}
+    capsys.readouterr()
+    assert main(["convert", str(path.parent), str(out), "--source-format", "parquet",
+                 "--image-column", "picture", "--key-column", "id", *TINY]) == 2
+    assert "other settings" in capsys.readouterr().err  # another caption column: not a resume
+
+
 def test_folder_beside_parquet_metadata_stays_a_folder(tmp_path):
     """img2dataset's ``files`` output: images in folders, metadata in 00000.parquet."""
     from gsformat.convert.sources import _resolve

@@ -104,7 +104,9 @@ def test_missing_shard_fails_then_rerun_converts_exactly_it(tmp_path, s3_bucket,
     err = capsys.readouterr().err
     assert "00001.tar" in err and "00003.tar" in err and "2 of 4 units" in err
     assert not (out / "part-tar-00001" / "part.json").exists()  # never marked finished
-    assert not (out / "index.json").exists()  # nor merged into a "complete" dataset
+    # what converted is merged, valid, and said to be incomplete
+    assert validate_dataset(str(out)).valid and len(keys_of(out)) == 4
+    assert json.loads((out / "summary.json").read_text())["complete"] is False
     for i in (1, 3):
         client.upload_file(str(tmp_path / "tars" / f"{i:05d}.tar"), s3_bucket, f"wds/{i:05d}.tar")
     assert convert(src, out) == 0

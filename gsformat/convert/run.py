@@ -26,7 +26,7 @@ from ..fitting.images import MIN_SIDE
 from . import locations
 from .distribute import Workers, run_units
 from .options import (CONVERT_JSON, FAILURE_JSON, LEGACY_CODECS, LOSSY_CODECS, PART_JSON,
-                      parse_codecs, resolve_rank)
+                      column_options, parse_codecs, resolve_rank)
 from .sources import SourceError, open_source
 from .unit import Progress, columns_of
 
@@ -49,6 +49,7 @@ def settings_of(args) -> dict:
         settings["quantize_method"] = "solve"  # the one method (kept: earlier outputs resume)
     if args.matched_steps is not None:  # (check_args: only with --quantize-aware)
         settings["matched_steps"] = args.matched_steps
+    settings.update(column_options(args))  # Parquet columns named (only those given)
     return settings
 
 
@@ -163,13 +164,15 @@ def retract_part(part_dir: str) -> None:
 
 
 def image_total(source, todo, budget: float) -> int | None:
-    """Images in the units ``todo`` where the source says (folders, MDS shards), at most the
-    --limit budget; None where only reading tells (tars)."""
+    """Images in the units ``todo`` where the source says (folders, MDS shards, Parquet
+    footers), at most the --limit budget; None where only reading tells (tars)."""
     if source.kind == "folder":
         total = sum(len(unit.refs) for unit, _ in todo)
     elif source.kind == "mds":
         total = sum(int(source.index["shards"][unit.refs[0]].get("samples", 0))
                     for unit, _ in todo)
+    elif source.kind == "parquet":  # row counts from the footers
+        total = sum(source.n_rows(unit) for unit, _ in todo)
     else:
         return None
     return int(min(total, max(budget, 0)))
@@ -236,7 +239,8 @@ def run_convert(args) -> int:
 
 def _convert(args, workers) -> int:
     try:
-        source = open_source(args.src, args.source_format, args.chunk_size, args.image_column)
+        source = open_source(args.src, args.source_format, args.chunk_size, args.image_column,
+                             **column_options(args))
     except SourceError as exc:
         print(f"gsformat convert: error: {exc}", file=sys.stderr)
         return 2
