@@ -61,8 +61,8 @@ typedef struct {
 
 typedef struct { int32_t x0, x1, y0, y1; } Box;  /* pixel ranges [x0, x1) × [y0, y1); empty ok */
 
-/* A thread's store of G, z₁, z₂ for every chunk the forward pass evaluates, read back in the
- * same order by the backward pass (saves recomputing them). */
+/* A thread's store of what the forward pass computes for each entry of a tile — its row spans,
+ * then G, z₁, z₂ of every chunk — read back in the same order by the backward pass. */
 typedef struct { float *values; size_t chunks; } Cache;
 
 /* exp(x) for x ≤ 0 without branches (vectorisable): x = n·ln2 + r, |r| ≤ ln2/2, a degree-6
@@ -256,6 +256,11 @@ KERNEL static void do_tile(Batch *w, int64_t tile, float *cache) {
         for (int l = 0; l < TILE; l++)
             dx[l] = (float)(tx0 + l) + 0.5f - sp->x;
         row_spans(sp, tx0, ty0, cols, lo, hi);
+        if (cache != NULL) {  /* the spans too: the backward pass reads them back */
+            memcpy(cached, lo, sizeof lo);
+            memcpy(cached + TILE, hi, sizeof hi);
+            cached += 2 * TILE;
+        }
         for (int ly = ly0; ly < ly1; ly++) {
             const float dy = (float)(ty0 + ly) + 0.5f - sp->y;
             if (hi[ly] < lo[ly])
@@ -305,7 +310,9 @@ KERNEL static void do_tile(Batch *w, int64_t tile, float *cache) {
         box_rows(boxes[w->entry_splat[e]], ty0, rows, &ly0, &ly1);
         float s[8][CHUNK];  /* per lane: Σ A z₁, A z₂, A z₁², A z₁z₂, A z₂², G·∂L/∂I (r, g, b) */
         memset(s, 0, sizeof s);
-        row_spans(sp, tx0, ty0, cols, lo, hi);  /* the chunks the forward pass cached */
+        memcpy(lo, cached, sizeof lo);  /* the spans the forward pass cached, then its chunks */
+        memcpy(hi, cached + TILE, sizeof hi);
+        cached += 2 * TILE;
         for (int ly = ly0; ly < ly1; ly++) {
             if (hi[ly] < lo[ly])
                 continue;
@@ -355,8 +362,9 @@ static void *worker(void *arg) {
 #endif
         if (tile >= total)
             break;
-        /* at most two chunks per row of each entry */
-        const size_t need = (size_t)(w->tile_start[tile + 1] - w->tile_start[tile]) * TILE * 2;
+        /* per entry its row spans (two chunks' room) and at most two chunks per row */
+        const size_t need = (size_t)(w->tile_start[tile + 1] - w->tile_start[tile]) *
+                            (TILE * 2 + 2);
         if (w->target != NULL && need > cache.chunks) {
             free(cache.values);
             cache.chunks = need + need / 2;
