@@ -277,6 +277,18 @@ def test_convert_names_the_columns_and_resumes_only_with_the_same(tmp_path, caps
     assert "other settings" in capsys.readouterr().err  # another caption column: not a resume
 
 
+def test_files_with_other_columns_are_refused_before_any_work(tmp_path):
+    """A new-user trial: an img2dataset file beside a `datasets` file failed as "unreadable"
+    (and, with the first file truncated and then fixed, a re-run merged two column plans into
+    an invalid dataset)."""
+    pq.write_table(pa.table({"image": [{"bytes": jpeg(0), "path": "a.jpg"}], "label": [1]}),
+                   tmp_path / "a.parquet")
+    pq.write_table(pa.table({"jpg": [jpeg(1)], "caption": ["x"]}), tmp_path / "b.parquet")
+    with pytest.raises(SourceError, match=r"b\.parquet: no column 'image', 'label', which "
+                                          r".*a\.parquet has: the files of one Parquet source"):
+        open_source(str(tmp_path / "*.parquet"))
+
+
 def test_folder_beside_parquet_metadata_stays_a_folder(tmp_path):
     """img2dataset's ``files`` output: images in folders, metadata in 00000.parquet."""
     from gsformat.convert.sources import _resolve

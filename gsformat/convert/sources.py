@@ -343,6 +343,13 @@ class ParquetSource:
                                              label_column, key_column)
         except ValueError as exc:
             raise SourceError(f"{readable[0][0]}: {exc}") from None
+        for url, (schema, _) in readable[1:]:  # one column plan for every file (and every run)
+            missing = [name for name in self.read.read if name not in schema.names]
+            if missing:
+                raise SourceError(
+                    f"{url}: no column {', '.join(map(repr, missing))}, which "
+                    f"{readable[0][0]} has: the files of one Parquet source must share "
+                    f"their columns (convert them as separate sources)")
         self.class_names = list(self.read.class_names) if self.read.class_names else None
         # a file whose footer cannot be read now is one unit, which fails when converted
         self.group_rows = [None if isinstance(f, Exception) else f[1] for f in footers]
