@@ -18,8 +18,9 @@ def test_bit_exact_for_any_fp16(bits):
 def test_compresses_real_fitted_splats(fitted_splats):
     params = fitted_splats[0].params
     encoded = check_encode_decode(Planar(), params)
-    # measured here 1.143 and 1.152 (64², 256 splats); 1.26-1.34 on 224² fits of 1,600
-    assert params.nbytes / len(encoded) > 1.12
+    # measured here 1.113 and 1.105 (64², 256 splats; 1.143 / 1.152 with the fitter before the
+    # tile engine's rates, whose splats kept more regular low bits); 1.16 on 224² fits of 1,600
+    assert params.nbytes / len(encoded) > 1.07
 
 
 @pytest.mark.parametrize("mutate", [
