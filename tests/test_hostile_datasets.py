@@ -1,8 +1,10 @@
 """Hostile and damaged datasets, through `gsformat validate` and through `SplatDataset` (0 and 2
 workers): files outside the dataset, missing shards, values and counts that contradict, the
 command line's errors, idempotent conversion re-runs."""
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -39,19 +41,67 @@ def edit_index(root, edit):
     json.dump(index, open(path, "w"))
 
 
-def read_all(root, tmp_path, workers=0, remote=True, name="cache"):
-    """Every sample through SplatDataset (+ a DataLoader with ``workers``)."""
+def read_all(root, tmp_path, workers=0, remote=True, name="cache", fast=True, keys=None):
+    """Every sample through SplatDataset (+ a DataLoader with ``workers``); ``keys``, a list,
+    receives the keys yielded before an error."""
+    import gc
+    gc.collect()  # no loader of an earlier call left for a forked worker to collect
     kwargs = dict(remote=root, local=str(tmp_path / name)) if remote else dict(local=root)
-    dataset = SplatDataset(shuffle=False, batch_size=2, download_timeout=5, **kwargs)
-    loader = DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=list)
-    return [s["key"] for batch in loader for s in batch]
+    dataset = SplatDataset(shuffle=False, batch_size=2, download_timeout=5,
+                           fast_iteration=fast, **kwargs)
+    batches = iter(DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=list))
+    keys = [] if keys is None else keys
+    try:
+        for batch in batches:
+            keys += [s["key"] for s in batch]
+    finally:  # after an error torch's own shutdown, run later by the garbage collector, waits
+        if workers:  # 5 s for a worker it has marked done
+            batches._shutdown_workers()
+    return keys
 
 
-def loader_fails(root, tmp_path, match, workers=0, remote=True, name="cache"):
+def loader_fails(root, tmp_path, match, workers=0, remote=True, name="cache", fast=True):
     start = time.monotonic()
     with pytest.raises(FormatError, match=match):
-        read_all(root, tmp_path, workers, remote, name)
+        read_all(root, tmp_path, workers, remote, name, fast)
     assert time.monotonic() - start < 60  # never a hang
+
+
+# every way SplatDataset reads: its iterator or streaming's, in the process or in 2 workers, from
+# a remote (into a cache) or from the local copy alone
+CONFIGS = [(fast, workers, remote) for fast in (True, False) for workers in (0, 2)
+           for remote in (True, False)]
+
+
+def stream_until_error(root, tmp_path, fast, workers, remote, name):
+    """(keys yielded, the error's text) of one epoch."""
+    keys = []
+    try:
+        read_all(root, tmp_path, workers, remote, name, fast, keys)
+    except FormatError as exc:
+        return keys, str(exc)
+    return keys, None
+
+
+def assert_every_configuration_fails(root, tmp_path, capfd, match, shard=1, configs=CONFIGS,
+                                     runs=1):
+    """Each configuration raises a FormatError matching ``match``, after exactly the samples
+    before the first batch that holds one of ``shard``'s (in index order), with no traceback
+    printed by a background thread; ``runs`` times each."""
+    entries = read_index(root)["shards"]
+    first_bad = sum(entry["samples"] for entry in entries[:shard])
+    expected = [f"k{i:03d}" for i in range(first_bad - first_bad % 2)]
+    for fast, workers, remote in configs:
+        for run in range(runs):
+            start = time.monotonic()
+            keys, error = stream_until_error(root, tmp_path, fast, workers, remote,
+                                             f"c{fast:d}{workers}{remote:d}{run}")
+            where = f"fast_iteration={fast}, {workers} workers, remote={remote}"
+            assert error is not None and re.search(match, error), (where, keys, error)
+            assert keys == expected, (where, keys)
+            assert time.monotonic() - start < 60, where
+    err = capfd.readouterr().err  # no background thread's traceback (streaming's callback)
+    assert "exception calling callback" not in err and "streaming/base" not in err, err[-3000:]
 
 
 def validate_reports(root, *fragments):
@@ -129,6 +179,75 @@ def test_deleted_shard_is_named_never_a_hang(ds, tmp_path, workers, remote):
     loader_fails(ds, tmp_path, os.path.basename(path).replace(".", r"\."), workers, remote)
 
 
+def damage_file(path, how):
+    data = open(path, "rb").read()
+    if how == "delete":
+        os.remove(path)
+    elif how == "truncate":
+        open(path, "wb").write(data[:len(data) // 2])
+    else:  # one bit flipped in the middle (inside a record's payload)
+        middle = len(data) // 2
+        open(path, "wb").write(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1:])
+
+
+@pytest.mark.parametrize("how, message", [("delete", "shard file is missing"),
+                                          ("truncate", "xxh64 hash mismatch"),
+                                          ("flip", "xxh64 hash mismatch")])
+def test_damaged_shard_fails_alike_in_every_configuration(ds, tmp_path, capfd, how, message):
+    """Issue 25 item 5: 27 of 60 runs ended silently short (streaming's iterator: 0, 2 or 4
+    samples of 6 and no error). Every configuration now yields the samples before the shard,
+    then raises the error naming it, every run, and no thread prints a traceback."""
+    damage_file(shard_path(ds, 1)[0], how)
+    assert_every_configuration_fails(ds, tmp_path, capfd, rf"shard\.00001\.mds\.zstd: {message}",
+                                     runs=2 if how == "flip" else 1)
+
+
+@pytest.mark.parametrize("how, message", [("flip", "xxh64 hash mismatch"),
+                                          ("truncate", "bytes, the index says")])
+def test_every_reader_checks_the_shard_hashes(ds, tmp_path, how, message):
+    """Issue 25 item 3: 40 flipped bytes in a compressed shard passed `inspect --html`, `render`
+    and `iter_dataset` (398 of 400 splats changed, exit 0). Each reader of shards checks the
+    index's size and hash first, and fails in one line naming the shard."""
+    path = shard_path(ds, 1)[0]
+    if how == "flip":
+        data = bytearray(open(path, "rb").read())
+        for i in range(40):
+            data[len(data) // 4 + 7 * i] ^= 0x5A
+        open(path, "wb").write(bytes(data))
+    else:
+        damage_file(path, how)
+    where = rf"shard\.00001\.mds\.zstd: .*{message}"
+    with pytest.raises(FormatError, match=where):
+        list(iter_dataset(ds, decode=False))
+    assert [s["key"] for s in itertools.islice(iter_dataset(ds), 3)] == ["k000", "k001", "k002"]
+    for args in (["inspect", ds, "--html", tmp_path / "page.html"],
+                 ["render", ds, "--count", "12", "-o", tmp_path / "grid.png"]):
+        code, err = run_cli(*args)
+        assert code == 2 and re.search(where, err) and "\n" not in err, (args, err)
+    assert main(["validate", ds]) == 1
+
+
+def test_local_copy_altered_after_decompression_is_refused(ds, tmp_path, capfd):
+    """Issue 25 item 5: streaming decompresses a local dataset's shards beside them and then
+    reads those copies unchecked: a bit flipped in one streamed altered. The copy is checked
+    against the index's raw hash; from a remote, the intact compressed file is fetched."""
+    assert len(read_all(ds, tmp_path, remote=False)) == N  # leaves shard.0000N.mds beside
+    raw = os.path.join(ds, read_index(ds)["shards"][1]["raw_data"]["basename"])
+    assert os.path.exists(raw)
+    damage_file(raw, "flip")
+    local_only = [config for config in CONFIGS if not config[2]]
+    assert_every_configuration_fails(ds, tmp_path, capfd,
+                                     r"shard\.00001\.mds: xxh64 hash mismatch", configs=local_only)
+    assert read_all(ds, tmp_path, remote=True, name="fresh") == [f"k{i:03d}" for i in range(N)]
+
+
+def test_empty_key_is_refused_in_every_configuration(ds, tmp_path, capfd):
+    rewrite_sample_record(ds, lambda key: b"", column="key", shard=1, sample=0)
+    validate_reports(ds, "shard.00001.mds, sample 0", "missing or empty key")
+    assert_every_configuration_fails(ds, tmp_path, capfd,
+                                     r"shard\.00001\.mds, sample 0: missing or empty key")
+
+
 @pytest.mark.timeout(60)
 def test_failed_prefetch_of_a_shard_the_loop_also_wants_is_never_a_hang(ds, tmp_path,
                                                                           monkeypatch):
@@ -186,16 +305,39 @@ def test_duplicate_keys_across_shards_are_caught_while_streaming(ds, tmp_path, f
         extra[pair]["basename"] = "more/" + extra[pair]["basename"]
     edit_index(ds, lambda index: index["shards"].append(extra))
     validate_reports(ds, "duplicate key 'k000'")
-    loader_fails(ds, tmp_path, "key 'k000' appears twice")
+    # every configuration, two workers included (each reads one of the two shards): the same
+    # error, naming both samples in index order whichever worker meets the second first
+    errors = set()
+    for fast, workers, remote in CONFIGS:
+        keys, error = stream_until_error(ds, tmp_path, fast, workers, remote,
+                                         f"d{fast:d}{workers}{remote:d}")
+        assert error is not None, (fast, workers, remote, keys)
+        errors.add(error[error.index("more/"):].split("\n")[0])
+    assert errors == {"more/shard.00000.mds, sample 0: key 'k000' appears twice in this epoch: "
+                      "also at shard.00000.mds, sample 0 (duplicate samples or shards)"}
 
 
-@pytest.mark.parametrize("workers, remote", [(0, True), (0, False), (2, True)])
-def test_index_claiming_fewer_samples(ds, tmp_path, workers, remote):
+@pytest.mark.parametrize("change", [-1, +1])
+def test_index_sample_count_contradicting_the_header(ds, tmp_path, capfd, change):
+    """SPEC.md § 6.5 / § 9 (issue 25 item 20): a shard's header and the index disagree on its
+    sample count; every configuration refuses it before reading its rows."""
     def edit(index):
-        index["shards"][0]["samples"] -= 1
+        index["shards"][1]["samples"] += change
     edit_index(ds, edit)
     validate_reports(ds, "index says")
-    loader_fails(ds, tmp_path, "samples", workers, remote=remote)
+    assert_every_configuration_fails(ds, tmp_path, capfd,
+                                     r"shard\.00001\.mds: header claims \d+ samples, the index")
+
+
+@pytest.mark.parametrize("remote", [True, False])
+def test_index_entry_claiming_no_samples(ds, tmp_path, remote):
+    """Issue 25 item 5: streaming never opens a shard the index calls empty, so its samples were
+    dropped without a word (4 of 6); the loader opens such a shard when it opens the dataset."""
+    edit_index(ds, lambda index: index["shards"][1].update(samples=0))
+    validate_reports(ds, "index says 0")
+    for workers in (0, 2):
+        loader_fails(ds, tmp_path, r"shard\.00001\.mds: header claims \d+ samples, the index 0",
+                     workers, remote, name=f"c{workers}")
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -210,16 +352,19 @@ def test_manifest_with_unknown_major_is_refused(ds, tmp_path, workers):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda index: index["shards"][0].update(samples="6"), "samples must be an integer"),
-    (lambda index: index["shards"].__setitem__(0, "shard.mds"), "must be a map"),
+    (lambda index: index["shards"].__setitem__(0, "shard.mds"), "a shard entry must be a map"),
     (lambda index: index["shards"][0].pop("raw_data"), "raw_data must be a map"),
     (lambda index: index["shards"][0].update(column_sizes=[None]), "consistent"),
+    (lambda index: index["shards"][0]["raw_data"].update(hashes=["xxh64"]),
+     "raw_data.hashes must map"),
 ])
 def test_malformed_index_entries_are_reported_not_raised(ds, tmp_path, edit, message, capsys):
     edit_index(ds, edit)
-    validate_reports(ds, message)
+    validate_reports(ds, "shard entry 0", message)  # the entry named (issue 25 item 5)
     assert main(["inspect", ds]) == 2
     assert "Traceback" not in capsys.readouterr().err
-    loader_fails(ds, tmp_path, message)
+    loader_fails(ds, tmp_path, f"shard entry 0: .*{message}")
+    loader_fails(ds, tmp_path, f"shard entry 0: .*{message}", fast=False)
 
 
 def test_validate_of_a_file_is_a_report(tmp_path):

@@ -40,6 +40,28 @@ def test_sample_fields(dataset_dir, tmp_path, fitted_splats):
     assert torch.equal(sample["splats"], torch.from_numpy(fitted_splats[1].params))
 
 
+def test_every_stored_column_reaches_the_sample(tmp_path, fitted_splats):
+    """Issue 25 item 7: the ``meta`` column (img2dataset's sidecar) that `iter_dataset` returns
+    was dropped; every stored column now comes through, by index and by either iterator."""
+    from gsformat.format.dataset import iter_dataset
+    out = str(tmp_path / "meta-ds")
+    with SplatWriter(out, columns=["caption", "source", "meta"],
+                     codecs=[{"id": "gsformat.planar"}]) as writer:
+        for i in range(4):
+            writer.write(f"k{i}", fitted_splats[i % 2], caption=f"c{i}", source=f"s/{i}.jpg",
+                         meta=json.dumps({"url": f"http://x/{i}.jpg", "width": 640 + i}))
+    stored = [{k: v for k, v in row.items() if k != "splats"}
+              for row in iter_dataset(out, decode=False)]
+    assert json.loads(stored[3]["meta"])["width"] == 643
+    fields = ("key", "caption", "source", "meta")
+    for fast in (True, False):
+        samples = list(make(out, tmp_path, f"m{fast:d}", fast_iteration=fast, batch_size=2))
+        assert [{k: s[k] for k in fields} for s in samples] == stored
+    assert {k: make(out, tmp_path, "m2")[2][k] for k in fields} == stored[2]
+    batch = collate_splats(samples[:2])
+    assert batch["meta"] == [stored[0]["meta"], stored[1]["meta"]]
+
+
 def test_collate_pads_and_masks(dataset_dir, tmp_path):
     ds = make(dataset_dir, tmp_path, max_splats=100)
     batch = collate_splats([ds[0], ds[1]], pad_to=128)

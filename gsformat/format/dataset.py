@@ -186,29 +186,45 @@ def read_index(root: str) -> dict:
 
 
 def read_shard(root: str, info: dict) -> bytes:
-    """Raw (decompressed) bytes of one shard of an index entry (checked by `read_index`);
-    hashes are the validator's job."""
+    """Raw (decompressed) bytes of one shard of an index entry (checked by `read_index`): the
+    stored file's size and hash, then the decompressed bytes' (`mds.check_file`: one digest of
+    each, where the index carries one), so a damaged shard is a `FormatError` naming it."""
     raw, zipped = info["raw_data"], info.get("zip_data")
     name = (zipped or raw)["basename"]
     try:
         data = storage.read_bytes(storage.member(root, name), mds.MAX_SHARD_BYTES)
     except FileNotFoundError:
         raise FormatError("shard file is missing", name) from None
+    except FormatError as exc:
+        raise exc.at(name) from None
     except (ValueError, OSError) as exc:
         raise FormatError(f"cannot read shard: {exc}", name) from None
     try:
-        return mds.decompress(data, info.get("compression") if zipped else None, raw["bytes"])
+        mds.check_file(data, zipped or raw)
+        if not zipped:
+            return data
+        name = raw["basename"]
+        data = mds.decompress(data, info.get("compression"), raw["bytes"])
+        mds.check_file(data, raw)
+        return data
     except FormatError as exc:
         raise exc.at(name) from None
 
 
 def iter_dataset(root: str, decode: bool = True) -> Iterator[dict]:
-    """Every sample of a dataset in index order: columns plus ``splats`` as a `SplatSet`
-    (``decode=False`` leaves the record bytes) and ``image`` as a PIL image."""
+    """Every sample of a dataset in index order: every stored column (``meta`` included), with
+    ``splats`` as a `SplatSet` (``decode=False`` leaves the record bytes) and ``image`` as a PIL
+    image. Each shard is checked before its first sample is yielded: size, hash, sample count
+    (`read_shard`)."""
     index = read_index(root)
     for info in index["shards"]:
         name = info["raw_data"]["basename"]
-        for i, sample in mds.iter_samples(read_shard(root, info), info):
+        shard = read_shard(root, info)
+        try:
+            spans = mds.check_sample_count(shard, info)
+        except FormatError as exc:
+            raise exc.at(name) from None
+        for i, sample in mds.iter_samples(shard, info, spans):
             if isinstance(sample, FormatError):
                 raise sample.at(f"{name}, sample {i}")
             if decode:

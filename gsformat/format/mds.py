@@ -1,4 +1,5 @@
-"""A bounded reader for MDS shards (MosaicML streaming's format), used by the validator.
+"""A bounded reader for MDS shards (MosaicML streaming's format): the validator's, the loader's
+and `iter_dataset`'s.
 
 streaming's own reader trusts its input; this one checks every count and offset first, so a
 corrupt shard yields a `FormatError` naming the shard and sample, never a crash or a huge
@@ -47,6 +48,44 @@ def hex_digest(algo: str, data: bytes) -> str:
         import xxhash
         return getattr(xxhash, algo)(data).hexdigest()
     return getattr(hashlib, algo)(data).hexdigest()
+
+
+# the algorithm a reader checks when a file carries several: the fastest first
+HASH_PREFERENCE = ("xxh3_64", "xxh3_128", "xxh64", "xxh128", "xxh32", "blake2b", "md5", "sha1",
+                   "blake2s", "sha256", "sha512")
+
+
+def pick_hash(hashes: dict, prefer: str | None = None) -> str | None:
+    """The one digest of ``hashes`` (algorithm → hex) a reader checks: ``prefer`` where the file
+    carries it, else the fastest this reader can compute; None when it knows none of them
+    (SPEC.md § 6.5: readers MAY skip hashes; a validator reports unknown ones)."""
+    known = [algo for algo in hashes if algo in hash_names()]
+    if prefer in known:
+        return prefer
+    ranked = sorted(known, key=lambda a: (HASH_PREFERENCE.index(a) if a in HASH_PREFERENCE
+                                          else len(HASH_PREFERENCE), a))
+    return ranked[0] if ranked else None
+
+
+def check_file(data, file_info: dict, prefer: str | None = None) -> None:
+    """A shard file's bytes (bytes, mmap) against their index entry (``raw_data`` or
+    ``zip_data``): the size, and one digest (`pick_hash`), compared case-insensitively."""
+    if len(data) != file_info["bytes"]:
+        raise FormatError(f"{len(data)} bytes, the index says {file_info['bytes']} (truncated "
+                          f"or overwritten)")
+    hashes = file_info.get("hashes") or {}
+    algo = pick_hash(hashes, prefer)
+    if algo is not None and hex_digest(algo, data) != hashes[algo].lower():
+        raise FormatError(f"{algo} hash mismatch: the file changed or is corrupt")
+
+
+def check_sample_count(shard, shard_info: dict) -> list[tuple[int, int]]:
+    """`sample_spans`, and the header's sample count against the index's (SPEC.md § 6.5)."""
+    spans = sample_spans(shard)
+    if len(spans) != shard_info["samples"]:
+        raise FormatError(f"header claims {len(spans)} samples, the index "
+                          f"{shard_info['samples']}")
+    return spans
 
 
 def decompress(data: bytes, compression: str | None, raw_size: int) -> bytes:
@@ -116,10 +155,11 @@ def shard_config(shard_info: dict) -> tuple[list[str], list[str], list[int | Non
     return names, encodings, sizes
 
 
-def iter_samples(shard: bytes, shard_info: dict):
-    """Yield (index, sample dict or FormatError) for every sample of a raw shard."""
+def iter_samples(shard: bytes, shard_info: dict, spans=None):
+    """Yield (index, sample dict or FormatError) for every sample of a raw shard (``spans``:
+    `sample_spans`' answer, where the caller has it)."""
     names, encodings, sizes = shard_config(shard_info)
-    for i, (start, end) in enumerate(sample_spans(shard)):
+    for i, (start, end) in enumerate(sample_spans(shard) if spans is None else spans):
         try:
             yield i, decode_sample(shard[start:end], names, encodings, sizes)
         except FormatError as exc:

@@ -40,9 +40,13 @@ def _image_tensor(image) -> torch.Tensor:
 class SplatDataset(ShardwiseIteration, StreamingDataset):
     """Splat shards as PyTorch samples.
 
-    Each sample is a dict: ``splats`` (``[N, 8]`` tensor, ``dtype``), ``height``, ``width``,
-    ``key``, and ``caption`` / ``label`` / ``source`` where the dataset has them; the stored
-    source image (``image`` column) comes as ``source_image`` ``[3, H, W]`` float.
+    Each sample is a dict: ``splats`` (``[N, 8]`` tensor, ``dtype``), ``height`` and ``width``
+    (the record's canvas), and every other stored column as stored: ``key``, and ``caption``,
+    ``label``, ``source``, ``meta`` (img2dataset's JSON sidecar, as text) or any column of the
+    dataset's own where it has them; the stored source image (``image`` column) comes as
+    ``source_image`` ``[3, H, W]`` float (unless ``load_source_image=False``). A stored column
+    named like one of the computed fields (``splats``, ``height``, ``width``, ``source_image``)
+    is shadowed by it.
 
     Args:
         dtype: ``torch.float32`` (default) or ``torch.float16`` for ``splats``.
@@ -61,12 +65,15 @@ class SplatDataset(ShardwiseIteration, StreamingDataset):
             raises ``Checksum failure: <shard>``; pass ``validate_hash=None`` for datasets
             written without hashes. ``download_timeout`` (60 s) bounds the wait for a shard.
 
-    Every problem with the data — a malformed index or record, a shard missing or unreadable,
-    non-finite values, a key seen twice in an epoch — raises one `gsformat.FormatError` naming
-    the shard and sample (and the dataset's URL where it is the index or a download). Before
+    Every problem with the data — a malformed index or record, a shard missing, unreadable, of
+    another size or hash than the index says or with another sample count, non-finite values, a
+    missing or empty key, a key seen twice in an epoch (across DataLoader workers too) — raises
+    one `gsformat.FormatError` naming the shard and sample (and the dataset's URL where it is
+    the index or a download), in either iterator, with or without workers, every run: the
+    samples before the fault are yielded, then the error (`gsformat.loaders.iteration`). Before
     streaming opens any shard, the index is checked as the validator checks it: names that
-    leave the dataset or the cache (``../``, absolute, symlinks) are refused
-    (`gsformat.loaders.stream`).
+    leave the dataset or the cache (``../``, absolute, symlinks) are refused, and a shard the
+    index says is empty is opened to check it is (`gsformat.loaders.stream`).
     """
 
     def __init__(self, *, dtype: torch.dtype = torch.float32, max_splats: int | None = None,
@@ -94,8 +101,8 @@ class SplatDataset(ShardwiseIteration, StreamingDataset):
     def __getitem__(self, idx: int) -> dict:
         try:
             row = super().__getitem__(idx)
-        except FormatError as exc:
-            raise exc.at(self._where(idx)) from None
+        except FormatError as exc:  # a shard's fault names its file; a sample's is located here
+            raise (exc if exc.where else exc.at(self._where(idx))) from None
         except Exception as exc:  # a shard that streaming could not fetch or parse
             raise FormatError(f"cannot read sample: {type(exc).__name__}: {exc}",
                               self._where(idx)) from None
@@ -110,11 +117,11 @@ class SplatDataset(ShardwiseIteration, StreamingDataset):
         if self.augment is not None:
             seed = [self.augment_seed, int(getattr(self, "next_epoch", 0)), int(idx)]
             params = self.augment(params, np.random.default_rng(seed))
-        sample = {"key": row["key"], "height": header[C.KEY_HEIGHT],
-                  "width": header[C.KEY_WIDTH]}
-        for name in ("caption", "label", "source"):
-            if name in row:
-                sample[name] = row[name]
+        key = row.get("key")
+        if not isinstance(key, str) or not key:
+            raise FormatError(f"missing or empty key ({key!r:.40})", self._where(idx))
+        sample = {name: value for name, value in row.items() if name not in ("splats", "image")}
+        sample["height"], sample["width"] = header[C.KEY_HEIGHT], header[C.KEY_WIDTH]
         if self.load_source_image and "image" in row:
             sample["source_image"] = _image_tensor(row["image"])
         tensor = torch.from_numpy(np.ascontiguousarray(params))  # float16, as stored

@@ -6,7 +6,8 @@ basename like ``../../victim.txt`` writes or removes files outside the cache. `g
 before any shard I/O (streaming calls `set_up_local` and `prepare_shard` only after it), so the
 checks live there: every entry of the index the validator's way (`gsformat.format.mds.read_index`:
 types, relative names inside the dataset, no file listed twice), a local dataset's names
-resolved without leaving it (symlinks included), and ``gsformat.json``'s major version.
+resolved without leaving it (symlinks included), a shard the index calls empty opened to check
+that it is (streaming never opens one), and ``gsformat.json``'s major version.
 
 `SplatDataset` uses it for the dataset it is given (``stream_name="gsformat"``) and for every
 stream in ``streams=``.
@@ -21,7 +22,7 @@ from streaming.base.stream import Stream, streams_registry
 
 from ..format import constants as C
 from ..format import mds, storage
-from ..format.dataset import read_manifest
+from ..format.dataset import read_manifest, read_shard
 from ..format.errors import FormatError
 
 STREAM_NAME = "gsformat"
@@ -66,6 +67,22 @@ class CheckedStream(Stream):
                         storage.member(root, pair["basename"])
                     except FormatError as exc:
                         raise exc.at(f"{self.url()}/{C.INDEX_NAME}") from None
+        for info in index["shards"]:
+            if info["samples"] == 0:
+                self._check_empty_shard(info)
+
+    def _check_empty_shard(self, info: dict) -> None:
+        """A shard the index says holds no sample: streaming never opens it, so a count of 0
+        where the shard holds samples would drop them without a word. Read it (it is small when
+        the index is right) and compare its header."""
+        name = info["raw_data"]["basename"]
+        try:
+            mds.check_sample_count(read_shard(self.url(), info), info)
+        except FormatError as exc:
+            raise (exc.at(self.url()) if exc.where else exc.at(f"{self.url()}/{name}")) from None
+        except Exception as exc:  # a remote store's own errors
+            raise FormatError(f"cannot read shard: {type(exc).__name__}: {exc}",
+                              f"{self.url()}/{name}") from None
 
     def _check_manifest(self) -> None:
         """gsformat.json, where the dataset has one: a known major version (SPEC.md § 3)."""
