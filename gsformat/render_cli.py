@@ -11,7 +11,10 @@ import math
 
 import numpy as np
 
-LABEL_HEIGHT = 28  # two lines of PIL's default font under each cell
+MIN_CELL_WIDTH = 128  # pixels: room for ~20 characters of label under a cell's tiles
+MIN_TILE = 96  # at the canvas size, smaller tiles are drawn enlarged (whole pixels) in a grid
+LINE_HEIGHT = 13  # one line of PIL's default font
+TEXT_LINES = 2  # lines at most for the key and for the caption, the last ellipsised
 
 
 def sample_tiles(samples, size: int | None = None, class_names=None):
@@ -51,28 +54,77 @@ def _text_of(sample: dict, class_names) -> str:
     return ""
 
 
-def _cell(entry: dict) -> np.ndarray:
-    """[stored | splats] over a two-line label: key; PSNR, bytes and caption."""
-    from PIL import Image, ImageDraw
+def fit_lines(text: str, width: float, max_lines: int, measure, ellipsis: str = "…") -> list:
+    """``text`` wrapped at spaces into lines ``measure``d at most ``width`` (a word wider than a
+    line is cut); past ``max_lines``, the last line kept ends in ``ellipsis`` after a whole
+    word.
+
+    >>> fit_lines("a ginger cat", 40, 2, len)
+    ['a ginger cat']
+    >>> fit_lines("a ginger cat on a mat", 10, 2, len)
+    ['a ginger', 'cat on a…']
+    """
+    lines, current = [], ""
+    for word in text.split():
+        joined = f"{current} {word}" if current else word
+        if measure(joined) <= width:
+            current = joined
+            continue
+        if current:
+            lines.append(current)
+        current = word
+        while len(current) > 1 and measure(current) > width:  # a word wider than a line
+            cut = 1
+            while cut + 1 < len(current) and measure(current[:cut + 1]) <= width:
+                cut += 1
+            lines.append(current[:cut])
+            current = current[cut:]
+    if current:
+        lines.append(current)
+    if len(lines) <= max_lines:
+        return lines
+    last = lines[max_lines - 1]
+    while last and measure(last + ellipsis) > width:
+        last = last.rsplit(" ", 1)[0] if " " in last else last[:-1]
+    return lines[:max_lines - 1] + [last + ellipsis]
+
+
+def _cell(entry: dict, enlarge: bool = True) -> np.ndarray:
+    """The tiles that exist ([stored | splats], or the splats alone), centred over a label:
+    key, PSNR and bytes, caption or class, each wrapped to the cell's width. With ``enlarge``,
+    tiles under `MIN_TILE` pixels are drawn 2, 3, … times larger (whole pixels)."""
+    from PIL import Image, ImageDraw, ImageFont
     tiles = [t for t in (entry["stored"], entry["splats"]) if t is not None]
-    pixels = np.concatenate([np.pad(t, ((0, 0), (0, 2), (0, 0))) for t in tiles], axis=1)
-    width = max(pixels.shape[1], 150)
-    canvas = Image.new("RGB", (width, pixels.shape[0] + LABEL_HEIGHT), (0, 0, 0))
-    canvas.paste(Image.fromarray(pixels), (0, 0))
+    height = max(t.shape[0] for t in tiles)
+    scale = math.ceil(MIN_TILE / height) if enlarge and height < MIN_TILE else 1
+    tiles = [t.repeat(scale, 0).repeat(scale, 1) for t in tiles]
+    gap = np.zeros((height * scale, 2, 3), np.uint8)
+    pixels = np.concatenate([part for t in tiles for part in (gap, t)][1:], axis=1)
+    width = max(pixels.shape[1], MIN_CELL_WIDTH)
+    font = ImageFont.load_default()
+    ellipsis = "…" if isinstance(font, ImageFont.FreeTypeFont) else "..."
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    room = width - 4
+
+    def fit(text, max_lines):
+        return fit_lines(text, room, max_lines, lambda t: measure(t, font=font), ellipsis)
+    quality = f"{entry['psnr']:.1f} dB" if entry["psnr"] is not None else "no PSNR"
+    lines = (fit(entry["key"], TEXT_LINES) + fit(f"{quality}, {entry['bytes']:,} B", 1)
+             + fit(entry["text"], TEXT_LINES))
+    canvas = Image.new("RGB", (width, pixels.shape[0] + 4 + LINE_HEIGHT * len(lines)), (0, 0, 0))
+    canvas.paste(Image.fromarray(pixels), ((width - pixels.shape[1]) // 2, 0))
     draw = ImageDraw.Draw(canvas)
-    quality = f"{entry['psnr']:.1f} dB" if entry["psnr"] is not None else "—"
-    lines = (entry["key"], f"{quality}, {entry['bytes']:,} B"
-             + (f" · {entry['text']}" if entry["text"] else ""))
-    chars = max(8, width // 6)
     for i, line in enumerate(lines):
-        draw.text((2, pixels.shape[0] + 2 + 13 * i), line[:chars], fill=(255, 255, 255))
+        draw.text((2, pixels.shape[0] + 2 + LINE_HEIGHT * i), line, fill=(255, 255, 255),
+                  font=font)
     return np.asarray(canvas)
 
 
 def render_samples(path: str, index: int, output: str, size: int | None = None,
                    count: int = 1) -> list[dict]:
-    """Write samples ``index … index+count-1`` as a labelled grid PNG (up to 4 cells a row);
-    returns per-sample info (key, n_splats, psnr, bytes)."""
+    """Write samples ``index … index+count-1`` as a labelled grid PNG (up to 4 cells a row; a
+    small canvas drawn enlarged unless ``size`` is given); returns per-sample info (key,
+    n_splats, psnr, bytes)."""
     from PIL import Image
     from .format.dataset import iter_dataset, read_manifest
     names = _class_names(path, read_manifest)
@@ -80,7 +132,7 @@ def render_samples(path: str, index: int, output: str, size: int | None = None,
     entries = list(sample_tiles(rows, size, names))
     if not entries:
         raise ValueError(f"{path}: no sample at index {index}")
-    cells = [_cell(e) for e in entries]
+    cells = [_cell(e, enlarge=size is None) for e in entries]
     columns = min(4, len(cells))
     cell_h, cell_w = max(c.shape[0] for c in cells), max(c.shape[1] for c in cells)
     rows = math.ceil(len(cells) / columns)
@@ -182,7 +234,8 @@ def write_html(path: str, output: str, count: int = 24, size: int | None = None)
                          if t is not None)
         quality = (f"{entry['psnr']:.2f} dB ({entry['psnr_of']})" if entry["psnr"] is not None
                    else "")
-        cards.append(f'<div class="card">{images}<div class="key">{html.escape(entry["key"])}'
+        cards.append(f'<div class="card"><div class="pics">{images}</div>'
+                     f'<div class="key">{html.escape(entry["key"])}'
                      f'</div><div>{html.escape(entry["text"])}</div><div class="num">'
                      f'{quality} · {entry["bytes"]:,} B · {entry["n_splats"]} splats</div></div>')
     title = f"gsformat dataset {path}"
@@ -193,7 +246,8 @@ body {{ font: 14px system-ui, sans-serif; margin: 24px; background: #fafafa; col
 .grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr));
          gap: 12px; }}
 .card {{ background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; }}
-.card img {{ width: 48%; margin-right: 2%; image-rendering: pixelated; }}
+.pics {{ display: flex; gap: 2%; }}
+.pics img {{ flex: 1 1 0; min-width: 0; image-rendering: pixelated; }}
 .key {{ font-weight: 600; word-break: break-all; }} .num {{ color: #555; font-size: 12px; }}
 .hist {{ display: flex; gap: 24px; flex-wrap: wrap; }}
 </style></head><body>

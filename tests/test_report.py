@@ -58,9 +58,44 @@ def test_html_report_renders_in_a_browser(dataset, capsys):
 def test_render_count_is_a_labelled_grid(dataset):
     png = str(dataset / "grid.png")
     assert main(["render", str(dataset / "ds"), "--count", "5", "--size", "32", "-o", png]) == 0
-    grid = Image.open(png)
-    # 4 cells a row: [stored | splats] 32 + 2 + 32 + 2 wide, at least 150 for the label
-    assert grid.size[0] == 4 * (150 + 4) and grid.size[1] == 2 * (32 + 28 + 4)
+    grid = np.asarray(Image.open(png).convert("RGB"))
+    # 4 cells a row: [stored | splats] 32 + 2 + 32 wide, centred in the label's 128
+    assert grid.shape[1] == 4 * (128 + 4)
+    tiles = grid[:32, 31:31 + 66]  # the first cell's two tiles, the 2-pixel gap between
+    assert tiles[:, :32].std() > 10 and tiles[:, 34:].std() > 10 and not tiles[:, 32:34].any()
+
+
+def test_render_without_stored_images_lays_out_the_splats_alone(tmp_path):
+    """Issue 25 item 9: converted without --keep-image, each cell showed the splats beside an
+    empty black half. The cell holds what exists: the splats, enlarged from a small canvas."""
+    write_image_folder(tmp_path / "src")
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "ds"), *TINY]) == 0
+    png = str(tmp_path / "grid.png")
+    assert main(["render", str(tmp_path / "ds"), "--count", "5", "-o", png]) == 0
+    grid = np.asarray(Image.open(png).convert("RGB")).astype(float)
+    # 32² canvas drawn 3× (96 ≥ MIN_TILE), centred in a 128-wide cell: no black column inside
+    tile = grid[:96, 16:16 + 96]
+    assert grid.shape[1] == 4 * (128 + 4)
+    assert (tile.std(axis=(0, 2)) > 1).all() and (tile.std(axis=(1, 2)) > 1).all()
+    assert np.array_equal(tile[:3, :3].reshape(9, 3), np.repeat(tile[:1, :1], 9, 0).reshape(9, 3))
+
+
+def test_labels_wrap_at_words_and_end_in_an_ellipsis():
+    """Issue 25 item 9: captions were cut mid-word (at a character count)."""
+    from PIL import ImageDraw, ImageFont
+    from gsformat.render_cli import fit_lines
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def measure(text):
+        return draw.textlength(text, font=font)
+    caption = "a ginger cat sitting on a wooden floor, looking at the camera with green eyes"
+    assert fit_lines("a ginger cat", 124, 2, measure) == ["a ginger cat"]
+    lines = fit_lines(caption, 124, 2, measure)
+    assert len(lines) == 2 and lines[1].endswith("…") and all(measure(l) <= 124 for l in lines)
+    words = " ".join(lines)[:-1].split()
+    assert words == caption.split()[:len(words)]  # whole words, in order
+    assert fit_lines("x" * 80, 60, 2, measure)[1].endswith("…")  # one long word: cut
 
 
 def test_inspect_prints_text_and_json(dataset, capsys):
