@@ -2,7 +2,8 @@
 
 Every flag of distill and clip is a `TrainConfig` field (``--config FILE.json`` sets many at
 once; flags override it). With ``--init CHECKPOINT`` the model settings come from the
-checkpoint (which carries its model config), so nothing needs repeating.
+checkpoint (which carries its model config), so nothing needs repeating. An error is one line
+(``--debug``, anywhere on the line, shows its traceback).
 """
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gsformat train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (default: one line); also after "
+                             "the command")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage, text in STAGES.items():
         _add_config_flags(sub.add_parser(stage, help=text, description=text))
@@ -91,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # before or after the command
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         if args.command in STAGES:
             from .loop import train
@@ -116,9 +122,14 @@ def main(argv=None) -> int:
             model = args.model if args.model != "ViT-B-16" or not args.model_config else \
                 model_name_of(args.model_config)
             print(json.dumps(describe(model, args.n_latents, args.model_config), indent=2))
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"gsformat train {args.command}: error: {text}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"gsformat train {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line naming what is wrong; --debug for the traceback
+        if debug:
+            raise
+        from ..cli import one_line
+        print(f"gsformat train {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -31,7 +31,7 @@ from ..loaders import SplatAugment
 from .config import TrainConfig
 from .data import check_dataset, image_size_of, make_loader, pixels_for
 from .losses import grouped_clip_loss, positive_keys
-from .model import SplatCLIP, create_clip, read_model_config, set_trainable
+from .model import SplatCLIP, create_clip, read_model_config, resolve_weights, set_trainable
 
 RUN_FILES = ("metrics.jsonl", "curves.png", "final.pt")
 
@@ -93,7 +93,8 @@ def build_teacher(cfg: TrainConfig, device):
     if not cfg.teacher_pretrained:
         raise ValueError(f"--teacher {cfg.teacher} needs --teacher-pretrained (a local file or "
                          f"a locally cached open_clip tag)")
-    teacher = create_clip(cfg.teacher, cfg.teacher_pretrained, cfg.teacher_config).to(device)
+    teacher = create_clip(cfg.teacher, cfg.teacher_pretrained, cfg.teacher_config,
+                          flag="--teacher-pretrained").to(device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
@@ -157,6 +158,10 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(f"stage must be distill or clip, got {cfg.stage!r}")
     if cfg.clip_loss not in ("captions", "labels", "pairs"):
         raise ValueError(f"clip_loss must be captions, labels or pairs, got {cfg.clip_loss!r}")
+    distilling = cfg.stage == "distill" and cfg.input != "rgb"
+    resolve_weights(cfg.model, cfg.pretrained, "--pretrained")  # a missing file or an uncached
+    if distilling and cfg.teacher not in (None, "random"):    # tag: said now, not after a build
+        resolve_weights(cfg.teacher, cfg.teacher_pretrained, "--teacher-pretrained")
     need = ("caption",) if cfg.stage == "clip" else ()
     need += ("label",) if cfg.stage == "clip" and cfg.clip_loss == "labels" else ()
     need += ("image",) if cfg.input == "rgb" else ()
@@ -167,7 +172,6 @@ def train(cfg: TrainConfig) -> dict:
     if state and state["config"]["model"] != cfg.model:
         raise ValueError(f"{resume} was trained with model {state['config']['model']!r}, "
                          f"not {cfg.model!r}")
-    distilling = cfg.stage == "distill" and cfg.input != "rgb"
     teacher = build_teacher(cfg, device) if distilling else None
 
     torch.manual_seed(cfg.seed)
@@ -263,8 +267,8 @@ def train(cfg: TrainConfig) -> dict:
                     log.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-            # ---- checkpoint -----------------------------------------------------------------
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            # ---- checkpoint (the last step's is final.pt, written once below) ----------------
+            if step % cfg.ckpt_every == 0 and step < cfg.steps:
                 save_checkpoint(os.path.join(cfg.out, f"step{step:06d}.pt"), cfg, model,
                                 optimizer, scheduler, loader, step, rank, world)
             if step >= cfg.steps:

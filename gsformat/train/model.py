@@ -2,7 +2,9 @@
 ViT's own class token, positional embedding, ``ln_pre``, transformer, pooling and projection."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 
 import torch
@@ -46,18 +48,101 @@ def read_model_config(path: str | None) -> dict | None:
         raise ValueError(f"model config {path}: {exc}") from None
 
 
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def resolve_weights(model: str, pretrained: str | None, flag: str = "--pretrained") -> str:
+    """What ``pretrained`` names, decided before anything is built and without the network:
+    ``"none"``, ``"file"`` (a local file) or ``"tag"`` (an open_clip tag of ``model`` whose
+    weights are in the local cache). A path that does not exist is a `FileNotFoundError`; a
+    tag unknown for the model, or not cached, a `ValueError` saying what to do (open_clip would
+    try to download it: a minute of retries offline, then a traceback)."""
+    if not pretrained:
+        return "none"
+    if os.path.isfile(pretrained):
+        return "file"
+    if os.sep in pretrained or pretrained.startswith((".", "~")) or pretrained.lower().endswith(
+            WEIGHT_SUFFIXES):
+        raise FileNotFoundError(f"{flag} {pretrained}: not found")
+    import open_clip
+    weights = open_clip.get_pretrained_cfg(model, pretrained)
+    if not weights:
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        raise ValueError(f"{flag} {pretrained!r} is neither a file nor a weights tag of {model} "
+                         f"(its tags: {', '.join(tags) if tags else 'none'})")
+    if not _cached(weights):
+        raise ValueError(
+            f"{flag} {pretrained}: the weights of {model} are not in the local cache and nothing "
+            f"is downloaded here: fetch them once where there is network (python -c \"import "
+            f"open_clip; open_clip.create_model('{model}', pretrained='{pretrained}')\") or give "
+            f"a local file")
+    return "tag"
+
+
+def _cached(weights: dict) -> bool:
+    """Whether open_clip finds a tag's weights without the network (its own order: the
+    Hugging Face hub's cache, .safetensors first, else the URL's file in ~/.cache/clip)."""
+    if "file" in weights:
+        return os.path.isfile(weights["file"])
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        try_to_load_from_cache = None
+    if weights.get("hf_hub") and try_to_load_from_cache is not None:
+        repo, name = os.path.split(weights["hf_hub"])
+        name = name or "open_clip_pytorch_model.bin"
+        names = [name]
+        if name == "open_clip_pytorch_model.bin":
+            names.insert(0, "open_clip_model.safetensors")
+        elif name.endswith((".bin", ".pth")):
+            names.insert(0, name[:-4] + ".safetensors")
+        return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+    url = weights.get("url")
+    return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"),
+                                                     os.path.basename(url)))
+
+
+class _NotRandomly(logging.Filter):
+    """open_clip's "No pretrained weights loaded … initialized randomly" warning: every stage
+    builds its model without weights and then loads them (--init), so it would always show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _offline_and_quiet():
+    """The Hugging Face hub offline (its flag is read at each request), open_clip's random-init
+    warning dropped."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        constants = None
+    offline = getattr(constants, "HF_HUB_OFFLINE", None)
+    quiet = _NotRandomly()
+    logging.getLogger().addFilter(quiet)
+    try:
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = True
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = offline
+
+
 def create_clip(model: str, pretrained: str | None = None, config: str | None = None,
-                config_json: dict | None = None):
+                config_json: dict | None = None, flag: str = "--pretrained"):
     """open_clip's factory: ``pretrained`` is None (random init), a local checkpoint path, or a
-    tag whose weights the user has cached (open_clip decides; nothing here downloads)."""
+    tag whose weights are in the local cache (`resolve_weights`; nothing is downloaded)."""
     import open_clip
     register_model_config(config, config_json, model)
     if model not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model!r} (give --model-config FILE.json, "
                          f"or one of open_clip.list_models())")
-    if pretrained and not os.path.exists(pretrained) and os.environ.get("HF_HUB_OFFLINE") is None:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # tags resolve from the local cache only
-    clip, _, _ = open_clip.create_model_and_transforms(model, pretrained=pretrained)
+    resolve_weights(model, pretrained, flag)
+    with _offline_and_quiet():
+        clip, _, _ = open_clip.create_model_and_transforms(model, pretrained=pretrained)
     return clip
 
 
