@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-MIN_CELL_WIDTH = 128  # pixels: room for ~20 characters of label under a cell's tiles
+MIN_CELL_WIDTH = 150  # pixels: room for ~25 characters of label under a cell's tiles
 MIN_TILE = 96  # at the canvas size, smaller tiles are drawn enlarged (whole pixels) in a grid
 LINE_HEIGHT = 13  # one line of PIL's default font
-TEXT_LINES = 2  # lines at most for the key and for the caption, the last ellipsised
+TEXT_LINES = 2  # lines at most for the key, and for PSNR · bytes · caption; then "…"
 
 
 def sample_tiles(samples, size: int | None = None, class_names=None):
@@ -91,8 +91,9 @@ def fit_lines(text: str, width: float, max_lines: int, measure, ellipsis: str = 
 
 def _cell(entry: dict, enlarge: bool = True) -> np.ndarray:
     """The tiles that exist ([stored | splats], or the splats alone), centred over a label:
-    key, PSNR and bytes, caption or class, each wrapped to the cell's width. With ``enlarge``,
-    tiles under `MIN_TILE` pixels are drawn 2, 3, … times larger (whole pixels)."""
+    the key, then PSNR, bytes and caption or class, each wrapped at words to the cell's width.
+    With ``enlarge``, tiles under `MIN_TILE` pixels are drawn 2, 3, … times larger (whole
+    pixels)."""
     from PIL import Image, ImageDraw, ImageFont
     tiles = [t for t in (entry["stored"], entry["splats"]) if t is not None]
     height = max(t.shape[0] for t in tiles)
@@ -109,9 +110,9 @@ def _cell(entry: dict, enlarge: bool = True) -> np.ndarray:
     def fit(text, max_lines):
         return fit_lines(text, room, max_lines, lambda t: measure(t, font=font), ellipsis)
     quality = f"{entry['psnr']:.1f} dB" if entry["psnr"] is not None else "no PSNR"
-    lines = (fit(entry["key"], TEXT_LINES) + fit(f"{quality}, {entry['bytes']:,} B", 1)
-             + fit(entry["text"], TEXT_LINES))
-    canvas = Image.new("RGB", (width, pixels.shape[0] + 4 + LINE_HEIGHT * len(lines)), (0, 0, 0))
+    about = f"{quality}, {entry['bytes']:,} B" + (f" · {entry['text']}" if entry["text"] else "")
+    lines = fit(entry["key"], TEXT_LINES) + fit(about, TEXT_LINES)
+    canvas = Image.new("RGB", (width, pixels.shape[0] + 2 + LINE_HEIGHT * len(lines)), (0, 0, 0))
     canvas.paste(Image.fromarray(pixels), ((width - pixels.shape[1]) // 2, 0))
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):

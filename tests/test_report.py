@@ -59,9 +59,11 @@ def test_render_count_is_a_labelled_grid(dataset):
     png = str(dataset / "grid.png")
     assert main(["render", str(dataset / "ds"), "--count", "5", "--size", "32", "-o", png]) == 0
     grid = np.asarray(Image.open(png).convert("RGB"))
-    # 4 cells a row: [stored | splats] 32 + 2 + 32 wide, centred in the label's 128
-    assert grid.shape[1] == 4 * (128 + 4)
-    tiles = grid[:32, 31:31 + 66]  # the first cell's two tiles, the 2-pixel gap between
+    # 4 cells a row: [stored | splats] 32 + 2 + 32 wide, centred in the label's 150; under
+    # each the key, and PSNR, bytes · caption or class on one line or, wrapped, two
+    assert grid.shape[1] == 4 * (150 + 4) and grid.shape[0] in (2 * (32 + 28 + 4),
+                                                                  2 * (32 + 28 + 13 + 4))
+    tiles = grid[:32, 42:42 + 66]  # the first cell's two tiles, the 2-pixel gap between
     assert tiles[:, :32].std() > 10 and tiles[:, 34:].std() > 10 and not tiles[:, 32:34].any()
 
 
@@ -73,9 +75,9 @@ def test_render_without_stored_images_lays_out_the_splats_alone(tmp_path):
     png = str(tmp_path / "grid.png")
     assert main(["render", str(tmp_path / "ds"), "--count", "5", "-o", png]) == 0
     grid = np.asarray(Image.open(png).convert("RGB")).astype(float)
-    # 32² canvas drawn 3× (96 ≥ MIN_TILE), centred in a 128-wide cell: no black column inside
-    tile = grid[:96, 16:16 + 96]
-    assert grid.shape[1] == 4 * (128 + 4)
+    # 32² canvas drawn 3× (96 ≥ MIN_TILE), centred in a 150-wide cell: no black column inside
+    tile = grid[:96, 27:27 + 96]
+    assert grid.shape[1] == 4 * (150 + 4)
     assert (tile.std(axis=(0, 2)) > 1).all() and (tile.std(axis=(1, 2)) > 1).all()
     assert np.array_equal(tile[:3, :3].reshape(9, 3), np.repeat(tile[:1, :1], 9, 0).reshape(9, 3))
 
