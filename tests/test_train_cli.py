@@ -93,6 +93,25 @@ def test_weights_that_are_not_there_are_one_line_at_once(tmp_path, digits, capsy
         main([*common, "--pretrained", "missing.pt", "--debug"])
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_shard_is_one_line_naming_it(tmp_path, digits, capsys, workers):
+    """Every CLI error one line (issue 25): a shard altered on disk, read by the training loader
+    in the process or in DataLoader workers (torch re-raises a worker's error with its whole
+    traceback as the text)."""
+    from gsformat.format.dataset import read_index
+    data = tmp_path / "splats"
+    shutil.copytree(digits, data)
+    name = read_index(str(data))["shards"][0]["zip_data"]["basename"]
+    shard = bytearray((data / name).read_bytes())
+    shard[len(shard) // 2] ^= 1
+    (data / name).write_bytes(bytes(shard))
+    code, _, err = run(["distill", "--model", "gs-tiny", "--teacher", "random", *ARCH, "--data",
+                        str(data), "--out", str(tmp_path / "r"), "--steps", "2", "--batch-size",
+                        "16", "--workers", str(workers)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{name}: xxh64 hash mismatch" in err
+
+
 def test_own_model_config_alone_then_init_and_zeroshot_elsewhere(tmp_path, digits, capsys,
                                                                   caplog):
     config = tmp_path / "my-tiny.json"

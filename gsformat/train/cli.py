@@ -128,10 +128,21 @@ def main(argv=None) -> int:
     except Exception as exc:  # one line naming what is wrong; --debug for the traceback
         if debug:
             raise
-        from ..cli import one_line
-        print(f"gsformat train {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        print(f"gsformat train {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 2
     return 0
+
+
+def error_line(exc: BaseException) -> str:
+    """An error as one line (`gsformat.cli.one_line`); one a DataLoader worker raised, which
+    torch re-raises with the worker's traceback as its text, as that error's own message."""
+    from ..cli import one_line
+    text = str(exc).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        worker = text.splitlines()[0].removeprefix("Caught ").rstrip(".")  # "X in … process 1"
+        message = text.splitlines()[-1].partition(": ")[2]
+        return f"{' '.join(message.split())} ({worker.partition(' in ')[2]})"
+    return one_line(exc)
 
 
 if __name__ == "__main__":
