@@ -1,6 +1,7 @@
 """SplatDataset on streaming: samples, collation, augmentations, resumption, ranks, workers."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -60,6 +61,35 @@ def test_every_stored_column_reaches_the_sample(tmp_path, fitted_splats):
     assert {k: make(out, tmp_path, "m2")[2][k] for k in fields} == stored[2]
     batch = collate_splats(samples[:2])
     assert batch["meta"] == [stored[0]["meta"], stored[1]["meta"]]
+
+
+def test_epoch_keys_across_workers(tmp_path, monkeypatch):
+    """The key table two workers share (`gsformat.loaders.keys`): a key the other worker
+    published for another sample fails, naming both in index order; a sample repeated (an
+    upsampled stream) is not a duplicate; the next epoch starts afresh; without room in
+    /dev/shm, no table and a warning."""
+    from gsformat import FormatError
+    from gsformat.loaders import keys
+
+    def where(i):
+        return f"sample {i}"
+    table = keys.SharedKeys.for_epoch(10, f"gsformat_test_{os.getpid()}",
+                                      str(tmp_path / "keys.lock"))
+    first, second = keys.EpochKeys(table, 0, where), keys.EpochKeys(table, 0, where)
+    first.add("k", 7)
+    first.add("k", 7)
+    first.flush()
+    second.add("k", 3)
+    with pytest.raises(FormatError, match=r"^sample 7: key 'k' appears twice in this epoch: "
+                                          r"also at sample 3 "):
+        second.flush()
+    again = keys.EpochKeys(table, 1, where)
+    again.add("k", 3)
+    again.flush()
+    monkeypatch.setattr(keys.shutil, "disk_usage",
+                        lambda path: shutil._ntuple_diskusage(64 << 20, 63 << 20, 1 << 20))
+    with pytest.warns(UserWarning, match="within each DataLoader worker only"):
+        assert keys.SharedKeys.for_epoch(10 ** 6, "unused", str(tmp_path / "x.lock")) is None
 
 
 def test_collate_pads_and_masks(dataset_dir, tmp_path):

@@ -60,7 +60,8 @@ class ShardwiseIteration:
         super().__init__(*args, **kwargs)
         from streaming.base.shared import _get_path
         name = _get_path(self._shm_prefix_int, f"gsformat_keys_{self._unique_rank_world.rank}")
-        self._shared_keys = SharedKeys(self, name, os.path.join(self._filelock_root, name))
+        self._shared_keys = SharedKeys.for_epoch(len(self), name,
+                                                 os.path.join(self._filelock_root, name))
 
     def _sample(self, row: dict, idx: int):
         """A decoded MDS row → the sample (default: the row itself)."""

@@ -13,12 +13,17 @@ worker meets it first.
 Table layout: ``[capacity, 2]`` uint64, open addressing (linear probing) on the key's xxh64:
 ``(xxh64, tag)`` with ``tag = (epoch + 1) << 40 | sample id``. A slot whose tag is of another
 epoch is free, so nothing is cleared between epochs; a sample id seen twice (an upsampled stream
-repeats samples on purpose) is not a duplicate. 16 bytes × capacity, capacity the power of two
-at least 1.5 × the rank's epoch (``len(dataset)``).
+repeats samples on purpose) is not a duplicate. Capacity 1.4 × the rank's epoch
+(``len(dataset)``): 22.4 bytes of shared memory per sample (streaming's own epoch takes 8).
+Where ``/dev/shm`` has not twice that free, no table is made and each worker checks its own keys
+only (with a warning): a process that touches shared memory past /dev/shm's size is killed.
 """
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import warnings
 
 import numpy as np
 import xxhash
@@ -37,13 +42,25 @@ def key_hash(key: str) -> int:
 class SharedKeys:
     """The rank's table (created by the rank's process, zeroed, before any worker starts)."""
 
-    def __init__(self, dataset, name: str, lock_path: str):
+    def __init__(self, capacity: int, name: str, lock_path: str):
         from streaming.base.shared import SharedMemory
-        capacity = 1 << max(10, math.ceil(math.log2(1.5 * max(len(dataset), 1))))
         self.capacity = capacity
         self.lock_path = lock_path
         self.shm = SharedMemory(name=f"{name}_{capacity}", size=16 * capacity)
         self.table()[:] = 0  # a stale table of a killed run under the same name: forget it
+
+    @classmethod
+    def for_epoch(cls, n_samples: int, name: str, lock_path: str) -> "SharedKeys | None":
+        """The table for a rank's epoch of ``n_samples``, or None (with a warning) where
+        /dev/shm lacks room for it."""
+        capacity = max(1024, math.ceil(1.4 * n_samples))
+        free = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else None
+        if free is not None and 16 * capacity > free // 2:
+            warnings.warn(f"keys are checked within each DataLoader worker only: a check across "
+                          f"workers needs {16 * capacity >> 20} MiB of /dev/shm, "
+                          f"{free >> 20} MiB are free", stacklevel=3)
+            return None
+        return cls(capacity, name, lock_path)
 
     def table(self) -> np.ndarray:
         return np.ndarray((self.capacity, 2), np.uint64, buffer=self.shm.buf)
@@ -55,11 +72,11 @@ class SharedKeys:
         if not hasattr(self, "_lock"):
             self._lock = FileLock(self.lock_path)
         table = self.table()
-        mask, epoch_tag = self.capacity - 1, epoch + 1
+        capacity, epoch_tag = self.capacity, epoch + 1
         with self._lock:
             for digest, sample_id in entries.items():
-                slot = digest & mask
-                for _ in range(self.capacity):
+                slot = digest % capacity
+                for _ in range(capacity):
                     tag = int(table[slot, 1])
                     if tag >> ID_BITS != epoch_tag:  # free: empty, or of another epoch
                         table[slot, 0] = digest
@@ -70,7 +87,7 @@ class SharedKeys:
                         if other != sample_id:
                             return digest, sample_id, other
                         break
-                    slot = (slot + 1) & mask
+                    slot = (slot + 1) % capacity
         return None
 
     def __getstate__(self):  # the lock holds a threading lock: made again where it is used
