@@ -62,8 +62,9 @@ class SplatDataset(ShardwiseIteration, StreamingDataset):
             so it is reproducible and survives resumption.
         **kwargs: passed to `streaming.StreamingDataset`. ``validate_hash`` defaults to
             ``"xxh64"`` (gsformat writers record it), so a corrupt compressed or downloaded shard
-            raises ``Checksum failure: <shard>``; pass ``validate_hash=None`` for datasets
-            written without hashes. ``download_timeout`` (60 s) bounds the wait for a shard.
+            raises ``<shard>: xxh64 hash mismatch``; pass ``validate_hash=None`` for datasets
+            written without hashes. Each local shard file is checked too, against the index's
+            raw size and hash. ``download_timeout`` (60 s) bounds the wait for a shard.
 
     Every problem with the data — a malformed index or record, a shard missing, unreadable, of
     another size or hash than the index says or with another sample count, non-finite values, a

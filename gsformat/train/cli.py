@@ -134,15 +134,20 @@ def main(argv=None) -> int:
 
 
 def error_line(exc: BaseException) -> str:
-    """An error as one line (`gsformat.cli.one_line`); one a DataLoader worker raised, which
-    torch re-raises with the worker's traceback as its text, as that error's own message."""
-    from ..cli import one_line
+    """An error as one line, as `gsformat.cli.one_line` writes one (the layer above this one):
+    the message, after the class name where the message alone does not say enough. An error a
+    DataLoader worker raised, which torch re-raises with the worker's traceback as its text, is
+    that error's own message and the worker."""
+    from ..format.errors import FormatError
     text = str(exc).strip()
     if text.startswith("Caught ") and "Original Traceback" in text:
         worker = text.splitlines()[0].removeprefix("Caught ").rstrip(".")  # "X in … process 1"
         message = text.splitlines()[-1].partition(": ")[2]
         return f"{' '.join(message.split())} ({worker.partition(' in ')[2]})"
-    return one_line(exc)
+    text = " ".join(text.split()) or type(exc).__name__
+    if isinstance(exc, (FormatError, ValueError, FileNotFoundError)):
+        return text
+    return f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":
