@@ -93,6 +93,16 @@ def test_pipe_that_fails_is_a_failed_unit(tmp_path, capsys):
     assert "pipe:exit 3" in err and "status 3" in err and "Traceback" not in err
 
 
+def test_a_folder_named_as_tars_is_refused_before_anything_is_written(tmp_path, capsys):
+    write_image_folder(tmp_path / "photos")
+    out = tmp_path / "out"
+    for source_format in ("webdataset", "parquet"):
+        assert convert(str(tmp_path / "photos"), out, "--source-format", source_format) == 2
+        err = capsys.readouterr().err
+        assert "an image folder" in err and "--source-format" in err and err.count("\n") == 1
+        assert not out.exists()  # no convert.json: the corrected command is not refused
+
+
 def test_missing_shard_fails_then_rerun_converts_exactly_it(tmp_path, s3_bucket, s3_server,
                                                             capsys):
     keys = write_tars(tmp_path / "tars", n_tars=4, per_tar=2)

@@ -443,6 +443,13 @@ def open_source(srcs: list[str] | str, source_format: str = "auto", chunk_size: 
                 else (source_format, [spec]) for spec in srcs]
     kinds = {kind for kind, _ in resolved}
     if source_format != "auto":
+        for spec, (kind, _) in zip(srcs, resolved):
+            if kind in ("folder", "mds") and source_format in ("webdataset", "parquet"):
+                raise SourceError(f"{spec}: --source-format {source_format}, but this is "
+                                  f"{'an image folder' if kind == 'folder' else 'an MDS dataset'}"
+                                  f" with no {'tar' if source_format == 'webdataset' else 'Parquet'}"
+                                  f" files at its top (leave out --source-format to convert "
+                                  f"it as it is)")
         kinds = {source_format}
     if len(kinds) > 1:
         raise SourceError(f"SRC arguments of different kinds ({', '.join(sorted(kinds))}): "
