@@ -60,14 +60,14 @@ def source_pixels(out: str, split: str, keys: list[str]) -> np.ndarray:
 
 
 def samples_of(data: str) -> list[dict]:
-    from gsformat.format.dataset import iter_dataset
+    from gsformat.io.dataset_files import iter_dataset
     return list(iter_dataset(data, decode=False))
 
 
 def write_like(data: str, dst: str, samples: list[dict], records: list[bytes] | None = None,
                images: list[bytes] | None = None) -> str:
     """A copy of dataset ``data`` with other records and/or other stored images."""
-    from gsformat.format.dataset import SplatWriter, read_manifest
+    from gsformat.io.dataset_files import SplatWriter, read_manifest
     manifest = read_manifest(data)
     columns = [c for c in manifest["columns"] if c not in ("key", "splats")]
     with SplatWriter(dst, columns=columns, manifest={"class_names": manifest["class_names"]},
@@ -108,7 +108,7 @@ def record_bytes(data: str) -> float:
 
 
 def fit_psnr(data: str) -> float:
-    from gsformat.format.dataset import read_manifest
+    from gsformat.io.dataset_files import read_manifest
     return float(read_manifest(data)["stats"]["psnr_mean"])
 
 

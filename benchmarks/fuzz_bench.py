@@ -131,7 +131,7 @@ def _outcome(buf: bytes):
 def _with_numpy(buf: bytes):
     """The same decode with the C extension switched off (lattice decoders, row check)."""
     from gsformat.codecs import lattice
-    from gsformat.format import record
+    from gsformat.core import record
     saved = lattice._NATIVE, list(record._ROWS_VALID)
     lattice._NATIVE, record._ROWS_VALID[:] = None, [None]
     try:

@@ -131,7 +131,7 @@ def free_gpu_memory(xp):
 def kernel_check(xp, photos, size: int, n: int) -> dict:
     """Splats after a short CPU fit of four photographs; CudaTileEngine vs the C engine."""
     from gsformat.fitting import tiles
-    from gsformat.format.render_math import to_pixels
+    from gsformat.core.render_math import to_pixels
     images = photos[:4]
     fitted = fit_images(images, n, 30, backend="numpy", engine="tiles")
     params = np.stack([to_pixels(s.params.astype(np.float32), size, size)

@@ -32,7 +32,7 @@ def write_datasets(root: str, n_samples: int, n_splats: int, iters: int) -> dict
     from PIL import Image
     from streaming import MDSWriter
     from gsformat.fitting import fit_images
-    from gsformat.format.dataset import SplatWriter
+    from gsformat.io.dataset_files import SplatWriter
     from samples import PHOTOS, load_photo
     photos = np.stack([load_photo(name, 224) for name in PHOTOS])
     fits = fit_images(photos, n_splats, iters).splats

@@ -33,7 +33,7 @@ from gsformat import SplatSet, decode_record, encode_record
 from gsformat.fitting import fit_images
 from gsformat.fitting.engine import evaluate_psnr
 from gsformat.fitting.solve import REFERENCE_PSNR, record_codecs
-from gsformat.format.render_math import psnr
+from gsformat.core.render_math import psnr
 from samples import SKIMAGE_PHOTOS, load_photo
 
 LATTICE = {  # name → steps (position, ln scale, shear, colour) of gsformat.lattice

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from ._version import __version__
 # Importing the codecs registers the gsformat.* ids with numcodecs; every gsformat module is
-# imported through this package, so records always find them (format/record.py asks numcodecs'
+# imported through this package, so records always find them (core/record.py asks numcodecs'
 # registry, never the codec modules: the codecs sit below records, see tests/test_layers.py).
 from . import codecs  # noqa: F401
-from .format import FormatError, SplatSet, UnknownCodecError, decode_record, encode_record
+from .core.errors import FormatError, UnknownCodecError
+from .core.splatset import SplatSet
+from .core.record import decode_record, encode_record
 
 __all__ = ["FormatError", "UnknownCodecError", "SplatSet", "encode_record", "decode_record",
            "render_splats", "__version__"]

@@ -9,16 +9,19 @@ import sys
 
 
 def cmd_validate(args) -> int:
-    from .format.validate import validate_dataset
+    from .io.validate import validate_dataset
     from .render_cli import check_dataset_path
     check_dataset_path(args.path)  # "not found", not "index.json missing"
     report = validate_dataset(args.path, progress=not args.json and sys.stderr.isatty())
+    if [p["problem"] for p in report.problems][:1] == [f"missing: nothing at {args.path} "
+                                                        f"(not found)"]:
+        raise FileNotFoundError(f"{args.path}: not found")  # as for a local path
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
     return 0 if report.valid else 1
 
 
 def cmd_inspect(args) -> int:
-    from .format.dataset import read_index, read_manifest
+    from .io.dataset_files import read_index, read_manifest
     from .render_cli import check_dataset_path, incomplete_note
     check_dataset_path(args.path, manifest=True)
     if args.html:
@@ -135,8 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="reference training: distill | clip | zeroshot | describe",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda a: __import__("gsformat.train.cli", fromlist=["main"]).main(a.rest))
+    p.set_defaults(func=cmd_train)  # (main() hands `train …` to its own parser first)
     return parser
+
+
+def cmd_train(args) -> int:
+    from .train.cli import main as train_main
+    return train_main(args.rest)
 
 
 def main(argv=None) -> int:
@@ -168,8 +176,11 @@ def main(argv=None) -> int:
 def one_line(exc: BaseException) -> str:
     """An exception as one line: its message (the class name where the message does not say
     enough: botocore's, OSError's), newlines folded."""
-    from .format.errors import FormatError
+    from .core.errors import FormatError
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, FileNotFoundError) and not any(
+            words in text.lower() for words in ("not found", "no such", "does not exist")):
+        return f"{text}: not found"  # fsspec's message is the bare URL
     if isinstance(exc, (FormatError, ValueError, FileNotFoundError)):
         return text
     if isinstance(exc, MemoryError):

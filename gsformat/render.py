@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .format import constants as C
-from .format.render_math import dense_render, exact_radius, gaussian, sigma_max
-from .format.splatset import SplatSet
+from .core import constants as C
+from .core.render_math import dense_render, exact_radius, gaussian, sigma_max
+from .core.splatset import SplatSet
 
 DEFAULT_MAX_ELEMENTS = 1 << 24  # floats in one [B, chunk, H, W] block (64 MiB as float32)
 

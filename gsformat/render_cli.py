@@ -23,8 +23,8 @@ def sample_tiles(samples, size: int | None = None, class_names=None):
     record), and the uint8 tiles ``stored`` (None without an image column) and ``splats``
     ``[H, W, 3]``."""
     from PIL import Image
-    from .format.record import decode_record
-    from .format.render_math import psnr
+    from .core.record import decode_record
+    from .core.render_math import psnr
     from .render import render_splats
     for sample in samples:
         record = sample["splats"]
@@ -127,7 +127,7 @@ def render_samples(path: str, index: int, output: str, size: int | None = None,
     small canvas drawn enlarged unless ``size`` is given); returns per-sample info (key,
     n_splats, psnr, bytes)."""
     from PIL import Image
-    from .format.dataset import iter_dataset, read_manifest
+    from .io.dataset_files import iter_dataset, read_manifest
     names = _class_names(path, read_manifest)
     rows = itertools.islice(iter_dataset(path, decode=False), index, index + count)
     entries = list(sample_tiles(rows, size, names))
@@ -151,8 +151,8 @@ def check_dataset_path(path: str, manifest: bool = False) -> None:
     dataset" for a folder without ``gsformat.json`` (naming `gsformat merge` where a
     conversion's parts wait for it). Remote paths: their readers say "not found" themselves."""
     import os
-    from .format import constants as C
-    from .format import storage
+    from .core import constants as C
+    from .io import storage
     if storage.is_remote(path):
         return
     if not os.path.exists(path):
@@ -216,8 +216,8 @@ def _histogram_svg(values, title: str, unit: str, bins: int = 24) -> str:
 def write_html(path: str, output: str, count: int = 24, size: int | None = None) -> dict:
     """A static page: the first ``count`` samples as [stored | splats] cards with key, caption or
     label, PSNR and bytes; histograms of the fit PSNR and the record bytes of every sample."""
-    from .format.dataset import iter_dataset, read_manifest
-    from .format.record import read_header
+    from .io.dataset_files import iter_dataset, read_manifest
+    from .core.record import read_header
     manifest = read_manifest(path)
     names = manifest.get("class_names")
     psnrs, sizes, shown = [], [], []
@@ -267,6 +267,6 @@ addEventListener("load", () => {{ for (const img of document.images)
 </script>
 </body></html>
 """
-    from .format import storage
+    from .io import storage
     storage.write_bytes(output, page.encode())
     return {"samples": len(sizes), "cards": len(cards), "output": output}

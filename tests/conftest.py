@@ -28,7 +28,7 @@ def fitted_splats():
 
 @pytest.fixture()
 def small_dataset(tmp_path, fitted_splats):
-    from gsformat.format.dataset import SplatWriter
+    from gsformat.io.dataset_files import SplatWriter
     out = str(tmp_path / "ds")
     with SplatWriter(out, columns=["caption", "label"], codecs=[{"id": "gsformat.planar"}],
                      size_limit=1 << 14) as writer:

@@ -7,7 +7,7 @@ import msgpack
 import numpy as np
 import zstd
 
-from gsformat.format.dataset import read_index
+from gsformat.io.dataset_files import read_index
 
 
 def shard_path(root, i=0):

@@ -7,9 +7,9 @@ from PIL import Image
 
 from gsformat import decode_record
 from gsformat.cli import main
-from gsformat.format.constants import FORMAT_VERSION
-from gsformat.format.dataset import iter_dataset
-from gsformat.format.validate import validate_dataset
+from gsformat.core.constants import FORMAT_VERSION
+from gsformat.io.dataset_files import iter_dataset
+from gsformat.io.validate import validate_dataset
 from conftest import write_image_folder
 
 TINY = ["--splats", "24", "--iters", "6", "--size", "16", "--no-progress"]
@@ -87,7 +87,7 @@ def test_matched_steps_give_each_record_its_own_steps(tmp_path, capsys):
     """--matched-steps: each record's codec config holds the steps its image's fit chose (the
     configured ones times meta's step_scale); the dataset validates; misuse is one line."""
     from gsformat.fitting.solve import matched_step_scale
-    from gsformat.format.record import read_header
+    from gsformat.core.record import read_header
     write_image_folder(tmp_path / "src")
     out = str(tmp_path / "out")
     codec = '[{"id": "gsformat.lattice-rans", "colour_step": 0.03}]'

@@ -14,7 +14,7 @@ from codec_harness import (buffer_kinds, check_backwards_compatibility, check_co
                            check_repr, write_fixture_once)
 from gsformat import FormatError
 from gsformat.codecs import Entropy, Lattice, LatticeRans, Planar, Quantize
-from gsformat.format.errors import LegacyCodecWarning
+from gsformat.core.errors import LegacyCodecWarning
 from strategies import valid_params
 
 # id → (a codec with non-default parameters, constructor arguments it must refuse, lossless,

@@ -14,7 +14,7 @@ from numcodecs.tests.common import (check_config, check_encode_decode,
                                     check_err_encode_object_buffer)
 
 from gsformat.codecs import Entropy, Lattice, LatticeRans, Planar, Quantize
-from gsformat.format.errors import LegacyCodecWarning
+from gsformat.core.errors import LegacyCodecWarning
 
 LOSSY = {"gsformat.lattice": Lattice(), "gsformat.lattice-rans": LatticeRans(),
          "gsformat.quantize": Quantize(), "gsformat.entropy": Entropy(level=3)}

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from gsformat.cli import main
-from gsformat.format.dataset import iter_dataset, read_manifest
-from gsformat.format.validate import validate_dataset
+from gsformat.io.dataset_files import iter_dataset, read_manifest
+from gsformat.io.validate import validate_dataset
 from conftest import write_image_folder, write_tars
 
 TINY = ["--splats", "24", "--iters", "4", "--size", "16", "--no-progress"]
@@ -174,3 +174,31 @@ def test_kept_image_is_the_quality_95_jpeg_verbatim(tmp_path):
         with open(tmp_path / "src" / sample["source"], "rb") as f:
             expected = encode_jpeg(resize(decode_image(f.read()), 16, "center-crop"))
         assert sample["image"] == expected, sample["key"]
+
+
+def test_convert_options_are_built_once_frozen_and_keep_earlier_outputs_resuming():
+    """The settings hash names a run's parts: the same options must give 0.1's hashes (computed
+    then by its `settings_of`), or every earlier partial conversion would start over."""
+    import argparse
+    import dataclasses
+    import pickle
+    from gsformat.convert.options import ConvertOptions, add_convert_arguments
+    from gsformat.convert.run import settings_hash
+    parser = argparse.ArgumentParser()
+    add_convert_arguments(parser)
+    plain = ConvertOptions.from_args(parser.parse_args(["src", "out"]))
+    assert settings_hash(plain.settings()) == "9ac13c95eba27bf7"
+    many = ConvertOptions.from_args(parser.parse_args([
+        "a.tar", "b.tar", "out", "--splats", "400", "--codec", "gsformat.lattice-rans",
+        "--quantize-aware", "--matched-steps", "--caption-column", "txt", "--world-size", "2",
+        "--rank", "1"]))
+    assert settings_hash(many.settings()) == "539002b8882bab2f"
+    assert many.src == ("a.tar", "b.tar") and many.rank == 1 and many.lossy_codec["id"] == \
+        "gsformat.lattice-rans"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.splats = 3
+    assert pickle.loads(pickle.dumps(many)) == many  # to worker processes and Ray tasks
+    for f in dataclasses.fields(ConvertOptions):  # one help text per option, beside its field
+        assert f.metadata["help"], f.name
+    with pytest.raises(ValueError, match="--compression must be none, zstd or zstd:LEVEL"):
+        ConvertOptions.from_args(parser.parse_args(["src", "out", "--compression", "foo"]))

@@ -16,9 +16,9 @@ import threading
 import pytest
 
 from gsformat.cli import main
-from gsformat.convert import locations
-from gsformat.format.dataset import iter_dataset
-from gsformat.format.validate import validate_dataset
+from gsformat.io import failures
+from gsformat.io.dataset_files import iter_dataset
+from gsformat.io.validate import validate_dataset
 from conftest import write_image_folder, write_tars
 
 TINY = ["--splats", "24", "--iters", "4", "--size", "16", "--no-progress"]
@@ -39,7 +39,7 @@ def summary_of(out):
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch):
-    monkeypatch.setattr(locations, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(failures, "BACKOFF_S", 0.01)
 
 
 # ---- a real http.server that can fail on cue, stop and start again --------------------------
@@ -108,7 +108,7 @@ def test_server_stopped_mid_run_is_unreachable_retried_and_the_rerun_finishes(
     assert len(failed) == 2 and "Traceback" not in err
     for line, name in zip(failed, ("00001.tar", "00002.tar")):
         assert name in line and ": unreachable (" in line and "not found" not in line
-        assert f"{locations.RETRIES} attempts" in line  # retried, with backoff
+        assert f"{failures.RETRIES} attempts" in line  # retried, with backoff
     assert "2 of 3 units failed (2 unreachable)" in err
     # the dataset holds what converted, valid, and says it is incomplete
     assert keys_of(out) == keys[:2] and validate_dataset(str(out)).valid
@@ -291,7 +291,7 @@ def test_convert_help_shows_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for default in ("splat budget per image (default: 1600)", "(default: 1000)",
                     "(default: 224)", "(default: gsformat.planar)", "(default: zstd)",
-                    "(default: 8)", "(default: center-crop)", "--seed SEED (default: 0)"):
+                    "(default: 8)", "(default: center-crop)", "--seed SEED random seed (with each batch's unit and first key) (default: 0)"):
         assert default in text, default
 
 
@@ -351,22 +351,22 @@ def test_failure_kinds():
         (PermissionError("no"), "denied"), (OSError("odd"), "error"), (ValueError("bug"), None),
     ]
     for exc, kind in cases:
-        assert locations.failure_kind(exc) == kind, (exc, kind)
-    assert locations.describe(cases[0][0]) == \
+        assert failures.failure_kind(exc) == kind, (exc, kind)
+    assert failures.describe(cases[0][0]) == \
         "unreachable (ConnectionRefusedError: [Errno 111] refused)"
 
 
 def test_retries_back_off_and_stop_at_permanent_failures(monkeypatch):
     waits = []
-    monkeypatch.setattr(locations.time, "sleep", waits.append)
+    monkeypatch.setattr(failures.time, "sleep", waits.append)
     calls = []
 
     def refused():
         calls.append(1)
         raise ConnectionRefusedError(111, "refused")
     with pytest.raises(ConnectionRefusedError) as caught:
-        locations.with_retries(refused)
-    assert len(calls) == locations.RETRIES and locations.attempts_of(caught.value) == 4
+        failures.with_retries(refused)
+    assert len(calls) == failures.RETRIES and failures.attempts_of(caught.value) == 4
     assert len(waits) == 3 and waits[0] < waits[1] < waits[2]  # doubling (with jitter)
     calls.clear()
 
@@ -374,7 +374,7 @@ def test_retries_back_off_and_stop_at_permanent_failures(monkeypatch):
         calls.append(1)
         raise FileNotFoundError("gone")
     with pytest.raises(FileNotFoundError):
-        locations.with_retries(missing)
+        failures.with_retries(missing)
     assert len(calls) == 1
 
 

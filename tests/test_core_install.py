@@ -17,7 +17,7 @@ import glob, hashlib, json, os, sys
 vectors = sys.argv[1]
 import gsformat
 from gsformat import FormatError, decode_record
-from gsformat.format.validate import validate_dataset
+from gsformat.io.validate import validate_dataset
 assert "torch" not in sys.modules and "scipy" not in sys.modules and "streaming" not in sys.modules
 assert "site-packages" in gsformat.__file__, gsformat.__file__  # the installed copy, not the tree
 decoded = refused = 0

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from gsformat.format.render_math import sigma_max
+from gsformat.core.render_math import sigma_max
 from gsformat.fitting import cuda_tiles, cupy_available, fit_images, tiles
 from gsformat.fitting.cuda_tiles import CudaTileEngine
 from gsformat.fitting.fit import FitOptions, _BatchFit

@@ -6,7 +6,7 @@ from gsformat import SplatSet
 from gsformat.fitting import fit_images, fit_memory_bytes, render_splatsets
 from gsformat.fitting.reference import _render_dense
 from gsformat.fitting.fit import FitOptions, geometry
-from gsformat.format.render_math import to_pixels
+from gsformat.core.render_math import to_pixels
 from conftest import photo
 
 

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from gsformat import FormatError
 from gsformat.cli import main
-from gsformat.format.dataset import SplatWriter, iter_dataset, read_index
-from gsformat.format.validate import validate_dataset
+from gsformat.io.dataset_files import SplatWriter, iter_dataset, read_index
+from gsformat.io.validate import validate_dataset
 from gsformat.loaders import SplatDataset
 from conftest import write_image_folder
 from damage import patch_params, rewrite_sample_record, shard_path
@@ -469,7 +469,7 @@ def test_merge_refuses_a_part_index_that_leaves_the_dataset(ds, tmp_path):
 
 def test_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
     import errno
-    from gsformat.format import storage
+    from gsformat.io import storage
     write_image_folder(tmp_path / "src")
 
     def full(path, data):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gsformat import FormatError, SplatSet, UnknownCodecError, decode_record, encode_record
 from gsformat.codecs import lattice
-from gsformat.format import record as record_module
+from gsformat.core import record as record_module
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from fuzz_bench import budget, main as fuzz_main, mutate  # noqa: E402  (one mutator for both)

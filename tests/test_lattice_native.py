@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from gsformat.codecs import Lattice
 from gsformat.codecs import lattice
-from gsformat.format import constants as C
+from gsformat.core import constants as C
 from strategies import valid_params
 from codec_harness import buffer_kinds, check_native_no_laxer
 from test_codecs_lattice import steps

@@ -1,16 +1,28 @@
-"""The package's layers import one way (issue 19): every import of a gsformat module — at the top
-of a file or inside a function — points to the same rank or below, there are no import cycles,
-and each layer uses only the third-party packages its install extra provides.
+"""The package's folders are its layers and import one way: every import of a gsformat module —
+at the top of a file or inside a function — goes to the module's own layer or one it builds on
+(`BUILDS_ON`, followed transitively), there are no import cycles, and each layer uses only the
+third-party packages its install extra provides.
 
-    rank  layer      modules                                        install (pyproject.toml)
-    0-3   core       constants, errors, zstd_frame, splatset,       (plain install)
-                     render_math, codecs, record
-    4     io         mds, storage, dataset, validate                (plain install)
-    5     fitting    gsformat.fitting                               [fit]
-    6     convert    gsformat.convert                               [fit]
-    7     torch      render, loaders                                [loader]
-    8     train      gsformat.train                                 [train]
-    9     apps       cli, render_cli
+    layer     modules                                   builds on          install (pyproject)
+    version   gsformat._version                         —                  (plain install)
+    core      gsformat/core (constants, errors,         version            (plain install)
+              splatset, render_math, zstd_frame)
+    codecs    gsformat/codecs                           core               (plain install)
+    records   gsformat/core/record.py                   codecs             (plain install)
+    io        gsformat/io (storage, failures, mds,      records            (plain install)
+              dataset_files, validate)
+    fitting   gsformat/fitting                          records            [fit]
+    convert   gsformat/convert                          io, fitting        [fit]
+    render    gsformat/render.py                        records            [loader]
+    loaders   gsformat/loaders                          io, render         [loader]
+    train     gsformat/train                            loaders            [train]
+    apps      gsformat/cli.py, render_cli.py            convert, train     —
+    compat    gsformat/format, _moved.py (old paths)    io                 —
+
+The layers form a tree, not a line: fitting and io are siblings (a fitter needs no datasets),
+so are convert and loaders (reading a dataset never needs the fitter or the converter). The top
+package imports the core and the codecs at import time; nothing but the compat aliases imports
+`gsformat.format`.
 """
 from __future__ import annotations
 
@@ -22,33 +34,53 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "gsformat"
 
-RANKS = [  # (rank, module-name prefixes); the longest matching prefix decides
-    (0, ["gsformat._version", "gsformat.format.constants", "gsformat.format.errors"]),
-    (1, ["gsformat.format.zstd_frame", "gsformat.format.splatset", "gsformat.format.render_math"]),
-    (2, ["gsformat.codecs"]),
-    (3, ["gsformat.format.record", "gsformat.format"]),
-    (4, ["gsformat.format.mds", "gsformat.format.storage", "gsformat.format.dataset",
-         "gsformat.format.validate"]),
-    (5, ["gsformat.fitting"]),
-    (6, ["gsformat.convert"]),
-    (7, ["gsformat.render", "gsformat.loaders"]),
-    (8, ["gsformat.train"]),
-    (9, ["gsformat.cli", "gsformat.render_cli"]),
-]
-CORE = {"numpy", "msgpack", "numcodecs", "zstd"}
-THIRD_PARTY = {  # rank → packages a module of that rank may import at its top
-    0: CORE, 1: CORE, 2: CORE, 3: CORE, 4: CORE | {"xxhash"},
-    5: CORE | {"xxhash", "scipy"}, 6: CORE | {"xxhash", "scipy"},
+LAYERS = {  # layer → module-name prefixes (the longest matching prefix decides)
+    "version": ["gsformat._version"],
+    "core": ["gsformat.core"],
+    "codecs": ["gsformat.codecs"],
+    "records": ["gsformat.core.record"],
+    "io": ["gsformat.io"],
+    "fitting": ["gsformat.fitting"],
+    "convert": ["gsformat.convert"],
+    "render": ["gsformat.render"],
+    "loaders": ["gsformat.loaders"],
+    "train": ["gsformat.train"],
+    "apps": ["gsformat.cli", "gsformat.render_cli"],
+    "compat": ["gsformat.format", "gsformat._moved"],
+    "top": ["gsformat"],
 }
-LAZY_ONLY = {  # rank → packages allowed only inside functions (optional paths of a plain install)
-    4: {"xxhash", "streaming", "PIL", "tqdm"},  # xxh* hashes; remote storage; decoding an image
-                                                # column; validate's progress bar
-    5: {"cupy", "cupyx", "torch"},      # the GPU backend; the dense autograd baseline engine
-    6: {"tqdm", "PIL", "streaming", "cupy", "fsspec", "ray",  # fsspec: URLs but s3://
-        "pyarrow"},                                            # Parquet sources
+BUILDS_ON = {  # layer → the layers right below it
+    "version": set(), "core": {"version"}, "codecs": {"core"}, "records": {"codecs"},
+    "io": {"records"}, "fitting": {"records"}, "convert": {"io", "fitting"},
+    "render": {"records"}, "loaders": {"io", "render"}, "train": {"loaders"},
+    "apps": {"convert", "train"}, "compat": {"io"}, "top": {"codecs", "records"},
+}
+CORE = {"numpy", "msgpack", "numcodecs", "zstd"}
+THIRD_PARTY = {  # layer → packages its modules may import at their top
+    "version": CORE, "core": CORE, "codecs": CORE, "records": CORE, "io": CORE | {"xxhash"},
+    "fitting": CORE | {"xxhash", "scipy"}, "convert": CORE | {"xxhash", "scipy"},
+    "compat": CORE,
+}
+LAZY_ONLY = {  # layer → packages allowed only inside functions (optional paths of a plain install)
+    "io": {"xxhash", "streaming", "PIL", "tqdm", "fsspec"},  # xxh* hashes; remote storage
+                                                # (fsspec URLs); an image column; a progress bar
+    "fitting": {"cupy", "cupyx", "torch"},      # the GPU backend; the dense autograd baseline
+    "convert": {"tqdm", "PIL", "streaming", "cupy", "fsspec", "ray",
+                "pyarrow"},                     # Parquet sources
 }
 # The top package's lazy attribute (`gsformat.render_splats`) is a convenience, not a dependency.
 FACADE_LAZY = {("gsformat", "gsformat.render")}
+
+
+def below(layer: str) -> set[str]:
+    """Every layer ``layer`` may import: itself and what it builds on, transitively."""
+    seen, todo = {layer}, [layer]
+    while todo:
+        for lower in BUILDS_ON[todo.pop()]:
+            if lower not in seen:
+                seen.add(lower)
+                todo.append(lower)
+    return seen
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -60,16 +92,14 @@ def modules() -> dict[str, pathlib.Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def rank_of(name: str) -> int:
+def layer_of(name: str) -> str:
     best = None
-    for rank, prefixes in RANKS:
+    for layer, prefixes in LAYERS.items():
         for prefix in prefixes:
             if name == prefix or name.startswith(prefix + "."):
                 if best is None or len(prefix) > len(best[1]):
-                    best = (rank, prefix)
-    if name == "gsformat":
-        return 3  # the top package imports only the core at import time
-    assert best is not None, f"{name} has no layer: add it to RANKS"
+                    best = (layer, prefix)
+    assert best is not None, f"{name} has no layer: add it to LAYERS"
     return best[0]
 
 
@@ -116,10 +146,10 @@ def test_imports_point_down_the_layers():
         for target, line, lazy in targets:
             if (name, target) in FACADE_LAZY and lazy:
                 continue
-            if rank_of(target) > rank_of(name):
+            if layer_of(target) not in below(layer_of(name)):
                 wrong.append(f"{mods[name].relative_to(PACKAGE.parent)}:{line} {name} "
-                             f"(rank {rank_of(name)}) imports {target} "
-                             f"(rank {rank_of(target)}){' lazily' if lazy else ''}")
+                             f"({layer_of(name)}) imports {target} "
+                             f"({layer_of(target)}){' lazily' if lazy else ''}")
     assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
 
 
@@ -152,30 +182,50 @@ def test_core_and_io_use_only_their_dependencies():
     mods, _, third = graph()
     wrong = []
     for name, uses in third.items():
-        rank = rank_of(name)
-        if rank not in THIRD_PARTY:
+        layer = layer_of(name)
+        if layer not in THIRD_PARTY:
             continue
         for top, line, lazy in uses:
-            if top in THIRD_PARTY[rank] or (lazy and top in LAZY_ONLY.get(rank, set())):
+            if top in THIRD_PARTY[layer] or (lazy and top in LAZY_ONLY.get(layer, set())):
                 continue
             wrong.append(f"{mods[name].relative_to(PACKAGE.parent)}:{line} {name} imports "
                          f"{top}{' lazily' if lazy else ''}")
     assert not wrong, "third-party imports outside the layer's extra:\n" + "\n".join(wrong)
 
 
+def write_package(root: pathlib.Path, files: dict) -> pathlib.Path:
+    fake = root / "gsformat"
+    for rel, text in {"__init__.py": "", **files}.items():
+        path = fake / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for parent in path.relative_to(fake).parents:
+            (fake / parent / "__init__.py").touch()
+        path.write_text(text)
+    return fake
+
+
 def test_the_checker_sees_a_back_import(tmp_path, monkeypatch):
-    """The test can fail: a core module that imports the fitter is reported."""
-    fake = tmp_path / "gsformat"
-    (fake / "format").mkdir(parents=True)
-    (fake / "fitting").mkdir()
-    (fake / "__init__.py").write_text("")
-    (fake / "format" / "__init__.py").write_text("")
-    (fake / "fitting" / "__init__.py").write_text("")
-    (fake / "fitting" / "fit.py").write_text("from ..format import record\n")
-    (fake / "format" / "record.py").write_text("def f():\n    from ..fitting import fit\n")
+    """The test can fail: a record module that imports the fitter is reported, and so is a
+    loader importing the converter (siblings: neither builds on the other)."""
+    fake = write_package(tmp_path, {
+        "fitting/fit.py": "from ..core import record\n",
+        "core/record.py": "def f():\n    from ..fitting import fit\n",
+        "convert/run.py": "X = 1\n",
+        "loaders/dataset.py": "from ..convert.run import X\n"})
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
-    with pytest.raises(AssertionError, match=r"record.py:2 gsformat.format.record \(rank 3\) "
-                                             r"imports gsformat.fitting.fit \(rank 5\) lazily"):
+    with pytest.raises(AssertionError) as failed:
         test_imports_point_down_the_layers()
+    assert "record.py:2 gsformat.core.record (records) imports gsformat.fitting.fit (fitting) " \
+           "lazily" in str(failed.value)
+    assert "dataset.py:1 gsformat.loaders.dataset (loaders) imports gsformat.convert.run " \
+           "(convert)" in str(failed.value)
     with pytest.raises(AssertionError, match="import cycles"):
         test_no_import_cycles()
+
+
+def test_only_the_aliases_import_the_old_paths():
+    mods, edges, _ = graph()
+    users = sorted(f"{name} → {target}" for name, targets in edges.items()
+                   for target, _, _ in targets
+                   if layer_of(target) == "compat" and layer_of(name) != "compat")
+    assert not users, users

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from gsformat import render_splats
-from gsformat.format.dataset import SplatWriter
+from gsformat.io.dataset_files import SplatWriter
 from gsformat.loaders import SplatAugment, SplatDataset, collate_splats, hflip, keep_strongest
 
 N_SAMPLES = 24
@@ -44,7 +44,7 @@ def test_sample_fields(dataset_dir, tmp_path, fitted_splats):
 def test_every_stored_column_reaches_the_sample(tmp_path, fitted_splats):
     """Issue 25 item 7: the ``meta`` column (img2dataset's sidecar) that `iter_dataset` returns
     was dropped; every stored column now comes through, by index and by either iterator."""
-    from gsformat.format.dataset import iter_dataset
+    from gsformat.io.dataset_files import iter_dataset
     out = str(tmp_path / "meta-ds")
     with SplatWriter(out, columns=["caption", "source", "meta"],
                      codecs=[{"id": "gsformat.planar"}]) as writer:

@@ -18,8 +18,8 @@ import pytest
 
 from gsformat.cli import main
 from gsformat.convert.sources import SourceError, open_source
-from gsformat.format.dataset import iter_dataset, read_manifest
-from gsformat.format.validate import validate_dataset
+from gsformat.io.dataset_files import iter_dataset, read_manifest
+from gsformat.io.validate import validate_dataset
 from test_sources import http_root  # noqa: F401  (the http.server fixture)
 
 TINY = ["--splats", "24", "--iters", "4", "--size", "16", "--no-progress"]
@@ -213,7 +213,7 @@ def test_transient_failure_retried_and_an_unreachable_file_a_failed_unit(tmp_pat
                                                                           monkeypatch):
     import socket
     from gsformat.convert import parquet
-    monkeypatch.setattr("gsformat.convert.locations.BACKOFF_S", 0.01)
+    monkeypatch.setattr("gsformat.io.failures.BACKOFF_S", 0.01)
     good, bad = write_img2dataset(tmp_path / "i2d", n_files=2)
     real, failed = parquet.open_parquet, []
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 
 from gsformat import FormatError, SplatSet, UnknownCodecError, decode_record, encode_record
-from gsformat.format import constants as C
+from gsformat.core import constants as C
 from spec_reader import spec_decode
 from strategies import valid_params
 

@@ -4,8 +4,8 @@ import os
 import boto3
 
 from gsformat.cli import main
-from gsformat.format.dataset import iter_dataset
-from gsformat.format.validate import validate_dataset
+from gsformat.io.dataset_files import iter_dataset
+from gsformat.io.validate import validate_dataset
 from conftest import write_image_folder, write_tars
 
 TINY = ["--splats", "24", "--iters", "4", "--size", "16", "--no-progress"]
@@ -56,7 +56,7 @@ def test_missing_objects_and_a_server_that_is_down_are_told_apart(tmp_path, s3_b
     that refuses connections is "unreachable" (retried); what converted is merged."""
     import json
     import socket
-    monkeypatch.setattr("gsformat.convert.locations.BACKOFF_S", 0.01)
+    monkeypatch.setattr("gsformat.io.failures.BACKOFF_S", 0.01)
     keys = write_tars(tmp_path / "tars", n_tars=2, per_tar=1)
     client = boto3.client("s3", endpoint_url=s3_server)
     client.upload_file(str(tmp_path / "tars" / "00000.tar"), s3_bucket, "wds/00000.tar")

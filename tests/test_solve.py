@@ -7,7 +7,7 @@ from gsformat import SplatSet, decode_record, encode_record
 from gsformat.codecs import Lattice
 from gsformat.fitting import fit_images
 from gsformat.fitting.engine import evaluate_psnr
-from gsformat.format.render_math import to_pixels
+from gsformat.core.render_math import to_pixels
 from gsformat.fitting.solve import (_round_with_feedback_reference, colour_system, requantize,
                                     round_with_feedback, solve_colours)
 

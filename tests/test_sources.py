@@ -14,8 +14,8 @@ import boto3
 import pytest
 
 from gsformat.cli import main
-from gsformat.format.dataset import iter_dataset
-from gsformat.format.validate import validate_dataset
+from gsformat.io.dataset_files import iter_dataset
+from gsformat.io.validate import validate_dataset
 from conftest import write_image_folder, write_tars
 
 TINY = ["--splats", "24", "--iters", "4", "--size", "16", "--no-progress"]
@@ -54,6 +54,18 @@ def test_http_brace_list_glob_and_prefix(tmp_path, http_root):
     assert keys_of(tmp_path / "glob") == keys
     assert convert(f"{url}/wds/", tmp_path / "prefix") == 0  # a prefix listed like a folder
     assert keys_of(tmp_path / "prefix") == keys
+
+
+def test_validate_and_inspect_of_a_remote_path_say_what_happened(tmp_path, http_root, capsys):
+    """Missing: "not found" as for a local path; a server that is down: unreachable."""
+    root, url = http_root
+    for command in ("validate", "inspect"):
+        assert main([command, f"{url}/nothing-here"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"gsformat {command}: error: {url}/nothing-here") \
+            and "not found" in err and err.count("\n") == 1, err
+    assert main(["validate", "http://127.0.0.1:9/x"]) == 1  # port 9: nothing listens
+    assert "index.json: cannot read: unreachable" in capsys.readouterr().out
 
 
 def test_memory_filesystem_folder_and_mds(tmp_path):
@@ -147,7 +159,7 @@ def test_nonexistent_bucket_and_refused_connection_are_one_line(tmp_path, s3_ser
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    monkeypatch.setattr("gsformat.convert.locations.BACKOFF_S", 0.01)
+    monkeypatch.setattr("gsformat.io.failures.BACKOFF_S", 0.01)
     assert convert(f"http://127.0.0.1:{port}/00000.tar", tmp_path / "b") == 1
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}/00000.tar" in err and "Traceback" not in err

@@ -87,7 +87,7 @@ def test_stage2_trains_only_the_chosen_groups(tmp_path, digits_dataset):
 
 
 def test_errors_before_training(tmp_path, digits_dataset, fitted_splats):
-    from gsformat.format.dataset import SplatWriter
+    from gsformat.io.dataset_files import SplatWriter
     from gsformat.train.loop import train
     from gsformat.train.zeroshot import evaluate
     bare = str(tmp_path / "bare")
@@ -117,7 +117,7 @@ def test_cli_describe_and_zeroshot(tmp_path, digits_dataset, capsys):
                  str(tmp_path / "cli" / "final.pt")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["classification"]["n_classes"] == 10
-    from gsformat.format.dataset import read_manifest
+    from gsformat.io.dataset_files import read_manifest
     n = read_manifest(os.path.join(digits_dataset, "splats"))["n_samples"]
     cls, ret = result["classification"], result["retrieval"]
     assert result["n_samples"] == n  # every sample evaluated once

@@ -98,7 +98,7 @@ def test_a_damaged_shard_is_one_line_naming_it(tmp_path, digits, capsys, workers
     """Every CLI error one line (issue 25): a shard altered on disk, read by the training loader
     in the process or in DataLoader workers (torch re-raises a worker's error with its whole
     traceback as the text)."""
-    from gsformat.format.dataset import read_index
+    from gsformat.io.dataset_files import read_index
     data = tmp_path / "splats"
     shutil.copytree(digits, data)
     name = read_index(str(data))["shards"][0]["zip_data"]["basename"]
@@ -178,7 +178,7 @@ def test_out_needs_resume_or_overwrite(tmp_path, digits, capsys):
 
 
 def test_zeroshot_on_a_captions_only_set(tmp_path, fitted_splats, capsys):
-    from gsformat.format.dataset import SplatWriter
+    from gsformat.io.dataset_files import SplatWriter
     data = str(tmp_path / "captions")
     with SplatWriter(data, columns=["caption", "label"]) as writer:
         for i, s in enumerate(fitted_splats):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from gsformat.cli import main
-from gsformat.format.dataset import iter_dataset, read_index
-from gsformat.format.validate import validate_dataset
+from gsformat.io.dataset_files import iter_dataset, read_index
+from gsformat.io.validate import validate_dataset
 
 from damage import patch_record, rewrite_sample_record, shard_path
 
@@ -89,7 +89,7 @@ def test_bad_parameters(small_dataset, col, value, message):
 
 
 def test_duplicate_keys(tmp_path, fitted_splats):
-    from gsformat.format.dataset import SplatWriter
+    from gsformat.io.dataset_files import SplatWriter
     from streaming import MDSWriter
     out = str(tmp_path / "dup")
     with SplatWriter(out) as writer:  # a valid manifest first …

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from gsformat import FormatError, decode_record
-from gsformat.format.dataset import iter_dataset, read_manifest
-from gsformat.format.validate import validate_dataset
+from gsformat.io.dataset_files import iter_dataset, read_manifest
+from gsformat.io.validate import validate_dataset
 from spec_reader import SpecError, spec_decode, spec_read_dataset, spec_record
 
 VECTORS = os.path.join(os.path.dirname(__file__), "..", "spec", "vectors")

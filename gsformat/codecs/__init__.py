@@ -12,7 +12,7 @@ The contract every codec here keeps (SPEC.md § 5):
 - ``numcodecs.get_codec(config)`` ignores parameters a codec does not know (SPEC.md § 5: readers
   MUST ignore them); the constructors themselves refuse them (a writer's typo).
 - ``get_config`` is JSON-only; two classes share an id if and only if they are fully compatible.
-- Every size read from an encoded header is checked against `gsformat.format.constants` before
+- Every size read from an encoded header is checked against `gsformat.core.constants` before
   anything is allocated; a malformed buffer raises `gsformat.FormatError`.
 """
 from numcodecs import register_codec

@@ -7,9 +7,9 @@ import numpy as np
 from numcodecs.compat import ensure_contiguous_ndarray, ndarray_copy
 from numcodecs.zstd import Zstd
 
-from ..format import constants as C
-from ..format.errors import FormatError
-from ..format.zstd_frame import decompress_exact
+from ..core import constants as C
+from ..core.errors import FormatError
+from ..core.zstd_frame import decompress_exact
 
 __all__ = ["as_splat_rows", "as_memory_values", "check_out", "copy_out",
            "IgnoresUnknownParameters", "read_u32", "leading_u32", "STEP", "BITS", "zstd_level",

@@ -13,7 +13,7 @@
  * are tested bit for bit against the Python decoders.
  *
  * Entropy stage: zstd frames, each checked to be exactly one frame claiming N bytes (the block
- * walk of gsformat/format/zstd_frame.py) and then decompressed by python-zstd's `decompress`,
+ * walk of gsformat/core/zstd_frame.py) and then decompressed by python-zstd's `decompress`,
  * the library the NumPy decoder uses, so that both agree on every frame, corrupt ones included
  * (two zstd releases do not); or the rANS planes of _rans.c. `decode_planes` gives the Python
  * decoder the planes when `decode` declines a payload for its arithmetic (codes beyond the fast

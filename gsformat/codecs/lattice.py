@@ -43,9 +43,9 @@ import os
 import numpy as np
 from numcodecs.abc import Codec
 
-from ..format import constants as C
-from ..format.errors import FormatError
-from ..format.zstd_frame import decompress_exact
+from ..core import constants as C
+from ..core.errors import FormatError
+from ..core.zstd_frame import decompress_exact
 from ._common import (STEP, IgnoresUnknownParameters, as_splat_rows, check_out, copy_out,
                       leading_u32, read_u32, zstd_compress, zstd_level)
 

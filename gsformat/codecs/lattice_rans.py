@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import rans
-from ..format.errors import FormatError
+from ..core.errors import FormatError
 from .lattice import HEADER_BYTES, Lattice
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numcodecs.abc import Codec
 
-from ..format import constants as C
-from ..format.errors import FormatError
+from ..core import constants as C
+from ..core.errors import FormatError
 from ._common import (IgnoresUnknownParameters, as_memory_values, check_out, copy_out,
                       leading_u32, read_u32, zstd_compress, zstd_decompress, zstd_level)
 

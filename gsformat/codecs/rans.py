@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..format.errors import FormatError
+from ..core.errors import FormatError
 
 LANES = 32
 STREAMS = 4  # lanes 8j … 8j + 7 read stream j

@@ -11,13 +11,13 @@ that ``N`` workers on ``N`` cores use each core once, and a single unit still ge
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import pickle
 import shutil
 import tempfile
 
-from .unit import Progress, failure_record, run_unit, unit_location, write_failure
+from .unit import (ImageBudget, Progress, failure_record, run_unit, unit_location,
+                   write_failure)
 
 BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 PRELOAD = [__name__, "streaming"]  # what the fork server imports once for every worker
@@ -49,14 +49,15 @@ def _load_source(source_or_path):
     return _SOURCES[source_or_path]
 
 
-def _unit_task(source, unit, part_dir, args, digest, threads: int | None = None) -> dict:
+def _unit_task(source, unit, part_dir, options, digest, threads: int | None = None) -> dict:
     """One unit in a worker process (or a Ray task): `run_unit`'s result, without its bar."""
     if threads:
         os.environ["GSFORMAT_THREADS"] = str(threads)  # this process's own environment
-    if args.device == "gpu":
+    if options.device == "gpu":
         bind_gpu()
     progress = Progress(None, disable=True)
-    result = run_unit(_load_source(source), unit, part_dir, args, digest, progress, [math.inf])
+    result = run_unit(_load_source(source), unit, part_dir, options, digest, progress,
+                      ImageBudget())
     progress.close()
     return result
 
@@ -69,17 +70,17 @@ def bind_gpu() -> None:
     cupy.cuda.Device(int(os.environ.get("LOCAL_RANK", 0)) % max(count, 1)).use()
 
 
-def _run_on_ray(todo, source, args, digest, progress) -> list[dict]:
+def _run_on_ray(todo, source, options, digest, progress) -> list[dict]:
     """Every unit a Ray task (``num_gpus=1`` with ``--device gpu``); results as they finish."""
     import ray
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 **({} if address else {"num_cpus": max(args.workers, 1)}))
-    task = ray.remote(num_cpus=1, num_gpus=1 if args.device == "gpu" else 0,
+                 **({} if address else {"num_cpus": max(options.workers, 1)}))
+    task = ray.remote(num_cpus=1, num_gpus=1 if options.device == "gpu" else 0,
                       max_retries=0)(_unit_task)
     source_ref = ray.put(source)  # once, not with every task
-    pending = {task.remote(source_ref, unit, part_dir, args, digest): unit
+    pending = {task.remote(source_ref, unit, part_dir, options, digest): unit
                for unit, part_dir in todo}
     pending_dirs = {unit.name: part_dir for unit, part_dir in todo}
     failures = []
@@ -148,7 +149,7 @@ class Workers:
         else:
             self.context = multiprocessing.get_context("spawn")
 
-    def run(self, todo, source, args, digest, progress) -> list[dict]:
+    def run(self, todo, source, options, digest, progress) -> list[dict]:
         import concurrent.futures
         self.scratch = tempfile.mkdtemp(prefix="gsformat-source-")
         path = os.path.join(self.scratch, "source.pickle")
@@ -158,7 +159,7 @@ class Workers:
             self.workers, mp_context=self.context, initializer=_start_worker,
             initargs=(self.context.Value("i", 0),))
         threads = threads_per_unit(self.workers, len(todo))
-        futures = [self.pool.submit(_unit_task, path, unit, part_dir, args, digest, threads)
+        futures = [self.pool.submit(_unit_task, path, unit, part_dir, options, digest, threads)
                    for unit, part_dir in todo]
         failures = []
         for future in concurrent.futures.as_completed(futures):
@@ -176,23 +177,23 @@ class Workers:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def run_units(todo, source, args, digest, progress, budget, workers: Workers | None = None
+def run_units(todo, source, options, digest, progress, budget, workers: Workers | None = None
               ) -> list[dict]:
     """Convert the units ``todo`` ([(unit, part_dir)]) here, in the ``workers`` processes or
     as Ray tasks; returns the failure record of each unit that failed (`unit.failure_record`;
     a unit that kept part of its data is in the dataset and failed too)."""
-    if args.distributor == "ray":
-        return _run_on_ray(todo, source, args, digest, progress)
+    if options.distributor == "ray":
+        return _run_on_ray(todo, source, options, digest, progress)
     if workers is not None and todo:
-        return workers.run(todo, source, args, digest, progress)
-    if args.device == "gpu":
+        return workers.run(todo, source, options, digest, progress)
+    if options.device == "gpu":
         bind_gpu()
     failures = []
     for unit, part_dir in todo:
-        result = run_unit(source, unit, part_dir, args, digest, progress, budget)
+        result = run_unit(source, unit, part_dir, options, digest, progress, budget)
         if result["failure"] is not None:
             failures.append(result["failure"])
         progress.unit_done()
-        if budget[0] <= 0:
+        if budget.left <= 0:
             break
     return failures

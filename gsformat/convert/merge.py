@@ -18,10 +18,10 @@ import os
 
 import numpy as np
 
-from ..format import constants as C
-from ..format import mds, storage
-from ..format.dataset import make_manifest, read_index, write_manifest
-from ..format.errors import FormatError
+from ..core import constants as C
+from ..io import mds, storage
+from ..io.dataset_files import make_manifest, read_index, write_manifest
+from ..core.errors import FormatError
 
 from .options import CONVERT_JSON, FAILURE_JSON, PART_JSON, REJECTS
 

@@ -4,12 +4,12 @@ an image column of ``{bytes, path}`` structs, ``ClassLabel`` names in the schema
 column beside ``key``, ``caption``, ``url`` and the other sidecar fields).
 
 - `open_parquet`: a ``pyarrow.parquet.ParquetFile`` reading byte ranges of any location
-  `locations` reads: local, fsspec URLs, ``s3://`` through streaming's boto3 client (one S3
-  client, as `locations` says); a server that ignores ranges is copied to a temporary file.
+  `io.storage` reads: local, fsspec URLs, ``s3://`` through streaming's boto3 client (one S3
+  client, as `io.storage` says); a server that ignores ranges is copied to a temporary file.
 - `find_columns`: the image column by type (or name), caption / label / key columns by name,
   every other scalar column for ``meta``.
 - `read_rows`: the rows of some row groups, one row group read at a time, only the columns
-  used. Footers are read with `locations.with_retries`; a transient failure while reading rows
+  used. Footers are read with `failures.with_retries`; a transient failure while reading rows
   fails the unit, which `unit.convert_with_retries` redoes (units are small).
 
 pyarrow is imported inside the functions: the convert layer loads without it.
@@ -26,7 +26,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Iterator
 
-from . import locations
+from ..io import failures, storage
 
 IMAGE_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp")  # preferred among image columns
 CAPTION_NAMES = ("caption", "text", "txt")
@@ -115,8 +115,8 @@ def open_parquet(url: str):
     """A ``ParquetFile`` for ``url`` (its footer read); OSError / ValueError when it cannot be
     opened or is not Parquet."""
     import pyarrow.parquet as pq
-    url = locations.local_path(url)
-    kind = locations.scheme_of(url)
+    url = storage.local_path(url)
+    kind = storage.scheme_of(url)
     if kind == "":
         with pq.ParquetFile(url) as parquet_file:
             yield parquet_file
@@ -154,7 +154,7 @@ def read_footer(url: str):
             meta = parquet_file.metadata
             return parquet_file.schema_arrow, [meta.row_group(g).num_rows
                                                for g in range(meta.num_row_groups)]
-    return locations.with_retries(footer)
+    return failures.with_retries(footer)
 
 
 def read_footers(urls: list[str]) -> list:
@@ -165,7 +165,7 @@ def read_footers(urls: list[str]) -> list:
             return read_footer(url)
         except Exception as exc:
             return exc
-    if all(locations.scheme_of(locations.local_path(u)) == "" for u in urls) or len(urls) == 1:
+    if all(storage.scheme_of(storage.local_path(u)) == "" for u in urls) or len(urls) == 1:
         return [attempt(u) for u in urls]
     import concurrent.futures
     with concurrent.futures.ThreadPoolExecutor(min(FOOTER_THREADS, len(urls))) as pool:

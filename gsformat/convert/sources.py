@@ -1,5 +1,5 @@
 """Image sources for ``gsformat convert``: folders, WebDataset tars, MDS datasets, Parquet
-files, at any location `locations` reads (local, ``file://``, ``s3://``, fsspec URLs, ``pipe:``).
+files, at any location `io.storage` reads (local, ``file://``, ``s3://``, fsspec URLs, ``pipe:``).
 
 A source is split into *units* (a chunk of files, one tar, one MDS shard, a Parquet file or a
 run of its row groups) in a deterministic
@@ -22,9 +22,9 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ..format import mds, storage
-from ..format.errors import FormatError
-from . import locations, parquet
+from ..core.errors import FormatError
+from ..io import failures, storage, mds
+from . import parquet
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "gif")
 MAX_IMAGE_BYTES = 256 << 20
@@ -83,8 +83,8 @@ class FolderSource:
     kind = "folder"
 
     def __init__(self, root: str, chunk_size: int = 512, files: list[str] | None = None):
-        self.root = root.rstrip("/") if locations.scheme_of(root) else root
-        files = locations.list_files(root) if files is None else files
+        self.root = root.rstrip("/") if storage.scheme_of(root) else root
+        files = storage.list_files(root) if files is None else files
         self.images = [f for f in files if f.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
         self.captions = {f.rsplit(".", 1)[0] for f in files if f.endswith(".txt")}
         if not self.images:
@@ -118,16 +118,16 @@ class FolderSource:
                 if self.captions:
                     caption = ""
                     if stem in self.captions:
-                        text = locations.with_retries(lambda: locations.read_bytes(
+                        text = failures.with_retries(lambda: storage.read_bytes(
                             storage.join(self.root, stem + ".txt"), MAX_SIDECAR_BYTES))
                         caption = text.decode("utf-8", "replace").strip()
-                data = locations.with_retries(lambda: locations.read_bytes(path,
+                data = failures.with_retries(lambda: storage.read_bytes(path,
                                                                            MAX_IMAGE_BYTES))
             except ValueError as exc:  # over the size limit: this image only
                 yield Item(self.keys[rel], None, path, None, label, reason=f"unreadable: {exc}")
                 continue
             except Exception as exc:
-                if locations.scheme_of(path) == "" and not locations.is_transient(exc):
+                if storage.scheme_of(path) == "" and not failures.is_transient(exc):
                     yield Item(self.keys[rel], None, path, None, label,
                                reason=f"unreadable: {exc}")  # a broken local file: rejected
                     continue
@@ -169,7 +169,7 @@ class WebDatasetSource:
         path = unit.refs[0]
         prefix = f"{unit.label}/" if unit.label else ""
         try:
-            with locations.open_stream(path) as stream:
+            with storage.open_stream(path) as stream:
                 archive = tarfile.open(fileobj=stream, mode="r|*")
                 key, parts = None, {}
                 for member in archive:
@@ -225,9 +225,9 @@ class MDSSource:
     kind = "mds"
 
     def __init__(self, root: str, image_column: str | None = None):
-        self.root = root.rstrip("/") if locations.scheme_of(root) else root
+        self.root = root.rstrip("/") if storage.scheme_of(root) else root
         try:
-            index_bytes = locations.with_retries(lambda: locations.read_bytes(
+            index_bytes = failures.with_retries(lambda: storage.read_bytes(
                 storage.join(self.root, "index.json"), 64 << 20))
             self.index = mds.read_index(index_bytes)
         except FileNotFoundError:
@@ -278,7 +278,7 @@ class MDSSource:
         name = (zipped or raw)["basename"]
         url = storage.join(self.root, name)
         try:
-            data = locations.with_retries(lambda: locations.read_bytes(url, mds.MAX_SHARD_BYTES))
+            data = failures.with_retries(lambda: storage.read_bytes(url, mds.MAX_SHARD_BYTES))
         except Exception as exc:
             raise UnitError(f"{url}: {type(exc).__name__}: {exc}") from None
         return mds.decompress(data, info.get("compression") if zipped else None, raw["bytes"])
@@ -397,8 +397,8 @@ def _resolve(spec: str, source_format: str = "auto") -> tuple[str, list[str]]:
     its metadata in them), unless ``source_format`` is ``parquet``."""
     if spec.startswith("pipe:"):
         return "webdataset", [spec]
-    names = locations.expand(spec)
-    if (any(c in spec for c in locations.GLOB_CHARS) or "{" in spec) and not names:
+    names = storage.expand(spec)
+    if (any(c in spec for c in storage.GLOB_CHARS) or "{" in spec) and not names:
         raise SourceError(f"{spec}: matches nothing")
     for suffix, kind in SHARD_KINDS:
         if names and all(n.endswith(suffix) for n in names):
@@ -406,14 +406,14 @@ def _resolve(spec: str, source_format: str = "auto") -> tuple[str, list[str]]:
     if len(names) > 1:
         return "webdataset", names
     root = names[0] if names else spec
-    kind = locations.scheme_of(root)
+    kind = storage.scheme_of(root)
     if kind == "" and not os.path.exists(root):
         raise SourceError(f"{root}: not found (expected a folder, tar shards, Parquet files "
                           f"or MDS)")
     if kind == "" and not os.path.isdir(root):
         raise SourceError(f"{root}: not a folder, tar shard, Parquet file or MDS dataset")
     try:
-        files = locations.with_retries(lambda: locations.list_files(root))
+        files = failures.with_retries(lambda: storage.list_files(root))
     except Exception as exc:
         raise SourceError(f"{root}: cannot list: {type(exc).__name__}: {exc}") from None
     if "index.json" in files:

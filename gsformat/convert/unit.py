@@ -10,23 +10,36 @@ records why, for the merge's summary."""
 from __future__ import annotations
 
 import json
+import math
 import sys
-import time
 import zlib
 
 import numpy as np
 
-from ..format import storage
-from ..format.dataset import SplatWriter
+from ..io import failures, storage
+from ..io.dataset_files import SplatWriter
 from ..fitting import fit_images
 from ..fitting.images import MIN_SIDE
-from . import locations
 from .imageio import RejectedImage, decode_image, encode_jpeg, resize
-from .options import FAILURE_JSON, LOSSY_CODECS, PART_JSON, REJECTS, parse_codecs
+from .options import FAILURE_JSON, PART_JSON, REJECTS, ConvertOptions
 
 
-def columns_of(source, args) -> list[str]:
-    return list(source.columns) + (["image"] if args.keep_image else [])
+def columns_of(source, options: ConvertOptions) -> list[str]:
+    return list(source.columns) + (["image"] if options.keep_image else [])
+
+
+class ImageBudget:
+    """``--limit``: how many more images this process may read (inf without a limit)."""
+
+    def __init__(self, limit: int | None = None):
+        self.left = math.inf if limit is None else limit
+
+    def take(self) -> bool:
+        """One more image, if the budget allows."""
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
 
 
 class Progress:
@@ -72,17 +85,12 @@ class Progress:
         self.bar.close()
 
 
-def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progress,
-                 budget: list[int]) -> dict:
+def convert_unit(source, unit, part_dir: str, options: ConvertOptions, digest: str,
+                 progress: Progress, budget: ImageBudget) -> dict:
     """Convert one unit into ``part_dir``; returns its part.json content."""
-    codecs = parse_codecs(args.codec)
-    lossy = next((c for c in codecs if c.get("id") in LOSSY_CODECS), None) \
-        if args.quantize_aware else None
-    backend = {"auto": "auto", "cpu": "numpy", "gpu": "cupy"}[args.device]
-    compression = None if args.compression in ("none", "") else args.compression
-    columns = columns_of(source, args)
-    writer = SplatWriter(part_dir, columns=columns, codecs=codecs, compression=compression,
-                         exist_ok=True)
+    columns = columns_of(source, options)
+    writer = SplatWriter(part_dir, columns=columns, codecs=options.codecs,
+                         compression=options.shard_compression, exist_ok=True)
     stats = {"hash": digest, "unit": unit.name, "n_written": 0, "n_rejected": 0, "psnr": [],
              "record_bytes": 0, "source_bytes": 0, "pixel_bytes": 0, "fit_seconds": 0.0,
              "complete": True}
@@ -100,15 +108,16 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
         if not batch:
             return
         images = np.stack([image for _, image, _ in batch])
-        seed = args.seed + zlib.crc32(f"{unit.name}/{batch[0][0].key}".encode())
-        result = fit_images(images, args.splats, args.iters, backend=backend, init=args.init,
-                            prune_threshold=args.prune_threshold, prune_at=args.prune_at,
-                            l1_colour=args.l1_colour, seed=seed, quantize=lossy,
-                            quantize_reference_psnr=args.matched_steps)
+        seed = options.seed + zlib.crc32(f"{unit.name}/{batch[0][0].key}".encode())
+        result = fit_images(images, options.splats, options.iters, backend=options.backend,
+                            init=options.init, prune_threshold=options.prune_threshold,
+                            prune_at=options.prune_at, l1_colour=options.l1_colour, seed=seed,
+                            quantize=options.lossy_codec,
+                            quantize_reference_psnr=options.matched_steps)
         stats["fit_seconds"] += result.seconds
         for (item, image, nbytes), splats in zip(batch, result.splats):
             record_size = write_sample(writer, item, splats,
-                                       image if args.keep_image else None, columns)
+                                       image if options.keep_image else None, columns)
             stats["n_written"] += 1
             stats["psnr"].append(round(float(splats.meta["psnr"]), 3))
             stats["record_bytes"] += record_size
@@ -118,9 +127,9 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
 
     try:
         try:
-            _fill(source, unit, args, budget, stats, pending, seen, reject, flush)
+            _fill(source, unit, options, budget, stats, pending, seen, reject, flush)
         except Exception as exc:
-            if locations.failure_kind(exc) != locations.DAMAGED:
+            if failures.failure_kind(exc) != failures.DAMAGED:
                 raise
             # the data is cut short or corrupt: keep the samples read before it (WebDataset's
             # behaviour); the part carries the failure, so a re-run converts the unit again
@@ -138,13 +147,13 @@ def convert_unit(source, unit, part_dir: str, args, digest: str, progress: Progr
     return stats
 
 
-def _fill(source, unit, args, budget, stats, pending, seen, reject, flush) -> None:
+def _fill(source, unit, options: ConvertOptions, budget: ImageBudget, stats, pending, seen,
+          reject, flush) -> None:
     """Read, check, resize and batch the unit's images; ``flush`` fits and writes a batch."""
     for item in source.items(unit):
-        if budget[0] <= 0:
+        if not budget.take():
             stats["complete"] = False
             break
-        budget[0] -= 1
         if item.reason:
             reject(item, item.reason)
             continue
@@ -161,13 +170,13 @@ def _fill(source, unit, args, budget, stats, pending, seen, reject, flush) -> No
             reject(item, f"image too small: {decoded.shape[0]}×{decoded.shape[1]} pixels "
                          f"(need ≥ {MIN_SIDE} per side)")
             continue
-        image = resize(decoded, args.size, args.resize)
+        image = resize(decoded, options.size, options.resize)
         h, w = image.shape[:2]
-        if h * w < args.splats:
-            reject(item, f"image too small: {h}×{w} pixels for {args.splats} splats")
+        if h * w < options.splats:
+            reject(item, f"image too small: {h}×{w} pixels for {options.splats} splats")
             continue
         pending.setdefault(image.shape, []).append((item, image, len(item.data)))
-        if len(pending[image.shape]) >= args.batch:
+        if len(pending[image.shape]) >= options.batch:
             flush(image.shape)
     for shape in list(pending):
         flush(shape)
@@ -176,7 +185,7 @@ def _fill(source, unit, args, budget, stats, pending, seen, reject, flush) -> No
 def write_sample(writer, item, splats, image, columns) -> int:
     """Write one fitted image; returns its record size. Missing captions are "", labels -1."""
     from ..fitting.solve import record_codecs
-    from ..format.record import encode_record
+    from ..core.record import encode_record
     record = encode_record(splats, record_codecs(writer.codecs, splats))  # matched steps
     extra = {"source": item.source}
     if "caption" in columns:
@@ -191,16 +200,16 @@ def write_sample(writer, item, splats, image, columns) -> int:
     return len(record)
 
 
-def convert_with_retries(source, unit, part_dir, args, digest, progress, budget) -> dict:
-    """`convert_unit`, redone from scratch after a transient failure (`locations.with_retries`:
+def convert_with_retries(source, unit, part_dir, options, digest, progress, budget) -> dict:
+    """`convert_unit`, redone from scratch after a transient failure (`failures.with_retries`:
     refused, reset, timed out, 5xx, throttled); any other failure is raised at once."""
-    spent, counted = budget[0], progress.snapshot()
+    spent, counted = budget.left, progress.snapshot()
 
     def attempt():
-        budget[0] = spent  # a retried unit starts over, its items uncounted
+        budget.left = spent  # a retried unit starts over, its items uncounted
         progress.restore(counted)
-        return convert_unit(source, unit, part_dir, args, digest, progress, budget)
-    return locations.with_retries(attempt)
+        return convert_unit(source, unit, part_dir, options, digest, progress, budget)
+    return failures.with_retries(attempt)
 
 
 def unit_location(unit) -> str:
@@ -219,28 +228,28 @@ def failure_line(unit, exc: BaseException) -> str:
             else ""
         head = text[:-len(tail)].rstrip(": ") if tail and text.endswith(tail) \
             and len(text) > len(tail) else text
-    attempts = locations.attempts_of(exc)
-    return f"{head}: {locations.describe(exc)}" + (f", {attempts} attempts" if attempts > 1
+    attempts = failures.attempts_of(exc)
+    return f"{head}: {failures.describe(exc)}" + (f", {attempts} attempts" if attempts > 1
                                                    else "")
 
 
 def failure_record(unit, exc: BaseException, digest: str, kept: int = 0) -> dict:
     """What `FAILURE_JSON` (and a damaged part's ``part.json``) records of a failed unit."""
     return {"hash": digest, "unit": unit.name, "location": unit_location(unit),
-            "kind": locations.failure_kind(exc) or locations.ERROR,
-            "error": failure_line(unit, exc), "attempts": locations.attempts_of(exc),
+            "kind": failures.failure_kind(exc) or failures.ERROR,
+            "error": failure_line(unit, exc), "attempts": failures.attempts_of(exc),
             "samples_kept": kept}
 
 
-def run_unit(source, unit, part_dir, args, digest, progress, budget) -> dict:
+def run_unit(source, unit, part_dir, options, digest, progress, budget) -> dict:
     """One unit, retried as `convert_with_retries` does: ``{"unit", "stats", "failure"}`` —
     stats of its part (None when it failed before one was written), and the failure record
     (None when it converted whole; also written to the part's `FAILURE_JSON` when no part
     was). An exception that is not about reading the source (a bug) propagates."""
     try:
-        stats = convert_with_retries(source, unit, part_dir, args, digest, progress, budget)
+        stats = convert_with_retries(source, unit, part_dir, options, digest, progress, budget)
     except Exception as exc:
-        if locations.failure_kind(exc) is None:
+        if failures.failure_kind(exc) is None:
             raise
         failure = failure_record(unit, exc, digest)
         write_failure(part_dir, failure)

@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
-from ..format.render_math import EXACT_SIGMAS, exact_radius, psnr, sigma_max, to_pixels
-from ..format.splatset import SplatSet
+from ..core.render_math import EXACT_SIGMAS, exact_radius, psnr, sigma_max, to_pixels
+from ..core.splatset import SplatSet
 from .backend import get_xp, to_numpy
 from .cuda_kernel import MAX_WINDOW, CudaWindowKernel
 from . import kernel as kernel_mod

@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..format import constants as C
-from ..format.render_math import BT709, sigma_max, to_normalised, to_pixels
-from ..format.splatset import SplatSet
+from ..core import constants as C
+from ..core.render_math import BT709, sigma_max, to_normalised, to_pixels
+from ..core.splatset import SplatSet
 from .backend import get_xp, to_numpy
 from .engine import evaluate_psnr, fused, make_engine, resolve_engine, window_kernel
 from .images import as_float_rgb
@@ -25,12 +25,11 @@ from . import placement
 from . import kernel as kernel_mod
 from .kernel import WindowKernel, window_entries
 from .tiles import K_SIGMA
+from .defaults import DEFAULT_ITERS
 from .solve import has_steps, matched_step_scale, requantize, scale_steps
 
 MIN_SIGMA = 0.3  # pixels: narrower splats alias and stop receiving useful gradients
 DEFAULT_MEMORY_LIMIT = 2 << 30
-DEFAULT_ITERS = 1000  # `fit_images` and `gsformat convert` (fit_bench.py: the previous fitter's
-# 2,000-iteration mean PSNR is reached at ~500 on the tuning set; 1,000 for its worst images)
 
 
 @dataclass
@@ -399,7 +398,7 @@ class _BatchFit:
 
 def _quantised(splats, target_np, opts: FitOptions, r_max: int) -> list[SplatSet]:
     """What records with ``opts.quantize`` store (solve.py), with matched steps if asked."""
-    from ..format.record import get_codec
+    from ..core.record import get_codec
     codec = get_codec(opts.quantize)
     codecs = [codec] * len(splats)
     if opts.quantize_reference_psnr is not None:  # matched steps (solve.py)

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..format import constants as C
+from ..core import constants as C
 
 
 def grid_shape(n_splats: int, height: int, width: int) -> tuple[int, int]:

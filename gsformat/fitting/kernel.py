@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from ..format import constants as C
+from ..core import constants as C
 
 SQRT_HALF = math.sqrt(0.5)
 # cuSPARSE (CuPy's sparse products) indexes the window matrix with int32: a batch must hold fewer

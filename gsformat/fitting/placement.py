@@ -23,7 +23,7 @@ drawn from a seeded NumPy generator: the same splats on either backend for a see
 """
 from __future__ import annotations
 
-from ..format import constants as C
+from ..core import constants as C
 
 
 def _box3(xp, image):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..format.render_math import dense_render
+from ..core.render_math import dense_render
 
 
 def _render_dense(params, height: int, width: int) -> np.ndarray:

@@ -29,16 +29,16 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
-from ..format import constants as C
-from ..format.render_math import to_pixels
-from ..format.splatset import SplatSet
+from ..core import constants as C
+from ..core.render_math import to_pixels
+from ..core.splatset import SplatSet
+from .defaults import REFERENCE_PSNR  # noqa: F401 (solve's callers name it here)
 from .kernel import WindowKernel
 
 DAMP = 1e-4           # H + DAMP·mean(diag H)·I: keeps the factorisation well conditioned
 RIDGE = 1e-6          # least-squares ridge (splats that cover no pixel get colour 0)
 MAX_FEEDBACK_SPLATS = 4096  # dense N×N inverse above this: round without feedback instead
 STEP_FIELDS = ("position_step", "scale_step", "shear_step", "colour_step")
-REFERENCE_PSNR = 30.0  # matched steps: the fit quality a codec's steps are for, by default
 STEP_SCALE_RANGE = (1 / 8, 4.0)  # matched steps: at most 8× finer or 4× coarser than given
 # (finer, FP16's own rounding of colours up to 4 would approach half a colour step of the
 # default lattice, and re-encoding decoded splats would no longer give the same values)
@@ -139,7 +139,7 @@ def requantize(splats: SplatSet, image: np.ndarray, codec, radius: int) -> Splat
 
 def has_steps(config: dict) -> bool:
     """Whether a codec config is one with lattice steps (gsformat.lattice, lattice-rans)."""
-    from ..format.record import get_codec
+    from ..core.record import get_codec
     return all(hasattr(get_codec(config), name) for name in STEP_FIELDS)
 
 
@@ -156,7 +156,7 @@ def scale_steps(config: dict, factor: float) -> dict:
     bound), the position step then rounded to a power of two (in log: FP16 positions are
     multiples of powers of two, so those steps keep re-encoding exact, SPEC § 5.5); the codec's
     defaults filled in first."""
-    from ..format.record import get_codec
+    from ..core.record import get_codec
     full = get_codec(config).get_config()
     scaled = {name: min(1.0, float(full[name]) * factor) for name in STEP_FIELDS}
     scaled["position_step"] = 2.0 ** round(np.log2(scaled["position_step"]))

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..format import constants as C
-from ..format.render_math import BT709
+from ..core import constants as C
+from ..core.render_math import BT709
 
 
 def splat_strength(params: np.ndarray) -> np.ndarray:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from streaming import StreamingDataset
 
-from ..format.errors import FormatError
-from ..format import constants as C
-from ..format.record import decode_params
+from ..core.errors import FormatError
+from ..core import constants as C
+from ..core.record import decode_params
 from .augment import SplatAugment, keep_strongest
 from .iteration import ShardwiseIteration
 from .stream import STREAM_NAME, checked

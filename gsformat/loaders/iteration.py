@@ -40,8 +40,8 @@ from time import sleep, time_ns
 
 import numpy as np
 
-from ..format import mds
-from ..format.errors import FormatError
+from ..io import mds
+from ..core.errors import FormatError
 from .keys import EpochKeys, SharedKeys
 
 try:  # streaming's epoch state; without it, streaming's own iterator is used
@@ -346,9 +346,9 @@ def _check_key(keys: EpochKeys, sample, sample_id: int) -> None:
 
 class _MappedRows:
     """MDS rows read from memory maps of the shards (a few kept open), instead of streaming's
-    open–seek–read–close per sample, parsed by the format's own MDS reader (`format.mds`: every
+    open–seek–read–close per sample, parsed by the format's own MDS reader (`io.mds`: every
     count, offset and size checked). ``read`` returns None whenever streaming's own path is needed
-    (a shard not on disk yet, not an MDS shard, or with a column encoding `format.mds` does not
+    (a shard not on disk yet, not an MDS shard, or with a column encoding `io.mds` does not
     decode as streaming does), so `get_item`'s download and retry logic stays in charge of the
     cache. A mapping outlives an eviction of its file (the data stays valid). Each shard is
     checked (`ShardwiseIteration._check_shard`) when it is mapped. The ``splats`` column comes as
@@ -406,7 +406,7 @@ class _MappedRows:
 
 
 _VIEWS = frozenset({"splats"})
-# the encodings format.mds decodes to what streaming's reader returns (others: streaming's path)
+# the encodings io.mds decodes to what streaming's reader returns (others: streaming's path)
 DECODED_ALIKE = frozenset({"str", "bytes", "jpeg", *mds.FIXED_SIZES})
 
 

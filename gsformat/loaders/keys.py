@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 import xxhash
 
-from ..format.errors import FormatError
+from ..core.errors import FormatError
 
 FLUSH_EVERY = 64
 ID_BITS = 40  # sample ids below 2⁴⁰; the epoch + 1 in the 24 bits above

@@ -4,7 +4,7 @@ streaming trusts ``index.json``: it joins each shard's basename to the remote an
 cache and then downloads, decompresses and deletes files at those paths, so an index with a
 basename like ``../../victim.txt`` writes or removes files outside the cache. `get_shards` runs
 before any shard I/O (streaming calls `set_up_local` and `prepare_shard` only after it), so the
-checks live there: every entry of the index the validator's way (`gsformat.format.mds.read_index`:
+checks live there: every entry of the index the validator's way (`gsformat.io.mds.read_index`:
 types, relative names inside the dataset, no file listed twice), a local dataset's names
 resolved without leaving it (symlinks included), a shard the index calls empty opened to check
 that it is (streaming never opens one), and ``gsformat.json``'s major version.
@@ -20,10 +20,10 @@ import os
 from streaming.base.format import get_index_basename
 from streaming.base.stream import Stream, streams_registry
 
-from ..format import constants as C
-from ..format import mds, storage
-from ..format.dataset import read_manifest, read_shard
-from ..format.errors import FormatError
+from ..core import constants as C
+from ..io import mds, storage
+from ..io.dataset_files import read_manifest, read_shard
+from ..core.errors import FormatError
 
 STREAM_NAME = "gsformat"
 

@@ -138,7 +138,7 @@ def error_line(exc: BaseException) -> str:
     the message, after the class name where the message alone does not say enough. An error a
     DataLoader worker raised, which torch re-raises with the worker's traceback as its text, is
     that error's own message and the worker."""
-    from ..format.errors import FormatError
+    from ..core.errors import FormatError
     text = str(exc).strip()
     if text.startswith("Caught ") and "Original Traceback" in text:
         worker = text.splitlines()[0].removeprefix("Caught ").rstrip(".")  # "X in … process 1"

@@ -8,9 +8,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..format import constants as C
-from ..format import storage
-from ..format.dataset import read_manifest
+from ..core import constants as C
+from ..io import storage
+from ..io.dataset_files import read_manifest
 from ..loaders import SplatDataset, collate_splats
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from ..format import constants as C
+from ..core import constants as C
 
 EPS = 1e-6
 

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..format.dataset import read_manifest
+from ..io.dataset_files import read_manifest
 from .data import image_size_of, make_loader, pixels_for
 from .loop import build_model, load_checkpoint, pick_device
 from .config import TrainConfig

@@ -108,7 +108,7 @@ def main() -> None:
 
     dataset = os.path.join(HERE, "dataset-1.0")
     if not os.path.exists(dataset):
-        from gsformat.format.dataset import SplatWriter
+        from gsformat.io.dataset_files import SplatWriter
         images = np.stack([load_photo(n, 32) for n in ("astronaut", "coffee", "chelsea")])
         fits = fit_images(images, 40, 150, backend="numpy").splats
         rows = []

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numcodecs.abc import Codec
 
-from ...format import constants as C
-from ...format.errors import FormatError
+from ...core import constants as C
+from ...core.errors import FormatError
 from .._common import (BITS, IgnoresUnknownParameters, as_splat_rows, check_out, copy_out,
                        leading_u32, read_u32, zstd_compress, zstd_decompress, zstd_level)
 from .quantize import (CHUNK, HEADER_BYTES, Quantize, dequantize, quantize_codes, read_ranges,

@@ -27,8 +27,8 @@ import warnings
 import numpy as np
 from numcodecs.abc import Codec
 
-from ...format import constants as C
-from ...format.errors import FormatError, LegacyCodecWarning
+from ...core import constants as C
+from ...core.errors import FormatError, LegacyCodecWarning
 from .._common import (BITS, IgnoresUnknownParameters, as_splat_rows, check_out, copy_out,
                        leading_u32, read_u32)
 
