@@ -12,7 +12,7 @@ import json
 import sys
 from dataclasses import MISSING, fields
 
-from .config import ARCHITECTURE, HELP, TrainConfig, model_name_of
+from .config import ARCHITECTURE, TrainConfig, model_name_of
 
 STAGES = {"distill": "stage 1: distil an RGB teacher's embedding into the splat stem",
           "clip": "stage 2: CLIP-align the stem, first blocks and projection with captions"}
@@ -23,22 +23,24 @@ def _default_of(f):
 
 
 def _add_config_flags(parser) -> None:
+    """One flag per `TrainConfig` field but ``stage`` (the subcommand): its help is the field's
+    ``metadata["help"]`` and its type the field's annotation (bool: --x/--no-x; list: a list)."""
     parser.add_argument("--config", help="a JSON file of these settings; flags override it")
     for f in fields(TrainConfig):
         if f.name == "stage":
             continue
         flag = "--" + f.name.replace("_", "-")
         default = _default_of(f)
-        text = f"{HELP.get(f.name, f.name)} (default: {default})"
-        if isinstance(default, bool):
+        text = f"{f.metadata['help']} (default: {default})"
+        kind = f.type.split("|")[0].strip()  # "int | None" → "int" (annotations are strings)
+        if kind == "bool":
             parser.add_argument(flag, dest=f.name, default=None, help=text,
                                 action=argparse.BooleanOptionalAction)
-        elif f.name == "unfreeze":
+        elif kind.startswith("list["):
             parser.add_argument(flag, dest=f.name, default=None, nargs="+", help=text)
         else:
-            kind = int if isinstance(default, int) or f.name == "max_splats" else \
-                float if isinstance(default, float) else str
-            parser.add_argument(flag, dest=f.name, default=None, type=kind, help=text)
+            parser.add_argument(flag, dest=f.name, default=None, help=text,
+                                type={"int": int, "float": float, "str": str}[kind])
 
 
 def _config(args, stage: str) -> TrainConfig:
