@@ -24,7 +24,7 @@ setup(ext_modules=[
         # no errno or FP traps: lets GCC vectorise sqrtf and the selects (no -ffast-math: the
         # rounding trick in exp_nonpos needs exact float arithmetic)
         extra_compile_args=["-O3", "-std=c11", "-Wall", "-pthread", "-fno-math-errno",
-                            "-fno-trapping-math", "-funroll-loops"],
+                            "-fno-trapping-math", "-funroll-loops", "-ffp-contract=fast"],
         extra_link_args=["-pthread"],
         optional=True,
     ),

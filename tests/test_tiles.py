@@ -112,6 +112,43 @@ def test_results_identical_for_any_thread_count():
         np.testing.assert_array_equal(grad, results[0][2])
 
 
+def test_thin_tilted_splats_and_a_crowded_tile_match_autograd():
+    """Rows an entry reaches are found per tile from its ellipse: thin splats at ±60° whose
+    ellipses cross tile corners and edges only partly; one thread meets a few sparse tiles and
+    then one with ~250 entries (its store of G per row grows mid-call)."""
+    height = width = 48
+    rng = np.random.default_rng(11)
+    n = 260
+    params = np.zeros((1, n, 8), np.float32)
+    params[0, :, 0] = rng.uniform(32, 48, n)  # most in the last tile
+    params[0, :, 1] = rng.uniform(32, 48, n)
+    params[0, :10, :2] = rng.uniform(0, 48, (10, 2))
+    angle = rng.choice([-1.05, 1.05], n) + rng.normal(0, 0.05, n)
+    long_, short = rng.uniform(2, 9, n), rng.uniform(0.3, 0.8, n)
+    # L Lᵀ = R diag(long², short²) Rᵀ, L lower triangular (Cholesky, as the fitter stores it)
+    sxx = (long_ * np.cos(angle)) ** 2 + (short * np.sin(angle)) ** 2
+    sxy = (long_ ** 2 - short ** 2) * np.cos(angle) * np.sin(angle)
+    syy = (long_ * np.sin(angle)) ** 2 + (short * np.cos(angle)) ** 2
+    params[0, :, 2] = np.sqrt(sxx)
+    params[0, :, 3] = sxy / params[0, :, 2]
+    params[0, :, 4] = np.sqrt(syy - params[0, :, 3].astype(np.float64) ** 2)
+    params[0, :, 5:8] = rng.uniform(-0.3, 0.4, (n, 3))
+    near = (np.abs(tiles.exponent(params, height, width) - K_SIGMA ** 2) < 1e-3).any(axis=(2, 3))
+    params[near] = 0.0  # a splat near its cut: colour and extent 0, covers nothing
+    params[near, 2] = params[near, 4] = 1.0
+    target = target_images(1, height, width)
+    scale = 2.0 / (height * width * 3)
+    render, mse, grad = TileEngine(1, n, height, width, threads=1).loss_grad(params, target,
+                                                                             scale)
+    loss, ref = _loss_grad_boxes(params, target)
+    np.testing.assert_allclose(mse.sum(), loss, rtol=1e-5)
+    np.testing.assert_allclose(render, _render_boxes(params, height, width), atol=1e-5)
+    np.testing.assert_array_less(np.abs(grad - ref).max(axis=(0, 1)),
+                                 2e-5 * np.abs(ref).max(axis=(0, 1)) + 1e-9)
+    again = TileEngine(1, n, height, width, threads=2).loss_grad(params, target, scale)
+    np.testing.assert_array_equal(again[2], grad)
+
+
 def test_footprint_twins_agree_and_bound_the_ellipse():
     height, width, n = 40, 50, 200
     params = make_params(np.random.default_rng(2), 1, n, height, width)[0]

@@ -8,23 +8,26 @@
  * Footprint: a splat covers the pixels whose centres lie inside its ellipse at k σ,
  * z₁² + z₂² = dᵀΣ⁻¹d ≤ k², so G ≥ exp(−k²/2) wherever it is cut (0.2 % of |c| at k = 3.5). The
  * ellipse's bounding box, |dx| ≤ k·√Σxx = k·|l11| and |dy| ≤ k·√Σyy = k·√(l21² + l22²)
- * (`footprint`, Python's `tiles.footprint` is the same), bins splats into tiles; per row only
- * the 8-lane chunks that the ellipse reaches are evaluated (`row_spans`).
+ * (`footprint`, Python's `tiles.footprint` is the same), bins splats into tiles; per entry only
+ * the tile rows whose span the ellipse reaches are evaluated (`row_spans`).
  *
  * Per call (`loss_grad`):
  *   1. per image: each splat's box → the tiles it touches → (tile, splat) entries in CSR order,
  *      splats in index order within a tile (binning; serial per image, O(N · tiles per splat));
  *   2. per tile, any thread (a shared counter hands out tiles of every image of the batch):
- *      forward: render = Σ G·c over the tile's entries; residual r = render − target, the
- *      tile's Σ r² and ∂L/∂I = scale · r; backward: for each entry the colour gradient Σ G·∂L/∂I
+ *      forward: render = Σ G·c over the tile's entries, G of each row kept in the thread's
+ *      cache; residual r = render − target, the tile's Σ r² and ∂L/∂I = scale · r; backward:
+ *      for each entry (G from the cache, z₁ and z₂ recomputed) the colour gradient Σ G·∂L/∂I
  *      and, with A = G · Σ_c c_c ∂L/∂I_c, the five moments Σ A z₁, Σ A z₂, Σ A z₁², Σ A z₁z₂,
  *      Σ A z₂² → the geometry gradient, written to the entry's own slot (no atomics);
  *   3. per image: entries' gradients summed into their splats in entry order, tiles' Σ r² in
  *      tile order — so the result does not depend on the number of threads.
- * Rows of a tile are evaluated 8 lanes at a time (lanes outside the ellipse give 0): a fixed
- * trip count the compiler vectorises (selects, not branches: with -fno-trapping-math GCC
- * if-converts them for AVX2 as well as AVX-512). This is the structure of a CUDA tile kernel
- * (gsplat's): one block per tile, one thread per pixel, `fitting/cuda_tiles.py` translates it.
+ * A tile row is evaluated as one 16-lane vector per entry (lanes outside the ellipse give 0;
+ * one AVX-512 register, two AVX2 ones): a fixed trip count the compiler vectorises (selects,
+ * not branches: with -fno-trapping-math GCC if-converts them). The helpers are always inlined
+ * so that each target clone of `do_tile` vectorises them for its own instruction set. This is
+ * the structure of a CUDA tile kernel (gsplat's): one block per tile, one thread per pixel,
+ * `fitting/cuda_tiles.py` translates it.
  *
  * Reference twins: `gsformat.fitting.tiles._render_boxes` (values) and `_loss_grad_boxes`
  * (gradients, PyTorch autograd), dense and obvious; tests/test_tiles.py compares them.
@@ -43,7 +46,6 @@
 #endif
 
 #define TILE 16
-#define CHUNK 8   /* lanes evaluated together: a tile row is two chunks */
 #define MAX_THREADS 256
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(NO_CLONES)
@@ -51,6 +53,11 @@
 #define KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define KERNEL
+#endif
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))  /* into each clone of do_tile */
+#else
+#define INLINE static inline
 #endif
 
 typedef struct {
@@ -61,13 +68,9 @@ typedef struct {
 
 typedef struct { int32_t x0, x1, y0, y1; } Box;  /* pixel ranges [x0, x1) × [y0, y1); empty ok */
 
-/* A thread's store of what the forward pass computes for each entry of a tile — its row spans,
- * then G, z₁, z₂ of every chunk — read back in the same order by the backward pass. */
-typedef struct { float *values; size_t chunks; } Cache;
-
 /* exp(x) for x ≤ 0 without branches (vectorisable): x = n·ln2 + r, |r| ≤ ln2/2, a degree-6
  * polynomial for eʳ (relative error < 2·10⁻⁷), 2ⁿ by the exponent bits; below −87 it is 0. */
-static inline float exp_nonpos(float x) {
+INLINE float exp_nonpos(float x) {
     const float lo = -87.0f;
     const float clamped = x > lo ? x : lo;
     const float t = clamped * 1.44269504088896341f;
@@ -188,36 +191,11 @@ static int bin_batch(Batch *w) {
     return 1;
 }
 
-/* The lanes of each tile row inside the ellipse, [lo[ly], hi[ly]] (empty: hi < lo), all rows
- * at once (vectorised): for fixed dy, z₁² + z₂² ≤ k² is a quadratic in u = dx / l11 whose
- * roots are u = (dy·l21 ± |l22|·√(k²(l21² + l22²) − dy²)) / (l21² + l22²). Conservative by
- * 0.01 px: the mask q ≤ k² in `chunk_gaussian` decides, spans only skip lanes surely outside. */
-static inline void row_spans(const Splat *sp, int tx0, int ty0, int cols,
-                             int32_t *restrict lo, int32_t *restrict hi) {
-    const float y0 = (float)ty0 + 0.5f - sp->y, x = sp->x - (float)tx0, k2a = sp->k2a;
-    const float al22 = sp->al22, l21 = sp->l21, scale = sp->l11 * sp->ia, last = (float)(cols - 1);
-    float first[TILE], final[TILE];
-    for (int ly = 0; ly < TILE; ly++) {
-        const float dy = y0 + (float)ly;
-        const float disc = k2a - dy * dy;
-        const float root = al22 * sqrtf(disc > 0.0f ? disc : 0.0f), mid = dy * l21;
-        const float u0 = scale * (mid - root), u1 = scale * (mid + root);
-        const float start = ceilf(x + (u0 < u1 ? u0 : u1) - 0.51f);
-        const float end = floorf(x + (u0 < u1 ? u1 : u0) - 0.49f);
-        first[ly] = start > 0.0f ? start : 0.0f;
-        final[ly] = disc < 0.0f ? -1.0f : end < last ? end : last;
-    }
-    for (int ly = 0; ly < TILE; ly++) {
-        lo[ly] = (int32_t)first[ly];
-        hi[ly] = (int32_t)final[ly];
-    }
-}
-
-/* G on 8 lanes of a row, 0 outside the ellipse z₁² + z₂² ≤ k²; z₁, z₂ kept for backward */
-static inline void chunk_gaussian(const Splat *sp, float dy, const float *restrict dx,
-                                  float *restrict g, float *restrict z1, float *restrict z2) {
+/* G on the 16 lanes of a tile row, 0 outside the ellipse z₁² + z₂² ≤ k²; z₁, z₂ too. */
+INLINE void row_gaussian(const Splat *restrict sp, float dy, const float *restrict dx,
+                         float *restrict g, float *restrict z1, float *restrict z2) {
     const float il11 = sp->il11, l21 = sp->l21, il22 = sp->il22, k2 = sp->k2;
-    for (int l = 0; l < CHUNK; l++) {
+    for (int l = 0; l < TILE; l++) {
         const float a = dx[l] * il11;
         const float b = (dy - l21 * a) * il22;
         const float q = a * a + b * b;
@@ -228,132 +206,255 @@ static inline void chunk_gaussian(const Splat *sp, float dy, const float *restri
     }
 }
 
-/* The rows of the tile the splat's box covers, [*ly0, *ly1) (tile-local). */
-static inline void box_rows(Box box, int ty0, int rows, int *ly0, int *ly1) {
-    *ly0 = box.y0 > ty0 ? box.y0 - ty0 : 0;
-    *ly1 = box.y1 - ty0 < rows ? box.y1 - ty0 : rows;
+/* The tile rows an entry reaches, [*a, *b): rows of its box with some lane of the tile inside
+ * the ellipse (contiguous: the ellipse is convex), all rows at once (vectorised). For fixed dy,
+ * z₁² + z₂² ≤ k² is a quadratic in u = dx / l11 whose roots are
+ * u = (dy·l21 ± |l22|·√(k²(l21² + l22²) − dy²)) / (l21² + l22²); a row is reached where that
+ * span holds a lane centre of the tile. Conservative by 0.01 px: the mask q ≤ k² in
+ * `row_gaussian` decides, this only skips rows surely outside. */
+INLINE void entry_rows(const Splat *sp, Box box, int tx0, int ty0, int rows, int cols,
+                       int *a, int *b) {
+    const float y0 = (float)ty0 + 0.5f - sp->y, x = sp->x - (float)tx0, k2a = sp->k2a;
+    const float al22 = sp->al22, l21 = sp->l21, scale = sp->l11 * sp->ia, last = (float)(cols - 1);
+    float low[TILE], high[TILE];  /* a reached row's index, else past the other end */
+    for (int ly = 0; ly < TILE; ly++) {
+        const float dy = y0 + (float)ly;
+        const float disc = k2a - dy * dy;
+        const float root = al22 * sqrtf(disc > 0.0f ? disc : 0.0f), mid = dy * l21;
+        const float u0 = scale * (mid - root), u1 = scale * (mid + root);
+        const float start = ceilf(x + (u0 < u1 ? u0 : u1) - 0.51f);
+        const float end = floorf(x + (u0 < u1 ? u1 : u0) - 0.49f);
+        const float first = start > 0.0f ? start : 0.0f, final = end < last ? end : last;
+        const int live = disc >= 0.0f && final >= first;
+        low[ly] = live ? (float)ly : (float)TILE;
+        high[ly] = live ? (float)ly : -1.0f;
+    }
+    int lowest = TILE, highest = -1;  /* separate loop: integer min / max vectorise */
+    for (int ly = 0; ly < TILE; ly++) {
+        const int l = (int)low[ly], h = (int)high[ly];
+        lowest = l < lowest ? l : lowest;
+        highest = h > highest ? h : highest;
+    }
+    const int ly0 = box.y0 > ty0 ? box.y0 - ty0 : 0;
+    const int ly1 = box.y1 - ty0 < rows ? box.y1 - ty0 : rows;
+    *a = lowest > ly0 ? lowest : ly0;
+    *b = highest + 1 < ly1 ? highest + 1 : ly1;
 }
 
-KERNEL static void do_tile(Batch *w, int64_t tile, float *cache) {
+/* Forward for one entry: its G·c added to the tile's render `acc`, G of each row it reaches
+ * kept in `kept` (TILE floats a row, `stride` apart: 0 overwrites one row). Returns those rows,
+ * [a, b) as a | b << 8. */
+INLINE uint32_t forward_entry(const Splat *restrict sp, Box box, int tx0, int ty0, int rows,
+                              int cols, float (*restrict acc)[TILE * TILE],
+                              float *restrict kept, int stride) {
+    float dx[TILE], z1[TILE], z2[TILE];
+    int a, b;
+    entry_rows(sp, box, tx0, ty0, rows, cols, &a, &b);
+    const float red = sp->r, green = sp->g, blue = sp->b;
+    for (int l = 0; l < TILE; l++)
+        dx[l] = (float)(tx0 + l) + 0.5f - sp->x;
+    for (int ly = a; ly < b; ly++) {
+        const float *g = kept;
+        row_gaussian(sp, (float)(ty0 + ly) + 0.5f - sp->y, dx, kept, z1, z2);
+        kept += stride;
+        float *restrict r = acc[0] + ly * TILE, *restrict gr = acc[1] + ly * TILE,
+                        *restrict bl = acc[2] + ly * TILE;
+        for (int l = 0; l < TILE; l++) {
+            r[l] += g[l] * red;
+            gr[l] += g[l] * green;
+            bl[l] += g[l] * blue;
+        }
+    }
+    return (uint32_t)a | (uint32_t)(b > a ? b : a) << 8;
+}
+
+/* The sums of the 16 lanes of each of 8 rows, pairwise. GCC: by whole-vector shuffles (23
+ * operations; lane by lane, the 8 chains of 15 dependent adds cost ~10 % of the engine). */
+#if defined(__GNUC__) && !defined(__clang__) && TILE == 16
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t i16 __attribute__((vector_size(64)));
+
+/* a macro, not a function: a function returning a vector would warn about the ABI */
+#define pair_sum(a, b, even, odd) (__builtin_shuffle(a, b, even) + __builtin_shuffle(a, b, odd))
+
+INLINE void lane_sums(const float (*restrict s)[TILE], float *restrict sum) {
+    const i16 h0 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+              h1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+              q0 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27},
+              q1 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31},
+              p0 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29},
+              p1 = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31},
+              e0 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30},
+              e1 = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+    v16 v[8];
+    memcpy(v, s, sizeof v);
+    const v16 w01 = pair_sum(v[0], v[1], h0, h1), w23 = pair_sum(v[2], v[3], h0, h1),
+              w45 = pair_sum(v[4], v[5], h0, h1), w67 = pair_sum(v[6], v[7], h0, h1);
+    const v16 x0 = pair_sum(w01, w23, q0, q1), x1 = pair_sum(w45, w67, q0, q1);
+    const v16 y = pair_sum(x0, x1, p0, p1);        /* lanes 2k, 2k + 1: halves of row k's sum */
+    const v16 z = pair_sum(y, y, e0, e1);          /* lane k: row k's sum */
+    memcpy(sum, &z, 8 * sizeof(float));
+}
+#else
+INLINE void lane_sums(const float (*restrict s)[TILE], float *restrict sum) {
+    for (int k = 0; k < 8; k++) {
+        float t[TILE];
+        memcpy(t, s[k], sizeof t);
+        for (int half = TILE / 2; half >= 1; half /= 2)
+            for (int l = 0; l < half; l++)
+                t[l] += t[l + half];
+        sum[k] = t[0];
+    }
+}
+#endif
+
+/* Backward for one entry, ∂L/∂I in `dl`, G of its rows `live` (as forward_entry returns them)
+ * from `kept` (z₁, z₂ recomputed:
+ * three operations, against a load each): its gradient into `out` (8 floats). */
+INLINE void backward_entry(const Splat *restrict sp, uint32_t live, const float *restrict kept,
+                           int tx0, int ty0, const float (*restrict dl)[TILE * TILE],
+                           float *restrict out) {
+    float dx[TILE];
+    float s[8][TILE];  /* per lane: Σ A z₁, A z₂, A z₁², A z₁z₂, A z₂², G·∂L/∂I (r, g, b) */
+    const float red = sp->r, green = sp->g, blue = sp->b;
+    const float il11 = sp->il11, l21 = sp->l21, il22 = sp->il22;
+    memset(s, 0, sizeof s);
+    for (int l = 0; l < TILE; l++)
+        dx[l] = ((float)(tx0 + l) + 0.5f - sp->x) * il11;
+    for (int ly = (int)(live & 0xff); ly < (int)(live >> 8); ly++) {
+        const float dy = (float)(ty0 + ly) + 0.5f - sp->y;
+        const float *g = kept;
+        kept += TILE;
+        const float *dr = dl[0] + ly * TILE, *dg = dl[1] + ly * TILE, *db = dl[2] + ly * TILE;
+        for (int l = 0; l < TILE; l++) {
+            const float z1 = dx[l], z2 = (dy - l21 * z1) * il22;
+            const float a = g[l] * (red * dr[l] + green * dg[l] + blue * db[l]);
+            const float az1 = a * z1, az2 = a * z2;
+            s[0][l] += az1;
+            s[1][l] += az2;
+            s[2][l] += az1 * z1;
+            s[3][l] += az1 * z2;
+            s[4][l] += az2 * z2;
+            s[5][l] += g[l] * dr[l];
+            s[6][l] += g[l] * dg[l];
+            s[7][l] += g[l] * db[l];
+        }
+    }
+    float sum[8];
+    lane_sums(s, sum);
+    const float shear = l21 * il22;
+    out[0] = (sum[0] - shear * sum[1]) * il11;   /* ∂L/∂x  */
+    out[1] = sum[1] * il22;                      /* ∂L/∂y  */
+    out[2] = (sum[2] - shear * sum[3]) * il11;   /* ∂L/∂l11 */
+    out[3] = sum[3] * il22;                      /* ∂L/∂l21 */
+    out[4] = sum[4] * il22;                      /* ∂L/∂l22 */
+    out[5] = sum[5], out[6] = sum[6], out[7] = sum[7];
+}
+
+/* The tile's render into `render`, and with a target its Σ r² (returned) and ∂L/∂I = scale · r
+ * in place of the render in `acc`; lanes off the canvas get 0. Σ r² in double, per lane and
+ * channel, then summed in a fixed order. */
+INLINE double tile_residual(Batch *w, int64_t pixel0, int rows, int cols,
+                            float (*restrict acc)[TILE * TILE]) {
+    if (w->render != NULL)
+        for (int ly = 0; ly < rows; ly++) {
+            float *restrict out = w->render + 3 * (pixel0 + (int64_t)ly * w->width);
+            for (int lx = 0; lx < cols; lx++)
+                for (int c = 0; c < 3; c++)
+                    out[3 * lx + c] = acc[c][ly * TILE + lx];
+        }
+    if (w->target == NULL)
+        return 0.0;
+    float target[3][TILE * TILE];  /* planar, 0 off the canvas */
+    memset(target, 0, sizeof target);
+    for (int ly = 0; ly < rows; ly++) {
+        const float *restrict in = w->target + 3 * (pixel0 + (int64_t)ly * w->width);
+        for (int lx = 0; lx < cols; lx++)
+            for (int c = 0; c < 3; c++)
+                target[c][ly * TILE + lx] = in[3 * lx + c];
+    }
+    double lanes[3][TILE] = {{0}};
+    const float scale = w->grad_scale;
+    for (int ly = 0; ly < TILE; ly++) {
+        const float inside = ly < rows ? 1.0f : 0.0f;
+        for (int c = 0; c < 3; c++)
+            for (int lx = 0; lx < TILE; lx++) {
+                const int at = ly * TILE + lx;
+                const float mask = lx < cols ? inside : 0.0f;
+                const float residual = (acc[c][at] - target[c][at]) * mask;
+                lanes[c][lx] += (double)residual * residual;
+                acc[c][at] = scale * residual;
+            }
+    }
+    double sse = 0.0;
+    for (int c = 0; c < 3; c++)
+        for (int lx = 0; lx < TILE; lx++)
+            sse += lanes[c][lx];
+    return sse;
+}
+
+/* A thread's store of what the forward pass keeps for the backward pass: per entry its rows,
+ * and G of each of those rows. */
+typedef struct { uint32_t *live; float *g; size_t entries; } Cache;
+
+/* One tile: forward over its entries, loss, then backward, each entry's gradient into its own
+ * slot. `cache` (NULL: render only) holds room for the tile's entries. */
+KERNEL static void do_tile(Batch *w, int64_t tile, Cache *cache) {
     const int image = (int)(tile / w->tiles), t = (int)(tile % w->tiles);
     const int tx0 = (t % w->tiles_x) * TILE, ty0 = (t / w->tiles_x) * TILE;
     const int rows = w->height - ty0 < TILE ? w->height - ty0 : TILE;
     const int cols = w->width - tx0 < TILE ? w->width - tx0 : TILE;
     const Splat *splats = w->splats + (int64_t)image * w->n;
     const Box *boxes = w->boxes + (int64_t)image * w->n;
+    const int32_t *entry_splat = w->entry_splat;
     const int64_t first = w->tile_start[tile], last = w->tile_start[tile + 1];
     float acc[3][TILE * TILE];  /* the tile's render, then ∂L/∂I, per channel */
-    float scratch[3 * CHUNK], dx[TILE];
-    float *cached = cache != NULL ? cache : scratch;  /* forward: where G, z₁, z₂ go */
-    int ly0, ly1;
-    int32_t lo[TILE], hi[TILE];
+    float scratch[TILE];
+    float *kept = cache != NULL ? cache->g : scratch;
+    const int stride = cache != NULL ? TILE : 0;
     memset(acc, 0, sizeof acc);
-
-    /* forward: Σ G·c over the tile's entries */
     for (int64_t e = first; e < last; e++) {
-        const Splat *sp = splats + w->entry_splat[e];
-        box_rows(boxes[w->entry_splat[e]], ty0, rows, &ly0, &ly1);
-        for (int l = 0; l < TILE; l++)
-            dx[l] = (float)(tx0 + l) + 0.5f - sp->x;
-        row_spans(sp, tx0, ty0, cols, lo, hi);
-        if (cache != NULL) {  /* the spans too: the backward pass reads them back */
-            memcpy(cached, lo, sizeof lo);
-            memcpy(cached + TILE, hi, sizeof hi);
-            cached += 2 * TILE;
-        }
-        for (int ly = ly0; ly < ly1; ly++) {
-            const float dy = (float)(ty0 + ly) + 0.5f - sp->y;
-            if (hi[ly] < lo[ly])
-                continue;
-            for (int c = lo[ly] / CHUNK; c <= hi[ly] / CHUNK; c++) {
-                float *g = cached, *z1 = cached + CHUNK, *z2 = cached + 2 * CHUNK;
-                if (cache != NULL)
-                    cached += 3 * CHUNK;
-                chunk_gaussian(sp, dy, dx + c * CHUNK, g, z1, z2);
-                const int at = ly * TILE + c * CHUNK;
-                for (int l = 0; l < CHUNK; l++) {
-                    acc[0][at + l] += g[l] * sp->r;
-                    acc[1][at + l] += g[l] * sp->g;
-                    acc[2][at + l] += g[l] * sp->b;
-                }
-            }
+        const int32_t s = entry_splat[e];
+        const uint32_t live = forward_entry(splats + s, boxes[s], tx0, ty0, rows, cols, acc,
+                                            kept, stride);
+        if (cache != NULL) {
+            cache->live[e - first] = live;
+            kept += stride * (int)((live >> 8) - (live & 0xff));
         }
     }
     const int64_t pixel0 = ((int64_t)image * w->height + ty0) * w->width + tx0;
-    if (w->render != NULL)
-        for (int ly = 0; ly < rows; ly++)
-            for (int lx = 0; lx < cols; lx++)
-                for (int c = 0; c < 3; c++)
-                    w->render[3 * (pixel0 + (int64_t)ly * w->width + lx) + c] = acc[c][ly * TILE + lx];
-    if (w->target == NULL)
+    w->tile_sse[tile] = tile_residual(w, pixel0, rows, cols, acc);
+    if (cache == NULL)
         return;
-
-    /* loss and ∂L/∂I = scale · (render − target); lanes off the canvas stay 0 */
-    double sse = 0.0;
-    for (int ly = 0; ly < TILE; ly++)
-        for (int lx = 0; lx < TILE; lx++) {
-            const int inside = ly < rows && lx < cols;
-            for (int c = 0; c < 3; c++) {
-                float residual = inside ? acc[c][ly * TILE + lx]
-                                          - w->target[3 * (pixel0 + (int64_t)ly * w->width + lx) + c]
-                                        : 0.0f;
-                sse += (double)residual * residual;
-                acc[c][ly * TILE + lx] = w->grad_scale * residual;
-            }
-        }
-    w->tile_sse[tile] = sse;
-
-    /* backward: each entry's gradient into its own slot, G, z₁, z₂ from the cache */
-    cached = cache;
+    kept = cache->g;
     for (int64_t e = first; e < last; e++) {
-        const Splat *sp = splats + w->entry_splat[e];
-        box_rows(boxes[w->entry_splat[e]], ty0, rows, &ly0, &ly1);
-        float s[8][CHUNK];  /* per lane: Σ A z₁, A z₂, A z₁², A z₁z₂, A z₂², G·∂L/∂I (r, g, b) */
-        memset(s, 0, sizeof s);
-        memcpy(lo, cached, sizeof lo);  /* the spans the forward pass cached, then its chunks */
-        memcpy(hi, cached + TILE, sizeof hi);
-        cached += 2 * TILE;
-        for (int ly = ly0; ly < ly1; ly++) {
-            if (hi[ly] < lo[ly])
-                continue;
-            for (int c = lo[ly] / CHUNK; c <= hi[ly] / CHUNK; c++) {
-                const float *g = cached, *z1 = cached + CHUNK, *z2 = cached + 2 * CHUNK;
-                cached += 3 * CHUNK;
-                const int at = ly * TILE + c * CHUNK;
-                for (int l = 0; l < CHUNK; l++) {
-                    const float dr = acc[0][at + l], dg = acc[1][at + l], db = acc[2][at + l];
-                    const float a = g[l] * (sp->r * dr + sp->g * dg + sp->b * db);
-                    const float az1 = a * z1[l], az2 = a * z2[l];
-                    s[0][l] += az1;
-                    s[1][l] += az2;
-                    s[2][l] += az1 * z1[l];
-                    s[3][l] += az1 * z2[l];
-                    s[4][l] += az2 * z2[l];
-                    s[5][l] += g[l] * dr;
-                    s[6][l] += g[l] * dg;
-                    s[7][l] += g[l] * db;
-                }
-            }
-        }
-        float sum[8] = {0};
-        for (int k = 0; k < 8; k++)
-            for (int l = 0; l < CHUNK; l++)
-                sum[k] += s[k][l];
-        const float shear = sp->l21 * sp->il22;
-        float *out = w->entry_grad + 8 * e;
-        out[0] = (sum[0] - shear * sum[1]) * sp->il11;   /* ∂L/∂x  */
-        out[1] = sum[1] * sp->il22;                      /* ∂L/∂y  */
-        out[2] = (sum[2] - shear * sum[3]) * sp->il11;   /* ∂L/∂l11 */
-        out[3] = sum[3] * sp->il22;                      /* ∂L/∂l21 */
-        out[4] = sum[4] * sp->il22;                      /* ∂L/∂l22 */
-        out[5] = sum[5], out[6] = sum[6], out[7] = sum[7];
+        const uint32_t live = cache->live[e - first];
+        backward_entry(splats + entry_splat[e], live, kept, tx0, ty0,
+                       (const float (*)[TILE * TILE])acc, w->entry_grad + 8 * e);
+        kept += TILE * (int)((live >> 8) - (live & 0xff));
     }
+}
+
+/* Room in `cache` for `entries` entries; 0 where it could not be had. */
+static int reserve(Cache *cache, size_t entries) {
+    if (entries <= cache->entries)
+        return 1;
+    free(cache->live), free(cache->g);
+    cache->entries = entries + entries / 2;
+    cache->live = malloc(cache->entries * sizeof(uint32_t));
+    cache->g = malloc(cache->entries * TILE * TILE * sizeof(float));
+    if (cache->live == NULL || cache->g == NULL) {
+        free(cache->live), free(cache->g);
+        cache->live = NULL, cache->g = NULL, cache->entries = 0;
+        return 0;
+    }
+    return 1;
 }
 
 static void *worker(void *arg) {
     Batch *w = arg;
     const long total = (long)w->batch * w->tiles;
-    Cache cache = {NULL, 0};
+    Cache cache = {NULL, NULL, 0};
     for (;;) {
 #ifdef HAVE_THREADS
         long tile = atomic_fetch_add(&w->next_tile, 1);
@@ -362,22 +463,14 @@ static void *worker(void *arg) {
 #endif
         if (tile >= total)
             break;
-        /* per entry its row spans (two chunks' room) and at most two chunks per row */
-        const size_t need = (size_t)(w->tile_start[tile + 1] - w->tile_start[tile]) *
-                            (TILE * 2 + 2);
-        if (w->target != NULL && need > cache.chunks) {
-            free(cache.values);
-            cache.chunks = need + need / 2;
-            cache.values = malloc(cache.chunks * 3 * CHUNK * sizeof(float));
-            if (cache.values == NULL) {
-                cache.chunks = 0;
-                w->failed = 1;
-                break;
-            }
+        const size_t entries = (size_t)(w->tile_start[tile + 1] - w->tile_start[tile]);
+        if (w->target != NULL && !reserve(&cache, entries)) {
+            w->failed = 1;
+            break;
         }
-        do_tile(w, tile, cache.values);
+        do_tile(w, tile, w->target != NULL ? &cache : NULL);
     }
-    free(cache.values);
+    free(cache.live), free(cache.g);
     return NULL;
 }
 
