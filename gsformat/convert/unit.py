@@ -113,7 +113,7 @@ def convert_unit(source, unit, part_dir: str, options: ConvertOptions, digest: s
                             init=options.init, prune_threshold=options.prune_threshold,
                             prune_at=options.prune_at, l1_colour=options.l1_colour, seed=seed,
                             quantize=options.lossy_codec,
-                            quantize_reference_psnr=options.matched_steps)
+                            matched_steps=options.matched_steps)
         stats["fit_seconds"] += result.seconds
         for (item, image, nbytes), splats in zip(batch, result.splats):
             record_size = write_sample(writer, item, splats,
@@ -138,7 +138,7 @@ def convert_unit(source, unit, part_dir: str, options: ConvertOptions, digest: s
             stats["complete"] = False
             stats["failure"] = failure_record(unit, exc, digest, stats["n_written"])
     except BaseException:
-        writer._writer.cancel_future_jobs()  # keep no half-written part: a rerun redoes it
+        writer.cancel()  # keep no half-written part: a rerun redoes it
         raise
     writer.finish()
     rejects_text = "".join(json.dumps(r) + "\n" for r in rejects)

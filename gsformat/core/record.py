@@ -38,7 +38,8 @@ def stage_limit(n_splats: int) -> int:
     return 2 * n_splats * C.BYTES_PER_SPLAT + STAGE_SLACK_BYTES
 
 
-def _codec_config(codec: Codec | dict) -> dict:
+def codec_config(codec: Codec | dict) -> dict:
+    """A codec (or config) as the JSON config a record stores; FormatError if it is not one."""
     config = codec.get_config() if isinstance(codec, Codec) else dict(codec)
     if not isinstance(config.get("id"), str):
         raise FormatError(f"codec config needs a string 'id', got {config!r}")
@@ -54,7 +55,7 @@ def get_codec(config: Codec | dict) -> Codec:
     checks). Readers use `decoder_for`, which applies the spec's parameter rules."""
     if isinstance(config, Codec):
         return config
-    config = _codec_config(config)
+    config = codec_config(config)
     _check_allowed(config["id"])
     try:
         return numcodecs.get_codec(dict(config))
@@ -130,7 +131,7 @@ def encode_payload(params: np.ndarray, codecs: Iterable[Codec | dict] = ()) -> t
     configs = []
     for codec in codecs:
         codec = get_codec(codec)
-        configs.append(_codec_config(codec))  # the full config, defaults included
+        configs.append(codec_config(codec))  # the full config, defaults included
         buf = codec.encode(buf)
     return _as_uint8(buf).tobytes(), configs
 
@@ -367,14 +368,18 @@ def decode_params(buf: bytes | memoryview, where: str | None = None) -> tuple[di
         raise exc.at(where) if where else exc
 
 
-def decode_record(buf: bytes | memoryview, check: bool = True,
+def decode_record(buf: bytes | memoryview, check: bool | None = None,
                   where: str | None = None) -> SplatSet:
     """Decode a splat record into a `SplatSet`.
 
     Raises `FormatError` (naming ``where`` when given) for anything SPEC.md forbids, non-finite
-    parameters and l11 ≤ 0 or l22 ≤ 0 included (§ 2; ``check`` is kept for callers of 1.3, the
-    check always runs).
+    parameters and l11 ≤ 0 or l22 ≤ 0 included (§ 2). The check always runs: ``check`` is
+    deprecated (0.1's callers passed it; it goes in 0.3).
     """
+    if check is not None:
+        import warnings
+        warnings.warn("decode_record(check=…) is deprecated: records are always checked",
+                      DeprecationWarning, stacklevel=2)
     header, params = decode_params(buf, where)
     # read_header checked the sides, decode_payload the rows: no second check
     return SplatSet._checked(params, header[C.KEY_HEIGHT], header[C.KEY_WIDTH],

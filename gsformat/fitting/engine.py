@@ -1,6 +1,6 @@
 """Choosing and running the windowed renderer: the fitter's engines, and rendering fitted splats.
 
-`make_engine` picks what `FitOptions.engine` names (the threaded NumPy range kernel, the fused
+`make_engine` picks what `Execution.engine` (fitting.options) names (the threaded NumPy range kernel, the fused
 CUDA kernels, the array-code twin, or the dense autograd baseline); `render_splatsets` renders
 stored splats with a window wide enough to be exact (`render_math.exact_radius`).
 """

@@ -26,65 +26,10 @@ from . import kernel as kernel_mod
 from .kernel import WindowKernel, window_entries
 from .tiles import K_SIGMA
 from .defaults import DEFAULT_ITERS
+from .options import PREVIOUS, FitOptions  # noqa: F401 (PREVIOUS: for the benchmarks)
 from .solve import has_steps, matched_step_scale, requantize, scale_steps
 
 MIN_SIGMA = 0.3  # pixels: narrower splats alias and stop receiving useful gradients
-DEFAULT_MEMORY_LIMIT = 2 << 30
-
-
-@dataclass
-class FitOptions:
-    """Everything `fit_images` accepts besides the images (defaults tuned on the tuning set of
-    `benchmarks/fit_bench.py`; `PREVIOUS` is the fitter before the tile engine)."""
-    n_splats: int = 1600
-    iters: int = DEFAULT_ITERS
-    lr_position: float = 0.3       # pixels per step (Adam; 10× the rates `PREVIOUS` was tuned
-    lr_covariance: float = 0.15    #   with: benchmarks/RESULTS.md, "fewer iterations")
-    lr_colour: float = 0.016       # colour units per step
-    lr_final: float = 1.0          # cosine decay to this fraction of each rate (1: constant
-                                   # rates; the fixed-window fitter was tuned with 0.05)
-    init: str = "grid"             # "grid" | "random"
-    init_scale: float = 0.5        # initial σ as a fraction of the grid spacing
-    relocate_every: int = 125      # move the weakest splats to the error every this many
-                                   # iterations (0: never; placement.relocate)
-    relocate_fraction: float = 0.02  # share of the budget moved each time
-    relocate_until: float = 0.7    # no relocation after this fraction of iters
-    relocate_tolerance: float = 0.05  # a move that raises the loss by more (relative) is undone
-    window_scale: float = 1.5      # window half-size R = max(ceil(window_scale · spacing),
-    min_radius: int = 8            #   min_radius) pixels; 3σ_max ≤ R (see kernel.py)
-    large_fraction: float = 0.1    # per-splat extents: this share of the budget in a class of
-    large_scale: float = 2.5       #   large windows, R_large = ceil(large_scale · R), where
-                                   #   3σ_max ≤ R_large; splats move between the classes as they
-                                   #   grow or shrink (`rebin`)
-    prune_threshold: float = 0.0   # τ: BT.709 luminance of |colour| below it removes a splat
-    prune_at: float = 0.8          # fraction of iters after which pruning happens (then re-fit)
-    l1_colour: float = 0.0         # weight of the paper's L1 colour term (mean |colour|)
-    seed: int = 0
-    backend: str = "auto"          # "auto" | "numpy" | "cupy"
-    engine: str = "auto"           # "auto" = "tiles": the C tile engine on a CPU ("window" where
-                                   # it is not built), its CUDA kernels on a GPU | "window"
-                                   # (threaded NumPy windows on a CPU, fused CUDA window kernels
-                                   # on a GPU) | "window-xp" (the array-code twin, either
-                                   # backend) | "dense-torch" (reference baseline)
-    k_sigma: float = K_SIGMA       # "tiles": a splat covers its ellipse at k_sigma·σ (tiles.py)
-    quantize: dict | None = None   # a lossy codec config (e.g. gsformat.lattice-rans): after the
-                                   # fit, quantise the geometry, solve the colours for it by least
-                                   # squares and round them with error feedback (solve.py)
-    quantize_reference_psnr: float | None = None  # matched steps: `quantize`'s steps are for a
-                                   # fit of this PSNR (dB); each image's are scaled by its own
-                                   # fit's RMSE over that one's (solve.matched_step_scale; the
-                                   # factor is kept in meta["step_scale"]); None: as given
-    batch_size: int | None = None  # images per fitting batch (None: as many as memory allows;
-                                   # the array code: at most what int32 window indices allow)
-    threads: int | None = None     # NumPy: threads over splat ranges (None: $GSFORMAT_THREADS,
-                                   # else the usable cores)
-    memory_limit: int = DEFAULT_MEMORY_LIMIT
-
-
-# The fitter before the tile engine (the NumPy window engine, the learning rates it was tuned
-# with, 2,000 iterations): a named configuration, so that benchmarks compare both in one run.
-PREVIOUS = {"engine": "window", "lr_position": 0.03, "lr_covariance": 0.015, "lr_colour": 0.008,
-            "relocate_every": 250, "relocate_fraction": 0.05}
 
 
 @dataclass
@@ -102,18 +47,18 @@ def geometry(n_splats: int, height: int, width: int, opts: FitOptions) -> tuple[
     spacing = math.sqrt(height * width / n_splats)
     # the floor lets dense budgets still cover smooth regions (σ up to 8/3 px): at 3,136 splats
     # on 224² it is worth +3.7 dB (35.0 vs 31.3, two photographs, 2,000 iterations)
-    radius = max(2, math.ceil(opts.window_scale * spacing), opts.min_radius)
+    radius = max(2, math.ceil(opts.extents.window_scale * spacing), opts.extents.min_radius)
     radius = min(radius, max(height, width))
-    sigma = min(opts.init_scale * spacing, radius / 3.0)
+    sigma = min(opts.placement.init_scale * spacing, radius / 3.0)
     return spacing, radius, max(sigma, MIN_SIGMA)
 
 
 def size_classes(n_splats: int, radius: int, opts: FitOptions) -> list[tuple[int, int]]:
     """``[(count, window half-size), …]`` in splat order: the small class first."""
-    n_large = int(round(opts.large_fraction * n_splats))
+    n_large = int(round(opts.extents.large_fraction * n_splats))
     if n_large <= 0 or n_large >= n_splats:
         return [(n_splats, radius)]
-    return [(n_splats - n_large, radius), (n_large, math.ceil(opts.large_scale * radius))]
+    return [(n_splats - n_large, radius), (n_large, math.ceil(opts.extents.large_scale * radius))]
 
 
 def fit_memory_bytes(batch: int, n_splats: int, height: int, width: int,
@@ -164,12 +109,16 @@ def fit_images(images, n_splats: int = 1600, iters: int = DEFAULT_ITERS, *,
     """Fit ``n_splats`` Gaussians to each image of a batch.
 
     images: ``[B, H, W(, C)]`` (uint8, uint16, bool or float; see `gsformat.fitting.images`).
-    options: any field of `FitOptions` (learning rates, init, pruning τ, L1 colour term, seed,
-    backend, …). ``progress(step, iters, mean_loss)`` is called every few iterations.
+    options: `FitOptions`' fields by their flat names (learning rates, init, pruning τ, L1
+    colour term, seed, engine, backend, …; `fitting.options.FLAT`) or whole groups
+    (``optimiser=Optimiser(…)``). ``progress(step, iters, mean_loss)`` is called every few
+    iterations.
     init_splats: one `SplatSet` per image to start from (a warm re-fit) instead of ``init``.
     quantize: a lossy codec config; the returned splats and PSNR are then what a record with it
     decodes to: after the fit the geometry is quantised, the colours solved by least squares for
     it and rounded onto the codec's lattice with error feedback (`gsformat.fitting.solve`).
+    matched_steps: with ``quantize``, the PSNR its steps are for; each image's are scaled by its
+    own fit's error (`solve.matched_step_scale`).
     Returns a `FitResult` with one `SplatSet` per image (splats in spec units, FP16).
     """
     opts = FitOptions(n_splats=n_splats, iters=iters, **options)
@@ -180,18 +129,18 @@ def fit_images(images, n_splats: int = 1600, iters: int = DEFAULT_ITERS, *,
                          f"{height}×{width} image), got {n_splats}")
     if iters < 0:
         raise ValueError(f"iters must be ≥ 0, got {iters}")
-    if opts.quantize_reference_psnr is not None and not (
-            opts.quantize and has_steps(opts.quantize)
-            and math.isfinite(opts.quantize_reference_psnr)):
-        raise ValueError("quantize_reference_psnr (matched steps) needs a finite PSNR and "
+    if opts.quantisation.matched_steps is not None and not (
+            opts.quantisation.codec and has_steps(opts.quantisation.codec)
+            and math.isfinite(opts.quantisation.matched_steps)):
+        raise ValueError("matched steps (matched_steps=) need a finite PSNR and "
                          "quantize= a codec with lattice steps (gsformat.lattice, lattice-rans)")
     per_image = fit_memory_bytes(1, n_splats, height, width, opts=opts)
-    batch = opts.batch_size or max(1, opts.memory_limit // per_image)
+    batch = opts.execution.batch_size or max(1, opts.execution.memory_limit // per_image)
     _, radius, _ = geometry(n_splats, height, width, opts)
     # the array code's window matrix must fit cuSPARSE's int32 indices (the final PSNR render
     # uses a 2R window and splits itself, see render_splatsets)
-    if not (opts.engine in ("auto", "window")
-            and fused(get_xp(opts.backend), height, width, radius)):
+    if not (opts.execution.engine in ("auto", "window")
+            and fused(get_xp(opts.execution.backend), height, width, radius)):
         entries = max(window_entries(count, height, width, r)
                       for count, r in size_classes(n_splats, radius, opts))
         batch = min(batch, max(1, kernel_mod.MAX_WINDOW_ENTRIES // entries))
@@ -241,13 +190,14 @@ class _BatchFit:
 
     def __init__(self, target_np, opts: FitOptions, seed_offset: int = 0):
         self.opts, self.target_np = opts, target_np
-        self.xp = xp = get_xp(opts.backend) if opts.engine != "dense-torch" else np
+        run = opts.execution
+        self.xp = xp = get_xp(run.backend) if run.engine != "dense-torch" else np
         self.batch, self.height, self.width, _ = target_np.shape
         self.n = opts.n_splats
         _, self.radius, self.sigma = geometry(self.n, self.height, self.width, opts)
         self.classes = size_classes(self.n, self.radius, opts)
         self.r_max = self.classes[-1][1]
-        self.engine_name = resolve_engine(opts.engine, xp)
+        self.engine_name = resolve_engine(run.engine, xp)
         # the tile engine has no windows: every splat may grow to the large class's extent
         bounds = [(count, self.r_max if self.engine_name == "tiles" else r)
                   for count, r in self.classes]
@@ -256,24 +206,24 @@ class _BatchFit:
         self.rng = PerImageRandom(opts.seed, seed_offset, self.batch)
         self.target = xp.asarray(target_np)  # [B, H, W, 3]
         self.pixel_scale = 2.0 / (self.height * self.width * 3)  # ∂(MSE)/∂render per residual
-        self.engine = make_engine(self.engine_name, opts.threads, xp, self.batch, self.height,
-                                  self.width, self.classes, k_sigma=opts.k_sigma)
+        self.engine = make_engine(self.engine_name, run.threads, xp, self.batch, self.height,
+                                  self.width, self.classes, k_sigma=opts.extents.k_sigma)
 
     # ---- set-up -----------------------------------------------------------------------------
     def start(self, init_splats=None) -> None:
-        """Initial splats: the `SplatSet`s ``init_splats`` (a warm re-fit), or ``opts.init``."""
+        """Initial splats: the `SplatSet`s ``init_splats`` (a warm re-fit), or as placed."""
         xp, opts, batch, n = self.xp, self.opts, self.batch, self.n
-        height, width = self.height, self.width
+        height, width, place, rates = self.height, self.width, opts.placement, opts.optimiser
         if init_splats is not None:
             params = xp.asarray(_warm_params(init_splats, n, height, width))
             clamp_covariance(xp, params, self.radii)
         else:  # each class on its own grid, σ from its own spacing (within its window)
             params = xp.asarray(np.concatenate([init_params(
-                opts.init, batch, count, height, width,
+                place.init, batch, count, height, width,
                 geometry(count, height, width, opts)[2] if r == self.radius else min(
-                    opts.init_scale * math.sqrt(height * width / count), r / 3.0), self.rng)
+                    place.init_scale * math.sqrt(height * width / count), r / 3.0), self.rng)
                 for count, r in self.classes], axis=1))
-            if opts.init == "grid":  # in chunks: the window kernel holds ~42 MB an image
+            if place.init == "grid":  # in chunks: the window kernel holds ~42 MB an image
                 chunk = max(1, (4 << 30) // (12 * window_entries(n, height, width, self.r_max)))
                 for first in range(0, batch, chunk):
                     part = params[first:first + chunk]
@@ -285,12 +235,12 @@ class _BatchFit:
         self.v = xp.zeros_like(params)
         self.alive = xp.ones((batch, n), dtype=bool)
         self.n_pruned = np.zeros(batch, np.int64)
-        self.lr_base = xp.asarray([opts.lr_position] * 2 + [opts.lr_covariance] * 3
-                                  + [opts.lr_colour] * 3, dtype=xp.float32)
-        self.moves = placement.relocation_steps(opts.iters, opts.relocate_every,
-                                                opts.relocate_until)
-        self.n_move = max(1, int(opts.relocate_fraction * n))
-        self.prune_step = int(opts.prune_at * opts.iters) if opts.prune_threshold > 0 else -1
+        self.lr_base = xp.asarray([rates.lr_position] * 2 + [rates.lr_covariance] * 3
+                                  + [rates.lr_colour] * 3, dtype=xp.float32)
+        self.moves = placement.relocation_steps(opts.iters, place.relocate_every,
+                                                place.relocate_until)
+        self.n_move = max(1, int(place.relocate_fraction * n))
+        self.prune_step = int(place.prune_at * opts.iters) if place.prune_threshold > 0 else -1
         self.undo = None  # (indices, params, m, v) of the last move, until its loss is seen
         self.last_mse = self.render = self.grad = None
         self.rebin_due = False
@@ -311,8 +261,8 @@ class _BatchFit:
         if self.moves:
             self.last_mse = mse
         grad = self.grad
-        if self.opts.l1_colour:
-            grad[..., C.COLOUR_COLS] += (self.opts.l1_colour / self.n) * self.xp.sign(
+        if self.opts.optimiser.l1_colour:
+            grad[..., C.COLOUR_COLS] += (self.opts.optimiser.l1_colour / self.n) * self.xp.sign(
                 self.params[..., C.COLOUR_COLS])
         if self.prune_step >= 0:
             grad *= self.alive[..., None]
@@ -338,7 +288,7 @@ class _BatchFit:
     def undo_worse_moves(self, mse):
         """The loss just after a move: undo it in the images where it rose too much."""
         xp = self.xp
-        worse = mse > self.last_mse * (1 + self.opts.relocate_tolerance)
+        worse = mse > self.last_mse * (1 + self.opts.placement.relocate_tolerance)
         if bool(worse.any()):
             chosen, old_p, old_m, old_v = self.undo
             rows = xp.arange(self.batch)[:, None]
@@ -353,7 +303,7 @@ class _BatchFit:
     def prune(self) -> None:
         xp = self.xp
         luminance = xp.abs(self.params[..., C.COLOUR_COLS]) @ xp.asarray(BT709, dtype=xp.float32)
-        self.alive &= luminance >= self.opts.prune_threshold
+        self.alive &= luminance >= self.opts.placement.prune_threshold
         for array in (self.params[..., C.COLOUR_COLS], self.m, self.v):
             array *= self.alive[..., None]
         self.n_pruned = to_numpy((~self.alive).sum(axis=1))
@@ -362,7 +312,7 @@ class _BatchFit:
         """Adam with a cosine-decayed, per-parameter-group learning rate; then the clamps."""
         xp, opts, params, m, v = self.xp, self.opts, self.params, self.m, self.v
         beta1, beta2, eps = 0.9, 0.999, 1e-15
-        decay = opts.lr_final + (1 - opts.lr_final) * 0.5 * (
+        decay = opts.optimiser.lr_final + (1 - opts.optimiser.lr_final) * 0.5 * (
             1 + math.cos(math.pi * step / max(opts.iters, 1)))
         bias1, bias2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
         if hasattr(self.engine, "adam_step"):  # the CUDA tile engine: one fused kernel
@@ -388,25 +338,25 @@ class _BatchFit:
         params_np, alive_np = to_numpy(self.params), to_numpy(self.alive)
         splats = [SplatSet(to_normalised(params_np[i][alive_np[i]], height, width)
                            .astype(np.float16), height, width) for i in range(self.batch)]
-        if opts.quantize:
+        if opts.quantisation.codec:
             splats = _quantised(splats, target_np, opts, self.r_max)
-        scores = evaluate_psnr(splats, target_np, backend=opts.backend)
+        scores = evaluate_psnr(splats, target_np, backend=opts.execution.backend)
         for s, score in zip(splats, scores):
             s.meta.update(psnr=round(float(score), 3), iters=opts.iters)
         return splats, scores, self.n_pruned
 
 
 def _quantised(splats, target_np, opts: FitOptions, r_max: int) -> list[SplatSet]:
-    """What records with ``opts.quantize`` store (solve.py), with matched steps if asked."""
+    """What records with the quantisation codec store (solve.py), with matched steps if asked."""
     from ..core.record import get_codec
-    codec = get_codec(opts.quantize)
+    codec = get_codec(opts.quantisation.codec)
     codecs = [codec] * len(splats)
-    if opts.quantize_reference_psnr is not None:  # matched steps (solve.py)
-        fit_scores = evaluate_psnr(splats, target_np, backend=opts.backend)
+    if opts.quantisation.matched_steps is not None:  # matched steps (solve.py)
+        fit_scores = evaluate_psnr(splats, target_np, backend=opts.execution.backend)
         for i, (fitted, score) in enumerate(zip(splats, fit_scores)):
-            factor = matched_step_scale(float(score), opts.quantize_reference_psnr)
+            factor = matched_step_scale(float(score), opts.quantisation.matched_steps)
             fitted.meta.update(fit_psnr=round(float(score), 3), step_scale=factor)
-            codecs[i] = get_codec(scale_steps(opts.quantize, factor))
+            codecs[i] = get_codec(scale_steps(opts.quantisation.codec, factor))
     return [requantize(fitted, target_np[i], codecs[i], 2 * r_max)
             for i, fitted in enumerate(splats)]
 

@@ -9,7 +9,7 @@ are then rounded one splat at a time, each rounding error fed back into the colo
 rounded through the inverse of H = GᵀG (the OBQ/GPTQ rule: the remaining colours move to the
 least-squares optimum given the ones already fixed).
 
-*Matched steps* (`matched_step_scale`, `FitOptions.quantize_reference_psnr`): a codec's steps
+*Matched steps* (`matched_step_scale`, `Quantisation.matched_steps`, ``fit_images(matched_steps=…)``): a codec's steps
 are given for a fit of a reference PSNR, and each image's steps are scaled by its own fit's RMSE
 over that reference's. Why: a dataset's figure of merit is the mean PSNR over its images for
 their mean bytes; refining image i's steps by one bit per value gains ≈ 6 dB of its quantisation

@@ -18,7 +18,7 @@ from ..core import constants as C
 from . import mds, storage
 from ..core.errors import FormatError
 from .._version import __version__
-from ..core.record import _codec_config, decode_record, encode_record, get_codec, read_header
+from ..core.record import codec_config, decode_record, encode_record, get_codec, read_header
 from ..core.splatset import SplatSet
 
 
@@ -124,7 +124,12 @@ class SplatWriter:
         if exc_type is None:
             self.finish()
         else:  # keep finished shards; leave no manifest claiming a complete dataset
-            self._writer.cancel_future_jobs()
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop without finishing: shards not yet written are dropped, no index or manifest is
+        written (a converter's unit that failed leaves no part claiming to be complete)."""
+        self._writer.cancel_future_jobs()
 
 
 def make_manifest(columns: dict, n_samples: int, codecs=(), stats: dict | None = None,
@@ -135,7 +140,7 @@ def make_manifest(columns: dict, n_samples: int, codecs=(), stats: dict | None =
         "layout": C.LAYOUT_ID,
         "columns": dict(columns),
         "n_samples": int(n_samples),
-        "codecs": [_codec_config(get_codec(c)) for c in codecs],
+        "codecs": [codec_config(get_codec(c)) for c in codecs],
         "stats": dict(stats or {}),
         "created_by": f"gsformat {__version__}",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
