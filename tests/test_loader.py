@@ -132,9 +132,89 @@ def test_augmentations_reproducible(dataset_dir, tmp_path):
 
 def test_render_option_yields_pixels(dataset_dir, tmp_path, fitted_splats):
     sample = make(dataset_dir, tmp_path, render=(32, 48))[0]
-    assert "splats" not in sample and sample["image"].shape == (3, 32, 48)
+    assert "splats" not in sample and sample["rendered"].shape == (3, 32, 48)
     expected = render_splats(fitted_splats[0], height=32, width=48)[0]
-    torch.testing.assert_close(sample["image"], expected)
+    torch.testing.assert_close(sample["rendered"], expected)
+
+
+@pytest.fixture()
+def image_dataset_dir(tmp_path, fitted_splats):
+    """Four samples with a stored image column (as convert --keep-image writes it)."""
+    import io
+
+    from PIL import Image
+    out = str(tmp_path / "image-ds")
+    with SplatWriter(out, columns=["caption", "image"],
+                     codecs=[{"id": "gsformat.planar"}]) as writer:
+        for i in range(4):
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(buffer, format="JPEG")
+            writer.write(f"k{i}", fitted_splats[i % 2], caption=f"c{i}", image=buffer.getvalue())
+    return out
+
+
+def documented_keys() -> dict:
+    """The sample-key table of gsformat.loaders.dataset's docstring: key → its 'present' text."""
+    import re
+
+    from gsformat.loaders import dataset
+    table = dataset.__doc__.split("=====\n", 3)[2].split("\n=====")[0]  # below the header
+    rows, key = {}, None
+    for line in table.splitlines():
+        first = line[:20].strip()
+        if first:
+            key = first
+            rows[key] = line[67:].strip()
+        else:
+            rows[key] += " " + line[67:].strip()
+    return {name: present for cell, present in rows.items()
+            for name in re.findall(r"``(\w+)``", cell)}
+
+
+def test_sample_keys_are_the_documented_table(dataset_dir, image_dataset_dir, tmp_path):
+    """Every key a sample has is in the table (or a stored column), with the type it says."""
+    table = documented_keys()
+    assert {"key", "height", "width", "splats", "rendered", "image", "caption", "label",
+            "source", "meta"} <= set(table)
+    assert table["key"] == table["height"] == "always" and "render=" in table["splats"]
+    plain = make(dataset_dir, tmp_path, "k1")[0]
+    assert set(plain) == {"key", "height", "width", "splats", "caption", "label"}
+    stored = make(image_dataset_dir, tmp_path, "k2")[1]
+    assert set(stored) == {"key", "height", "width", "splats", "image", "caption"}
+    assert stored["image"].dtype == torch.float32 and stored["image"].shape == (3, 20, 30)
+    assert 0.1 < float(stored["image"].mean()) < 0.2  # 40/255: the stored image, decoded
+    assert "image" not in make(image_dataset_dir, tmp_path, "k3", load_image=False)[1]
+    both = make(image_dataset_dir, tmp_path, "k4", render=(8, 8), load_image=True)[0]
+    assert set(both) == {"key", "height", "width", "rendered", "image", "caption"}
+    assert both["rendered"].shape == (3, 8, 8) and both["image"].shape == (3, 20, 30)
+    batch = collate_splats([stored, make(image_dataset_dir, tmp_path, "k5")[2]])
+    assert set(batch) == set(stored) | {"mask", "n_splats"}
+    assert batch["image"].shape == (2, 3, 20, 30) and batch["caption"] == ["c1", "c2"]
+
+
+def test_old_names_still_work_with_a_deprecation_warning(image_dataset_dir, dataset_dir,
+                                                          tmp_path):
+    """Renamed in 0.2: load_source_image= → load_image=, source_image → image, and a render
+    sample's image → rendered; each old name still works until 0.3, warning."""
+    with pytest.warns(DeprecationWarning, match="load_image"):
+        ds = make(image_dataset_dir, tmp_path, "d1", load_source_image=False)
+    assert "image" not in ds[0] and ds.load_image is False
+    with pytest.raises(TypeError, match="not both"):
+        make(image_dataset_dir, tmp_path, "d2", load_source_image=True, load_image=True)
+    sample = make(image_dataset_dir, tmp_path, "d3")[0]
+    with pytest.warns(DeprecationWarning, match="'source_image' is now 'image'"):
+        assert sample["source_image"] is sample["image"]
+    batch = collate_splats([sample])
+    with pytest.warns(DeprecationWarning, match="'source_image' is now 'image'"):
+        assert batch["source_image"] is batch["image"]
+    rendered = make(dataset_dir, tmp_path, "d4", render=(8, 8))[0]
+    with pytest.warns(DeprecationWarning, match="'image' is now 'rendered'"):
+        assert rendered["image"] is rendered["rendered"]
+    with pytest.raises(KeyError):  # no stored image and no render: no alias either
+        make(dataset_dir, tmp_path, "d5")[0]["source_image"]
+    # render= on a dataset with stored images: 'image' changed meaning, said at construction
+    with pytest.warns(DeprecationWarning, match="'rendered'"):
+        make(image_dataset_dir, tmp_path, "d6", render=(8, 8))
 
 
 def test_resume_mid_epoch_no_repeats_no_losses(dataset_dir, tmp_path):

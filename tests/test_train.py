@@ -37,9 +37,7 @@ def test_describe_vit_b16_stage2_fraction():
 @pytest.fixture(scope="module")
 def digits_dataset(tmp_path_factory):
     """A small converted digits slice with stored images, captions and labels."""
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "digits"))
-    from run import build_folders
+    from gsformat.testing.digits import build_folders
     from gsformat.cli import main
     root = tmp_path_factory.mktemp("digits")
     build_folders(str(root / "images"), limit=120)
@@ -165,8 +163,15 @@ def test_loader_cache_is_per_dataset(tmp_path, digits_dataset):
                  "16", "--iters", "5", "--size", "32", "--no-progress", "--batch", "64"]) == 0
     cache = str(tmp_path / "cache")
     for data, n in ((os.path.join(digits_dataset, "splats"), 32), (other, 16)):
-        batch = next(iter(make_loader(data, cache, 8, shuffle=False, load_images=False)))
+        batch = next(iter(make_loader(data, cache, 8, shuffle=False, load_image=False)))
         assert batch["splats"].shape[1] == n, data
+    # make_loader(load_images=) is load_image='s old name: it still works, warning, until 0.3
+    kept = os.path.join(digits_dataset, "splats")  # converted with --keep-image
+    with pytest.warns(DeprecationWarning, match="load_image"):
+        loader = make_loader(kept, cache, 8, shuffle=False, load_images=False)
+    assert "image" not in next(iter(loader))
+    stored = next(iter(make_loader(kept, cache, 8, shuffle=False)))
+    assert stored["image"].shape[:2] == (8, 3)  # the stored image, decoded (--keep-image)
 
 
 def test_training_augmentation_changes_the_splats_not_the_evaluation(tmp_path, digits_dataset):
@@ -178,9 +183,9 @@ def test_training_augmentation_changes_the_splats_not_the_evaluation(tmp_path, d
     from gsformat.train.loop import load_checkpoint, train
     data = os.path.join(digits_dataset, "splats")
     plain = next(iter(make_loader(data, str(tmp_path / "c"), 16, shuffle=False,
-                                  load_images=False)))
+                                  load_image=False)))
     dropped = next(iter(make_loader(data, str(tmp_path / "c"), 16, shuffle=False,
-                                    load_images=False,
+                                    load_image=False,
                                     augment=SplatAugment(hflip=0.0, dropout=0.5))))
     assert (plain["n_splats"] == 32).all() and dropped["n_splats"].float().mean() < 24
     result = train(tiny(tmp_path, digits_dataset, stage="distill", steps=2,

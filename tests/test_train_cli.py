@@ -22,8 +22,7 @@ ARCH = ["--n-latents", "32", "--stem-dim", "32", "--stem-layers", "1"]
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """A converted digits slice with stored images, captions and labels."""
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "digits"))
-    from run import build_folders
+    from gsformat.testing.digits import build_folders
     from gsformat.cli import main as gsformat
     root = tmp_path_factory.mktemp("digits-cli")
     build_folders(str(root / "images"), limit=64)
@@ -216,8 +215,8 @@ def test_zeroshot_on_a_captions_only_set(tmp_path, fitted_splats, capsys):
 
 def test_mixed_image_columns_are_one_clear_error():
     from gsformat.loaders import collate_splats
-    with pytest.raises(ValueError, match="source_image.*--keep-image"):
-        collate_splats([{"splats": torch.zeros(3, 8), "source_image": torch.zeros(3, 4, 4)},
+    with pytest.raises(ValueError, match="image.*--keep-image.*load_image=False"):
+        collate_splats([{"splats": torch.zeros(3, 8), "image": torch.zeros(3, 4, 4)},
                         {"splats": torch.zeros(3, 8)}])
 
 

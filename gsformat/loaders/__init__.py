@@ -1,6 +1,10 @@
-"""Streaming splat shards into PyTorch: `SplatDataset`, `collate_splats`, augmentations."""
+"""Streaming splat shards into PyTorch: `SplatDataset`, `collate_splats`, augmentations.
+
+A sample's keys (``splats``, ``height``, ``width``, ``rendered``, ``image`` — the stored
+image —, the stored columns) are in one table: `gsformat.loaders.dataset`'s docstring.
+"""
 from .augment import SplatAugment, hflip, keep_strongest, splat_strength
-from .collate import collate_splats
+from .collate import Sample, collate_splats
 
 
 def __getattr__(name):
@@ -13,5 +17,5 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["SplatDataset", "ShardwiseIteration", "collate_splats", "SplatAugment", "hflip",
-           "keep_strongest", "splat_strength"]
+__all__ = ["SplatDataset", "ShardwiseIteration", "Sample", "collate_splats", "SplatAugment",
+           "hflip", "keep_strongest", "splat_strength"]

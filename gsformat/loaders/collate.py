@@ -1,8 +1,31 @@
-"""`collate_splats`: variable splat counts → one padded batch plus a boolean mask."""
+"""`collate_splats`: variable splat counts → one padded batch plus a boolean mask; `Sample`, the
+dict of a sample and of a batch."""
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch.utils.data import default_collate
+
+# old key → (its new name, when the old one means it): the keys renamed in 0.2, read until 0.3
+RENAMED = {"source_image": ("image", "the stored image"),
+           "image": ("rendered", "the rendered splats (SplatDataset(render=))")}
+
+
+class Sample(dict):
+    """A plain dict of a sample's or a batch's keys (the table in `gsformat.loaders.dataset`)
+    that still answers ``sample[old key]`` for a key renamed in 0.2, with a
+    ``DeprecationWarning``: ``source_image`` (now ``image``) and, in a render sample without a
+    stored image, ``image`` (now ``rendered``). Only ``[]`` does: ``in``, ``get`` and iteration
+    see the new keys alone."""
+
+    def __missing__(self, key):
+        new, what = RENAMED.get(key, (None, None)) if isinstance(key, str) else (None, None)
+        if new is None or not dict.__contains__(self, new):
+            raise KeyError(key)
+        warnings.warn(f"the sample key {key!r} is now {new!r} ({what}); the old name goes in "
+                      f"0.3", DeprecationWarning, stacklevel=2)
+        return self[new]
 
 PAD_SPLAT = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0)  # valid (l11, l22 > 0) and colourless
 
@@ -44,8 +67,8 @@ def collate_splats(batch: list[dict], pad_to: int | None = None,
         odd = sorted(set.union(*keys) - set.intersection(*keys))
         raise ValueError(f"a batch mixes samples with and without {odd} (streams converted "
                          f"with different options, e.g. one with --keep-image): convert them "
-                         f"alike, or turn the column off (SplatDataset(load_source_image=False))")
-    out = default_collate(rest) if rest[0] else {}
+                         f"alike, or turn the column off (SplatDataset(load_image=False))")
+    out = Sample(default_collate(rest) if rest[0] else {})
     out["splats"] = splats if dtype is None else splats.to(dtype)
     out["mask"] = mask
     out["n_splats"] = torch.tensor(counts)

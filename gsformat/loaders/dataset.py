@@ -1,5 +1,38 @@
 """`SplatDataset`: a `streaming.StreamingDataset` that decodes splat records.
 
+A sample's keys (the one table of them; ``collate_splats`` batches them, below):
+
+==================  =============================================  =============================
+key                 type, shape                                    present
+==================  =============================================  =============================
+``key``             str                                            always
+``height``          int: the record's canvas height                always
+``width``           int: the record's canvas width                 always
+``splats``          tensor ``[N, 8]``, ``dtype`` (float32)         unless ``render=``
+``rendered``        float tensor ``[3, h, w]`` in [0, 1]: the      with ``render=(h, w)``
+                    splats rasterised
+``image``           float tensor ``[3, H, W]`` in [0, 1]: the      the dataset stores an
+                    stored image column (the stored JPEG,          ``image`` column (``convert
+                    decoded)                                       --keep-image``) and
+                                                                   ``load_image=True`` (default)
+``caption``,        as stored (str, int, str, str)                 the dataset has the column
+``label``,
+``source``,
+``meta``
+any other column    as stored                                      the dataset has the column
+==================  =============================================  =============================
+
+``meta`` is a tar's or img2dataset's JSON sidecar, as text. A stored column named like a
+computed key (``splats``, ``height``, ``width``, ``rendered``) is shadowed by it. A batch of
+`collate_splats` has the same keys, stacked (tensors and numbers) or as lists (strings), with
+``splats`` ``[B, N_max, 8]`` padded, and adds ``mask`` ``[B, N_max]`` (bool, True for real
+splats) and ``n_splats`` ``[B]``.
+
+Renamed in 0.2 (the old names work, with a ``DeprecationWarning``, until 0.3): the argument
+``load_source_image`` is ``load_image``; the key ``source_image`` (the stored image) is
+``image``; with ``render=``, the rasterised splats were ``image`` and are ``rendered`` (reading
+``sample["image"]`` of a render sample without a stored image still gives them, warning).
+
 Every streaming argument passes through (``remote``, ``local``, ``streams``, ``shuffle``,
 ``batch_size``, ``cache_limit``, …), so shuffling, resumption (`StreamingDataLoader` state
 dicts), multi-worker and multi-node partitioning are streaming's. Streaming's own pitfalls, and
@@ -15,6 +48,7 @@ what to do:
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import torch
@@ -24,6 +58,7 @@ from ..core.errors import FormatError
 from ..core import constants as C
 from ..core.record import decode_params
 from .augment import SplatAugment, keep_strongest
+from .collate import Sample
 from .iteration import ShardwiseIteration
 from .stream import STREAM_NAME, checked
 
@@ -38,24 +73,18 @@ def _image_tensor(image) -> torch.Tensor:
 
 
 class SplatDataset(ShardwiseIteration, StreamingDataset):
-    """Splat shards as PyTorch samples.
-
-    Each sample is a dict: ``splats`` (``[N, 8]`` tensor, ``dtype``), ``height`` and ``width``
-    (the record's canvas), and every other stored column as stored: ``key``, and ``caption``,
-    ``label``, ``source``, ``meta`` (img2dataset's JSON sidecar, as text) or any column of the
-    dataset's own where it has them; the stored source image (``image`` column) comes as
-    ``source_image`` ``[3, H, W]`` float (unless ``load_source_image=False``). A stored column
-    named like one of the computed fields (``splats``, ``height``, ``width``, ``source_image``)
-    is shadowed by it.
+    """Splat shards as PyTorch samples: each a dict whose keys are the table of this module's
+    docstring (``splats``, ``height``, ``width``, ``rendered``, ``image``, the stored columns).
 
     Args:
         dtype: ``torch.float32`` (default) or ``torch.float16`` for ``splats``.
         max_splats: keep at most this many splats: the strongest by luminance of |colour| ×
             l11·l22 (see `gsformat.loaders.augment.splat_strength`).
         augment: a `SplatAugment` (exact splat-space flip, jitter, dropout), or None.
-        render: ``(H, W)``: also rasterise the splats into ``image`` ``[3, H, W]`` in [0, 1] and
+        render: ``(h, w)``: rasterise the splats into ``rendered`` ``[3, h, w]`` in [0, 1] and
             drop ``splats``, so an unchanged RGB model can train from splat shards.
-        load_source_image: decode the stored source image when the dataset has one.
+        load_image: decode the stored image (the ``image`` column) when the dataset has one;
+            ``False`` leaves it out of the sample. (``load_source_image``: its old name.)
         fast_iteration: iterate shard by shard (`gsformat.loaders.iteration`; same samples in the
             same order as streaming's iterator, which ``False`` selects).
         augment_seed: augmentation randomness is a function of (seed, epoch, sample index),
@@ -79,8 +108,15 @@ class SplatDataset(ShardwiseIteration, StreamingDataset):
 
     def __init__(self, *, dtype: torch.dtype = torch.float32, max_splats: int | None = None,
                  augment: SplatAugment | None = None, render: tuple[int, int] | None = None,
-                 load_source_image: bool = True, augment_seed: int = 0,
+                 load_image: bool | None = None, augment_seed: int = 0,
                  fast_iteration: bool = True, **kwargs):
+        if "load_source_image" in kwargs:
+            if load_image is not None:
+                raise TypeError("give load_image, not both it and load_source_image (its old "
+                                "name)")
+            warnings.warn("SplatDataset(load_source_image=) is now load_image= (the old name "
+                          "goes in 0.3)", DeprecationWarning, stacklevel=2)
+            load_image = kwargs.pop("load_source_image")
         kwargs.setdefault("validate_hash", "xxh64")  # what SplatWriter records: no silent rot
         if kwargs.get("streams"):
             kwargs["streams"] = [checked(stream) for stream in kwargs["streams"]]
@@ -95,8 +131,14 @@ class SplatDataset(ShardwiseIteration, StreamingDataset):
         self.max_splats = max_splats
         self.augment = augment
         self.render_hw = tuple(render) if render else None
-        self.load_source_image = load_source_image
+        self.load_image = True if load_image is None else bool(load_image)
         self.augment_seed = augment_seed
+        if self.render_hw and load_image is None and self.load_image and any(
+                "image" in getattr(shard, "column_names", ()) for shard in self.shards):
+            warnings.warn("SplatDataset(render=): the rendered splats are the key 'rendered' "
+                          "(they were 'image' before 0.2); 'image' is the stored image now (it "
+                          "was 'source_image'); pass load_image= to say which you want and "
+                          "silence this", DeprecationWarning, stacklevel=2)
         self.fast_iteration = fast_iteration
 
     def __getitem__(self, idx: int) -> dict:
@@ -121,17 +163,18 @@ class SplatDataset(ShardwiseIteration, StreamingDataset):
         key = row.get("key")
         if not isinstance(key, str) or not key:
             raise FormatError(f"missing or empty key ({key!r:.40})", self._where(idx))
-        sample = {name: value for name, value in row.items() if name not in ("splats", "image")}
+        sample = Sample((name, value) for name, value in row.items()
+                        if name not in ("splats", "image"))
         sample["height"], sample["width"] = header[C.KEY_HEIGHT], header[C.KEY_WIDTH]
-        if self.load_source_image and "image" in row:
-            sample["source_image"] = _image_tensor(row["image"])
+        if self.load_image and "image" in row:
+            sample["image"] = _image_tensor(row["image"])
         tensor = torch.from_numpy(np.ascontiguousarray(params))  # float16, as stored
         if self.splat_dtype != torch.float16:
             tensor = tensor.to(self.splat_dtype)
         if self.render_hw is not None:
             from ..render import render_splats
-            sample["image"] = render_splats(tensor, height=self.render_hw[0],
-                                            width=self.render_hw[1])[0]
+            sample["rendered"] = render_splats(tensor, height=self.render_hw[0],
+                                               width=self.render_hw[1])[0]
         else:
             sample["splats"] = tensor
         return sample

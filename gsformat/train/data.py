@@ -38,27 +38,37 @@ def cache_for(url: str, root: str) -> str:
 
 
 def make_loader(url: str, cache: str, batch_size: int, shuffle: bool, workers: int = 0,
-                max_splats: int | None = None, seed: int = 0, load_images: bool = True,
-                augment=None):
-    """A StreamingDataLoader over dataset ``url``, cached under ``cache`` (`cache_for`)."""
+                max_splats: int | None = None, seed: int = 0, load_image: bool | None = None,
+                augment=None, **old):
+    """A StreamingDataLoader over dataset ``url``, cached under ``cache`` (`cache_for`);
+    ``load_image``: decode the stored image (`SplatDataset`; ``load_images`` is its old name,
+    with a DeprecationWarning until 0.3)."""
     from streaming import StreamingDataLoader
+    if set(old) - {"load_images"}:
+        raise TypeError(f"make_loader() got unexpected keyword arguments {sorted(old)}")
+    if "load_images" in old:
+        if load_image is not None:
+            raise TypeError("give load_image, not both it and load_images (its old name)")
+        warnings.warn("make_loader(load_images=) is now load_image= (the old name goes in 0.3)",
+                      DeprecationWarning, stacklevel=2)
+        load_image = old["load_images"]
     local = cache_for(url, cache)
     os.makedirs(local, exist_ok=True)
     dataset = SplatDataset(remote=url, local=local, shuffle=shuffle, shuffle_seed=seed,
                            batch_size=batch_size, max_splats=max_splats,
-                           load_source_image=load_images, augment=augment,
+                           load_image=load_image is not False, augment=augment,
                            augment_seed=seed)
     return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                collate_fn=collate_splats, drop_last=False)
 
 
 def pixels_for(batch: dict, image_size: int, device) -> torch.Tensor:
-    """CLIP-normalised pixels: the stored source image, or the rendered splats (with a warning)."""
-    if "source_image" in batch:
-        images = batch["source_image"]
+    """CLIP-normalised pixels: the stored image, or the rendered splats (with a warning)."""
+    if "image" in batch:
+        images = batch["image"]
     else:
         from ..render import render_splats
-        warnings.warn("the dataset stores no source images (convert --keep-image): the teacher "
+        warnings.warn("the dataset stores no images (convert --keep-image): the teacher "
                       "sees rendered splats instead", stacklevel=2)
         images = render_splats(batch["splats"], batch["mask"], int(batch["height"][0]),
                                int(batch["width"][0]))
