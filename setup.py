@@ -21,8 +21,9 @@ setup(ext_modules=[
     Extension(
         "gsformat.fitting._tiles",
         sources=["gsformat/fitting/_tiles.c"],
-        # no errno or FP traps: lets GCC vectorise sqrtf and the selects (no -ffast-math: the
-        # rounding trick in exp_nonpos needs exact float arithmetic)
+        # no errno or FP traps: lets GCC vectorise sqrtf and the selects; a·b + c as one FMA
+        # (-ffp-contract=fast; ISO C mode leaves it off): ~1.25× for the engine, NaN and inf as
+        # before (no -ffast-math: the rounding trick in exp_nonpos needs exact float arithmetic)
         extra_compile_args=["-O3", "-std=c11", "-Wall", "-pthread", "-fno-math-errno",
                             "-fno-trapping-math", "-funroll-loops", "-ffp-contract=fast"],
         extra_link_args=["-pthread"],

@@ -4,7 +4,9 @@ Fits photographs of the tuning set (`fit_bench.TUNING`, 224²) for ``--iters`` i
 `FitOptions()` defaults at ``--splats`` splats (cached under ``--cache``), then times
 `TileEngine.loss_grad` on the fitted splats, the images as one batch: best of ``--repeats``
 rounds of ``--calls`` calls, ``--threads`` threads. Prints one JSON line: ms per call, the
-(tile, splat) entries and 8-lane chunks per call, ns per chunk.
+(tile, splat) entries and 8-lane chunks per call, ns per chunk. The chunks are those of a
+fixed definition (per entry and row, the 8-lane halves of a tile row its span reaches: what
+the engine once evaluated), a measure of the work that does not change with the engine.
 
 ``--baseline PATH`` also times another build of `_tiles` (a copied ``_tiles*.so``) in the same
 process, rounds interleaved with this build's, so that a noisy machine affects both alike:

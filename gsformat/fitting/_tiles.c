@@ -9,19 +9,22 @@
  * z₁² + z₂² = dᵀΣ⁻¹d ≤ k², so G ≥ exp(−k²/2) wherever it is cut (0.2 % of |c| at k = 3.5). The
  * ellipse's bounding box, |dx| ≤ k·√Σxx = k·|l11| and |dy| ≤ k·√Σyy = k·√(l21² + l22²)
  * (`footprint`, Python's `tiles.footprint` is the same), bins splats into tiles; per entry only
- * the tile rows whose span the ellipse reaches are evaluated (`row_spans`).
+ * the tile rows the ellipse reaches over the tile's columns are evaluated (`entry_rows`).
  *
  * Per call (`loss_grad`):
- *   1. per image: each splat's box → the tiles it touches → (tile, splat) entries in CSR order,
- *      splats in index order within a tile (binning; serial per image, O(N · tiles per splat));
+ *   1. binning, in blocks of splats of one image (any thread): each splat's box → the
+ *      tiles it touches → (tile, splat) entries in CSR order, splats in index order within a
+ *      tile (a block counts its entries per tile; prefix sums, one thread; each block writes
+ *      its entries at its own offsets), and each splat's entries listed in tile order;
  *   2. per tile, any thread (a shared counter hands out tiles of every image of the batch):
  *      forward: render = Σ G·c over the tile's entries, G of each row kept in the thread's
  *      cache; residual r = render − target, the tile's Σ r² and ∂L/∂I = scale · r; backward:
  *      for each entry (G from the cache, z₁ and z₂ recomputed) the colour gradient Σ G·∂L/∂I
  *      and, with A = G · Σ_c c_c ∂L/∂I_c, the five moments Σ A z₁, Σ A z₂, Σ A z₁², Σ A z₁z₂,
  *      Σ A z₂² → the geometry gradient, written to the entry's own slot (no atomics);
- *   3. per image: entries' gradients summed into their splats in entry order, tiles' Σ r² in
- *      tile order — so the result does not depend on the number of threads.
+ *   3. per block (any thread): each splat's gradient, the sum of its entries' in tile order;
+ *      per image, tiles' Σ r² in tile order — so the result does not depend on the number of
+ *      threads.
  * A tile row is evaluated as one 16-lane vector per entry (lanes outside the ellipse give 0;
  * one AVX-512 register, two AVX2 ones): a fixed trip count the compiler vectorises (selects,
  * not branches: with -fno-trapping-math GCC if-converts them). The helpers are always inlined
@@ -63,7 +66,7 @@
 typedef struct {
     float x, y, il11, l21, il22, r, g, b;  /* centre, 1/l11, l21, 1/l22, colour */
     float l11, l22, k2;                    /* and k² of the footprint */
-    float k2a, al22, ia;                   /* k²·(l21² + l22²), |l22|, 1 / (l21² + l22²) */
+    float k, al22, zy;                     /* k, |l22|, l21·k / √(l21² + l22²) */
 } Splat;
 
 typedef struct { int32_t x0, x1, y0, y1; } Box;  /* pixel ranges [x0, x1) × [y0, y1); empty ok */
@@ -98,7 +101,7 @@ static int finite_splat(const float *p) {
 
 /* The footprint of a pixel-unit splat on an H×W canvas (file comment). Non-finite or degenerate
  * splats cover nothing. */
-static Box footprint(const float *p, int height, int width, float k_sigma) {
+INLINE Box footprint(const float *p, int height, int width, float k_sigma) {
     Box box = {0, 0, 0, 0};
     if (!finite_splat(p))
         return box;
@@ -116,9 +119,17 @@ static Box footprint(const float *p, int height, int width, float k_sigma) {
     return box;
 }
 
-/* One batch's binning and buffers. Entry e of image b: splat `entry_splat[e]`, tiles in order. */
+#define BLOCK 256  /* splats of one image binned and reduced together, at least */
+
+typedef enum { PREPARE, FILL, TILES, REDUCE } Phase;
+
+/* One batch's binning and buffers. Entry e of image b: splat `entry_splat[e]`, tiles in order.
+ * Splats are binned in blocks (one image's, in index order) so that threads can bin them: each
+ * block counts its entries per tile, then writes them at its own offsets. How many blocks does
+ * not change any result (entries stay in splat order, sums in tile order). */
 typedef struct {
     int batch, n, height, width, tiles_x, tiles_y, tiles;  /* tiles per image */
+    int blocks_per_image, block_size;
     float k_sigma, grad_scale;
     const float *params;   /* [B, N, 8] */
     const float *target;   /* [B, H, W, 3] or NULL (render only) */
@@ -126,69 +137,120 @@ typedef struct {
     float *grad;           /* [B, N, 8] or NULL */
     Splat *splats;         /* [B, N] */
     Box *boxes;            /* [B, N] */
+    int64_t *block_tiles;  /* [B · blocks, T] a block's entries per tile, then its first one */
+    int64_t *splat_first;  /* [B·N + 1] a splat's entries in `splat_entry` */
+    int64_t *splat_entry;  /* [E] each splat's entries, its tiles in order */
     int64_t *tile_start;   /* [B·T + 1] entries of tile t: tile_start[t] … tile_start[t + 1] */
     int32_t *entry_splat;  /* [E] */
     float *entry_grad;     /* [E, 8] */
     double *tile_sse;      /* [B·T] */
 #ifdef HAVE_THREADS
-    atomic_long next_tile;
+    atomic_long next[4];   /* per phase: the next item (block or tile) a thread takes */
+    pthread_mutex_t lock;  /* `meet` */
+    pthread_cond_t met;
+    int threads, waiting;
+    long round;
 #else
-    long next_tile;
+    long next[4];
 #endif
-    volatile int failed;   /* a thread could not allocate its cache */
+    volatile int failed;   /* out of memory: a thread's cache or the entries */
 } Batch;
 
-/* Boxes and binning for every image: fills splats, boxes, tile_start, entry_splat. */
-static int bin_batch(Batch *w) {
-    const int64_t bn = (int64_t)w->batch * w->n, bt = (int64_t)w->batch * w->tiles;
-    int64_t *count = calloc((size_t)bt + 1, sizeof(int64_t));
-    if (count == NULL)
-        return 0;
-    for (int64_t s = 0; s < bn; s++) {
+/* The splats [*first, *end) of block `block` (index in the batch). */
+static void block_splats(const Batch *w, int64_t block, int64_t *first, int64_t *end) {
+    const int64_t image = block / w->blocks_per_image, part = block % w->blocks_per_image;
+    *first = image * w->n + part * w->block_size;
+    *end = *first + w->block_size < (image + 1) * w->n ? *first + w->block_size
+                                                        : (image + 1) * w->n;
+}
+
+/* A block's splats: boxes, the engine's form (`Splat`), tiles per splat (into splat_first[s +
+ * 1]) and the block's entries per tile. */
+KERNEL static void prepare_block(Batch *w, int64_t block) {
+    int64_t first, end;
+    block_splats(w, block, &first, &end);
+    int64_t *count = w->block_tiles + block * w->tiles;
+    for (int64_t s = first; s < end; s++) {
         const float *p = w->params + 8 * s;
         Box box = footprint(p, w->height, w->width, w->k_sigma);
         w->boxes[s] = box;
         Splat sp = {p[0], p[1], 0, p[3], 0, p[5], p[6], p[7], p[2], p[4],
                     w->k_sigma * w->k_sigma, 0, 0, 0};
+        int64_t tiles = 0;
         if (box.x1 > box.x0) {
             const float a = p[3] * p[3] + p[4] * p[4];
             sp.il11 = 1.0f / p[2];
             sp.il22 = 1.0f / p[4];
-            sp.k2a = sp.k2 * a;
+            sp.k = w->k_sigma;
             sp.al22 = fabsf(p[4]);
-            sp.ia = 1.0f / a;
+            sp.zy = p[3] * w->k_sigma / sqrtf(a);
+            for (int ty = box.y0 / TILE; ty <= (box.y1 - 1) / TILE; ty++)
+                for (int tx = box.x0 / TILE; tx <= (box.x1 - 1) / TILE; tx++, tiles++)
+                    count[ty * w->tiles_x + tx]++;
         }
         w->splats[s] = sp;
-        if (box.x1 <= box.x0)
-            continue;
-        const int64_t base = (s / w->n) * w->tiles;
-        for (int ty = box.y0 / TILE; ty <= (box.y1 - 1) / TILE; ty++)
-            for (int tx = box.x0 / TILE; tx <= (box.x1 - 1) / TILE; tx++)
-                count[base + (int64_t)ty * w->tiles_x + tx + 1]++;
+        w->splat_first[s + 1] = tiles;
     }
-    for (int64_t t = 0; t < bt; t++)
-        count[t + 1] += count[t];
-    const int64_t entries = count[bt];
-    w->tile_start = count;
-    w->entry_splat = malloc((size_t)(entries ? entries : 1) * sizeof(int32_t));
-    w->entry_grad = malloc((size_t)(entries ? entries : 1) * 8 * sizeof(float));
-    int64_t *fill = malloc((size_t)(bt ? bt : 1) * sizeof(int64_t));
-    if (w->entry_splat == NULL || w->entry_grad == NULL || fill == NULL) {
-        free(fill);
-        return 0;
-    }
-    memcpy(fill, count, (size_t)bt * sizeof(int64_t));
-    for (int64_t s = 0; s < bn; s++) {  /* in splat order: entries of a tile stay sorted */
+}
+
+/* Between PREPARE and FILL, one thread: the prefix sums — each tile's first entry, each block's
+ * first entry in each tile (blocks of an image in order), each splat's first in splat_entry. */
+static int plan_entries(Batch *w) {
+    const int64_t bn = (int64_t)w->batch * w->n, bt = (int64_t)w->batch * w->tiles;
+    w->splat_first[0] = 0;
+    for (int64_t s = 0; s < bn; s++)
+        w->splat_first[s + 1] += w->splat_first[s];
+    int64_t at = 0;
+    for (int64_t b = 0; b < w->batch; b++)
+        for (int t = 0; t < w->tiles; t++) {
+            w->tile_start[b * w->tiles + t] = at;
+            for (int64_t k = 0; k < w->blocks_per_image; k++) {
+                int64_t *count = w->block_tiles + (b * w->blocks_per_image + k) * w->tiles + t;
+                const int64_t here = *count;
+                *count = at;
+                at += here;
+            }
+        }
+    w->tile_start[bt] = at;
+    const size_t entries = (size_t)(at ? at : 1);
+    w->entry_splat = malloc(entries * sizeof(int32_t));
+    w->splat_entry = malloc(entries * sizeof(int64_t));
+    w->entry_grad = malloc(entries * 8 * sizeof(float));
+    return w->entry_splat != NULL && w->splat_entry != NULL && w->entry_grad != NULL;
+}
+
+/* A block's entries into their tiles (splat order within a tile) and into splat_entry. */
+static void fill_block(Batch *w, int64_t block) {
+    int64_t first, end;
+    block_splats(w, block, &first, &end);
+    int64_t *next = w->block_tiles + block * w->tiles;
+    for (int64_t s = first; s < end; s++) {
         Box box = w->boxes[s];
+        int64_t *mine = w->splat_entry + w->splat_first[s];
         if (box.x1 <= box.x0)
             continue;
-        const int64_t base = (s / w->n) * w->tiles;
         for (int ty = box.y0 / TILE; ty <= (box.y1 - 1) / TILE; ty++)
-            for (int tx = box.x0 / TILE; tx <= (box.x1 - 1) / TILE; tx++)
-                w->entry_splat[fill[base + (int64_t)ty * w->tiles_x + tx]++] = (int32_t)(s % w->n);
+            for (int tx = box.x0 / TILE; tx <= (box.x1 - 1) / TILE; tx++) {
+                const int64_t e = next[ty * w->tiles_x + tx]++;
+                w->entry_splat[e] = (int32_t)(s % w->n);
+                *mine++ = e;
+            }
     }
-    free(fill);
-    return 1;
+}
+
+/* A block's splats' gradients: the sum of their entries', tiles in order (whatever thread). */
+KERNEL static void reduce_block(Batch *w, int64_t block) {
+    int64_t first, end;
+    block_splats(w, block, &first, &end);
+    for (int64_t s = first; s < end; s++) {
+        float sum[8] = {0};
+        for (int64_t k = w->splat_first[s]; k < w->splat_first[s + 1]; k++) {
+            const float *restrict src = w->entry_grad + 8 * w->splat_entry[k];
+            for (int c = 0; c < 8; c++)
+                sum[c] += src[c];
+        }
+        memcpy(w->grad + 8 * s, sum, sizeof sum);
+    }
 }
 
 /* G on the 16 lanes of a tile row, 0 outside the ellipse z₁² + z₂² ≤ k²; z₁, z₂ too. */
@@ -206,39 +268,36 @@ INLINE void row_gaussian(const Splat *restrict sp, float dy, const float *restri
     }
 }
 
-/* The tile rows an entry reaches, [*a, *b): rows of its box with some lane of the tile inside
- * the ellipse (contiguous: the ellipse is convex), all rows at once (vectorised). For fixed dy,
- * z₁² + z₂² ≤ k² is a quadratic in u = dx / l11 whose roots are
- * u = (dy·l21 ± |l22|·√(k²(l21² + l22²) − dy²)) / (l21² + l22²); a row is reached where that
- * span holds a lane centre of the tile. Conservative by 0.01 px: the mask q ≤ k² in
- * `row_gaussian` decides, this only skips rows surely outside. */
+/* min and max as selects (fminf and fmaxf are library calls: their NaN rule is not minss's) */
+INLINE float min_of(float a, float b) { return a < b ? a : b; }
+INLINE float max_of(float a, float b) { return a > b ? a : b; }
+
+/* The tile rows an entry reaches, [*a, *b): the rows of its box whose centre lies in the
+ * ellipse's y-extent over the tile's columns. At z₁ = dx / l11 the ellipse spans
+ * dy = l21·z₁ ± |l22|·√(k² − z₁²); over the columns' z₁ interval the lowest dy is at
+ * z₁ = −l21·k / √(l21² + l22²) (where its derivative is 0), clamped into the interval, the
+ * highest at +l21·k / √(…). Conservative by 0.01 px (and rows between lane centres are kept):
+ * the mask q ≤ k² in `row_gaussian` decides, this only skips rows surely outside. */
 INLINE void entry_rows(const Splat *sp, Box box, int tx0, int ty0, int rows, int cols,
                        int *a, int *b) {
-    const float y0 = (float)ty0 + 0.5f - sp->y, x = sp->x - (float)tx0, k2a = sp->k2a;
-    const float al22 = sp->al22, l21 = sp->l21, scale = sp->l11 * sp->ia, last = (float)(cols - 1);
-    float low[TILE], high[TILE];  /* a reached row's index, else past the other end */
-    for (int ly = 0; ly < TILE; ly++) {
-        const float dy = y0 + (float)ly;
-        const float disc = k2a - dy * dy;
-        const float root = al22 * sqrtf(disc > 0.0f ? disc : 0.0f), mid = dy * l21;
-        const float u0 = scale * (mid - root), u1 = scale * (mid + root);
-        const float start = ceilf(x + (u0 < u1 ? u0 : u1) - 0.51f);
-        const float end = floorf(x + (u0 < u1 ? u1 : u0) - 0.49f);
-        const float first = start > 0.0f ? start : 0.0f, final = end < last ? end : last;
-        const int live = disc >= 0.0f && final >= first;
-        low[ly] = live ? (float)ly : (float)TILE;
-        high[ly] = live ? (float)ly : -1.0f;
-    }
-    int lowest = TILE, highest = -1;  /* separate loop: integer min / max vectorise */
-    for (int ly = 0; ly < TILE; ly++) {
-        const int l = (int)low[ly], h = (int)high[ly];
-        lowest = l < lowest ? l : lowest;
-        highest = h > highest ? h : highest;
-    }
+    const float k = sp->k, il11 = sp->il11, l21 = sp->l21, al22 = sp->al22;
+    const float z0 = ((float)tx0 + 0.49f - sp->x) * il11;
+    const float z1 = ((float)(tx0 + cols) - 0.49f - sp->x) * il11;
+    const float lo = max_of(min_of(z0, z1), -k), hi = min_of(max_of(z0, z1), k);
+    *a = *b = 0;
+    if (!(lo <= hi))
+        return;
+    const float up = min_of(max_of(-sp->zy, lo), hi), down = min_of(max_of(sp->zy, lo), hi);
+    const float top = l21 * up - al22 * sqrtf(max_of(sp->k2 - up * up, 0.0f));
+    const float bottom = l21 * down + al22 * sqrtf(max_of(sp->k2 - down * down, 0.0f));
+    const float centre = sp->y - (float)ty0 - 0.5f;  /* row ly's dy: ly − centre */
+    const float first = ceilf(centre + top - 0.01f), last = floorf(centre + bottom + 0.01f);
     const int ly0 = box.y0 > ty0 ? box.y0 - ty0 : 0;
     const int ly1 = box.y1 - ty0 < rows ? box.y1 - ty0 : rows;
-    *a = lowest > ly0 ? lowest : ly0;
-    *b = highest + 1 < ly1 ? highest + 1 : ly1;
+    const float start = min_of(max_of(first, (float)ly0), (float)ly1);  /* into [ly0, ly1] */
+    const float end = min_of(max_of(last + 1.0f, start), (float)ly1);
+    *a = (int)start;
+    *b = (int)end;
 }
 
 /* Forward for one entry: its G·c added to the tile's render `acc`, G of each row it reaches
@@ -318,7 +377,9 @@ INLINE void backward_entry(const Splat *restrict sp, uint32_t live, const float 
     float s[8][TILE];  /* per lane: Σ A z₁, A z₂, A z₁², A z₁z₂, A z₂², G·∂L/∂I (r, g, b) */
     const float red = sp->r, green = sp->g, blue = sp->b;
     const float il11 = sp->il11, l21 = sp->l21, il22 = sp->il22;
-    memset(s, 0, sizeof s);
+    for (int k = 0; k < 8; k++)  /* not memset: GCC makes that `rep stos`, slow to start */
+        for (int l = 0; l < TILE; l++)
+            s[k][l] = 0.0f;
     for (int l = 0; l < TILE; l++)
         dx[l] = ((float)(tx0 + l) + 0.5f - sp->x) * il11;
     for (int ly = (int)(live & 0xff); ly < (int)(live >> 8); ly++) {
@@ -366,7 +427,8 @@ INLINE double tile_residual(Batch *w, int64_t pixel0, int rows, int cols,
     if (w->target == NULL)
         return 0.0;
     float target[3][TILE * TILE];  /* planar, 0 off the canvas */
-    memset(target, 0, sizeof target);
+    if (rows < TILE || cols < TILE)  /* else every value is set below */
+        memset(target, 0, sizeof target);
     for (int ly = 0; ly < rows; ly++) {
         const float *restrict in = w->target + 3 * (pixel0 + (int64_t)ly * w->width);
         for (int lx = 0; lx < cols; lx++)
@@ -451,68 +513,141 @@ static int reserve(Cache *cache, size_t entries) {
     return 1;
 }
 
+/* The item `item` of `phase`; 0 where the thread could not get its cache. */
+static int run_item(Batch *w, Phase phase, long item, Cache *cache) {
+    if (phase == PREPARE) {
+        prepare_block(w, item);
+    } else if (phase == FILL) {
+        fill_block(w, item);
+    } else if (phase == REDUCE) {
+        reduce_block(w, item);
+    } else {
+        const size_t entries = (size_t)(w->tile_start[item + 1] - w->tile_start[item]);
+        if (w->target != NULL && !reserve(cache, entries))
+            return 0;
+        do_tile(w, item, w->target != NULL ? cache : NULL);
+    }
+    return 1;
+}
+
+/* A phase's items, any thread taking the next one. */
+static void run_phase(Batch *w, Phase phase, long items, Cache *cache) {
+    while (!w->failed) {
+#ifdef HAVE_THREADS
+        const long item = atomic_fetch_add(&w->next[phase], 1);
+#else
+        const long item = w->next[phase]++;
+#endif
+        if (item >= items)
+            return;
+        if (!run_item(w, phase, item, cache))
+            w->failed = 1;
+    }
+}
+
+/* The threads of a call wait here for each other between phases (one set of threads a call:
+ * starting threads per phase cost ~25 µs each); the last to come runs `between` first. */
+static void meet(Batch *w, void (*between)(Batch *)) {
+#ifdef HAVE_THREADS
+    pthread_mutex_lock(&w->lock);
+    const long round = w->round;
+    if (++w->waiting == w->threads) {
+        if (between != NULL)
+            between(w);
+        w->waiting = 0;
+        w->round++;
+        pthread_cond_broadcast(&w->met);
+    } else {
+        while (w->round == round)
+            pthread_cond_wait(&w->met, &w->lock);
+    }
+    pthread_mutex_unlock(&w->lock);
+#else
+    if (between != NULL)
+        between(w);
+#endif
+}
+
+static void plan(Batch *w) {
+    if (!w->failed && !plan_entries(w))
+        w->failed = 1;
+}
+
 static void *worker(void *arg) {
     Batch *w = arg;
-    const long total = (long)w->batch * w->tiles;
+    const long blocks = (long)w->batch * w->blocks_per_image, tiles = (long)w->batch * w->tiles;
     Cache cache = {NULL, NULL, 0};
-    for (;;) {
-#ifdef HAVE_THREADS
-        long tile = atomic_fetch_add(&w->next_tile, 1);
-#else
-        long tile = w->next_tile++;
-#endif
-        if (tile >= total)
-            break;
-        const size_t entries = (size_t)(w->tile_start[tile + 1] - w->tile_start[tile]);
-        if (w->target != NULL && !reserve(&cache, entries)) {
-            w->failed = 1;
-            break;
-        }
-        do_tile(w, tile, w->target != NULL ? &cache : NULL);
-    }
+    run_phase(w, PREPARE, blocks, &cache);
+    meet(w, plan);
+    run_phase(w, FILL, blocks, &cache);
+    meet(w, NULL);
+    run_phase(w, TILES, tiles, &cache);
+    meet(w, NULL);
+    if (w->grad != NULL)
+        run_phase(w, REDUCE, blocks, &cache);
     free(cache.live), free(cache.g);
     return NULL;
 }
 
-static void run_tiles(Batch *w, int threads) {
+/* Blocks of at least BLOCK splats, a few per thread, and no more per image than splats per
+ * tile (each block counts entries for every tile of its image: memory O(splats)). */
+static void blocks(Batch *w, int threads) {
+    int count = (w->n + BLOCK - 1) / BLOCK;
+    count = count < 2 * threads ? count : 2 * threads;
+    count = count < w->n / w->tiles ? count : w->n / w->tiles;
+    count = count > 1 ? count : 1;
+    w->block_size = (w->n + count - 1) / count;
+    w->blocks_per_image = (w->n + w->block_size - 1) / w->block_size;
+}
+
+/* The threads: this one and up to threads − 1 more (no more than there are tiles). */
+static void run_threads(Batch *w, int threads) {
 #ifdef HAVE_THREADS
+    const long tiles = (long)w->batch * w->tiles;
     pthread_t ids[MAX_THREADS];
     int started = 0;
-    atomic_store(&w->next_tile, 0);
-    for (int i = 1; i < threads && i < MAX_THREADS; i++)
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->met, NULL);
+    pthread_mutex_lock(&w->lock);  /* until `threads` is known: none may meet before */
+    for (int i = 1; i < threads && i < tiles && i < MAX_THREADS; i++)
         if (pthread_create(&ids[started], NULL, worker, w) == 0)
             started++;
+    w->threads = started + 1;
+    pthread_mutex_unlock(&w->lock);
     worker(w);
     for (int i = 0; i < started; i++)
         pthread_join(ids[i], NULL);
+    pthread_cond_destroy(&w->met);
+    pthread_mutex_destroy(&w->lock);
 #else
     (void)threads;
-    w->next_tile = 0;
     worker(w);
 #endif
 }
 
-/* Entries' gradients into their splats and tiles' Σ r² into their images, in a fixed order. */
-static void reduce(Batch *w, double *sse) {
-    if (w->grad != NULL)
-        memset(w->grad, 0, (size_t)w->batch * w->n * 8 * sizeof(float));
-    for (int b = 0; b < w->batch; b++) {
+/* The whole call: binning, tiles, gradients per splat; tiles' Σ r² per image in tile order. */
+static int run_batch(Batch *w, double *sse, int threads) {
+    const int64_t bn = (int64_t)w->batch * w->n, bt = (int64_t)w->batch * w->tiles;
+    const long blocks = (long)w->batch * w->blocks_per_image;
+    w->splats = malloc((size_t)bn * sizeof(Splat));
+    w->boxes = malloc((size_t)bn * sizeof(Box));
+    w->tile_sse = calloc((size_t)bt, sizeof(double));
+    w->block_tiles = calloc((size_t)blocks * w->tiles, sizeof(int64_t));
+    w->splat_first = malloc((size_t)(bn + 1) * sizeof(int64_t));
+    w->tile_start = malloc((size_t)(bt + 1) * sizeof(int64_t));
+    if (w->splats == NULL || w->boxes == NULL || w->tile_sse == NULL || w->block_tiles == NULL
+        || w->splat_first == NULL || w->tile_start == NULL)
+        return 0;
+    run_threads(w, threads);
+    if (w->failed)
+        return 0;
+    for (int b = 0; sse != NULL && b < w->batch; b++) {
         double total = 0.0;
-        for (int t = 0; t < w->tiles; t++) {
-            const int64_t tile = (int64_t)b * w->tiles + t;
-            total += w->tile_sse[tile];
-            if (w->grad == NULL)
-                continue;
-            for (int64_t e = w->tile_start[tile]; e < w->tile_start[tile + 1]; e++) {
-                float *dst = w->grad + 8 * ((int64_t)b * w->n + w->entry_splat[e]);
-                const float *src = w->entry_grad + 8 * e;
-                for (int c = 0; c < 8; c++)
-                    dst[c] += src[c];
-            }
-        }
-        if (sse != NULL)
-            sse[b] = total;
+        for (int t = 0; t < w->tiles; t++)
+            total += w->tile_sse[(int64_t)b * w->tiles + t];
+        sse[b] = total;
     }
+    return 1;
 }
 
 static int check_buffer(Py_buffer *view, Py_ssize_t bytes, const char *name) {
@@ -559,18 +694,10 @@ static PyObject *py_run(PyObject *self, PyObject *args) {
     w.k_sigma = k_sigma, w.grad_scale = grad_scale;
     w.params = params.buf, w.target = target.buf, w.render = render.buf, w.grad = grad.buf;
     threads = threads < 1 ? 1 : threads;
+    blocks(&w, threads);
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS
-    w.splats = malloc((size_t)batch * n * sizeof(Splat));
-    w.boxes = malloc((size_t)batch * n * sizeof(Box));
-    w.tile_sse = calloc((size_t)batch * w.tiles, sizeof(double));
-    ok = w.splats != NULL && w.boxes != NULL && w.tile_sse != NULL && bin_batch(&w);
-    if (ok) {
-        run_tiles(&w, threads);
-        ok = !w.failed;
-    }
-    if (ok)
-        reduce(&w, sse.buf);
+    ok = run_batch(&w, sse.buf, threads);
     Py_END_ALLOW_THREADS
     if (!ok) {
         PyErr_NoMemory();
@@ -580,6 +707,7 @@ static PyObject *py_run(PyObject *self, PyObject *args) {
     Py_INCREF(result);
 done:
     free(w.splats), free(w.boxes), free(w.tile_sse), free(w.tile_start);
+    free(w.block_tiles), free(w.splat_first), free(w.splat_entry);
     free(w.entry_splat), free(w.entry_grad);
     PyBuffer_Release(&params);
     if (target.buf) PyBuffer_Release(&target);
