@@ -13,9 +13,11 @@ def cmd_validate(args) -> int:
     from .render_cli import check_dataset_path
     check_dataset_path(args.path)  # "not found", not "index.json missing"
     report = validate_dataset(args.path, progress=not args.json and sys.stderr.isatty())
-    if [p["problem"] for p in report.problems][:1] == [f"missing: nothing at {args.path} "
-                                                        f"(not found)"]:
+    first = [p["problem"] for p in report.problems][:1]
+    if first == [f"missing: nothing at {args.path} (not found)"]:
         raise FileNotFoundError(f"{args.path}: not found")  # as for a local path
+    if first and first[0].startswith("cannot read: unreachable"):  # not the dataset's fault
+        raise ConnectionError(f"{args.path}: {first[0].removeprefix('cannot read: ')}")
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
     return 0 if report.valid else 1
 
@@ -177,9 +179,12 @@ def one_line(exc: BaseException) -> str:
     """An exception as one line: its message (the class name where the message does not say
     enough: botocore's, OSError's), newlines folded."""
     from .core.errors import FormatError
+    from .io import failures
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, FileNotFoundError) and not any(
-            words in text.lower() for words in ("not found", "no such", "does not exist")):
+    if isinstance(exc, OSError) and failures.failure_kind(exc) == failures.UNREACHABLE:
+        where = text.split()[0] if text.split() else ""  # fsspec: "not found" for a server
+        return f"{where.rstrip(':')}: {failures.describe(exc)}"  # that is down
+    if isinstance(exc, FileNotFoundError) and " " not in text:
         return f"{text}: not found"  # fsspec's message is the bare URL
     if isinstance(exc, (FormatError, ValueError, FileNotFoundError)):
         return text

@@ -157,12 +157,22 @@ def check_dataset_path(path: str, manifest: bool = False) -> None:
         return
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: not found")
+    if not manifest and os.path.isdir(path) \
+            and not os.path.exists(os.path.join(path, C.INDEX_NAME)) and _has_parts(path):
+        raise FileNotFoundError(f"{path}: not a dataset yet (no {C.INDEX_NAME}); it holds a "
+                                f"conversion's finished parts: `gsformat merge {path}` merges "
+                                f"them")
     if manifest and not os.path.isfile(os.path.join(path, C.MANIFEST_NAME)):
-        import glob
         hint = (f"; it holds a conversion's finished parts: `gsformat merge {path}` merges "
-                f"them" if glob.glob(os.path.join(glob.escape(path), "part-*", "part.json"))
-                else "")
+                f"them" if _has_parts(path) else "")
         raise FileNotFoundError(f"{path}: not a gsformat dataset (no {C.MANIFEST_NAME}){hint}")
+
+
+def _has_parts(path: str) -> bool:
+    """Whether a local folder holds a conversion's finished parts (not merged yet)."""
+    import glob
+    import os
+    return bool(glob.glob(os.path.join(glob.escape(path), "part-*", "part.json")))
 
 
 def incomplete_note(manifest: dict) -> list[str]:

@@ -129,3 +129,11 @@ def test_resize_pad_keeps_the_whole_image(tmp_path):
     image = np.asarray(next(iter_dataset(out))["image"])
     assert image.shape == (16, 16, 3)
     assert image[0, :, 0].max() < 40 and image[8, :, 0].min() > 200  # black bars, red middle
+
+
+def test_a_server_that_is_down_is_unreachable_not_missing_in_every_command(capsys):
+    url = "http://127.0.0.1:9/ds"  # port 9: nothing listens
+    for command in (["validate", url], ["inspect", url], ["render", url, "-o", "/dev/null"]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "unreachable" in err and "not found" not in err and err.count("\n") == 1, err

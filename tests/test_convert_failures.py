@@ -210,8 +210,13 @@ def test_strict_writes_no_dataset_unless_every_unit_converted(tmp_path, capsys):
     assert main(["convert", src, str(out), "--strict", *TINY]) == 1
     err = capsys.readouterr().err
     assert "--strict: no dataset merged" in err and f"gsformat merge {out}" in err
-    for name in ("index.json", "gsformat.json", "summary.json"):
+    for name in ("index.json", "gsformat.json"):
         assert not (out / name).exists()
+    assert summary_of(out)["complete"] is False and summary_of(out)["units_failed"] == 1
+    for command in ("validate", "inspect"):  # both say what OUT holds and what to run
+        assert main([command, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"`gsformat merge {out}` merges them" in err and err.count("\n") == 1, err
     assert main(["merge", str(out)]) == 0  # the finished parts, as they are
     assert "1 of 3 source units failed" in capsys.readouterr().err
     assert len(keys_of(out)) == 4 and summary_of(out)["units_failed"] == 1

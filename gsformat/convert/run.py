@@ -119,8 +119,8 @@ def report_failures(out: str, failures: list[dict], n_units: int, strict: bool,
           f"{held}", file=sys.stderr)
     advice = ["re-running the same command retries only the failed units and merges again"]
     if kinds.get(MISSING) or kinds.get(DENIED):
-        advice.append("those not found or denied fail again until they exist or are readable "
-                      "(or leave them out of SRC)")
+        advice.append(f"those not found or denied fail again until they exist or are readable "
+                      f"(to keep what converted without them: `gsformat merge {out}`)")
     if kinds.get(DAMAGED):
         advice.append("a damaged file kept the samples before the damage; replace it to "
                       "convert it whole")
@@ -201,6 +201,7 @@ def _finish(options: ConvertOptions, everything, units, failures, skipped, diges
     failures = [f for f in find_failures(options.out, digest, parts)
                 if f"part-{f.get('unit')}" in names]  # every rank's, as OUT records them
     if failures and options.strict:
+        write_summary(options.out, failures, len(everything))  # the failures, no dataset
         report_failures(options.out, failures, len(everything), True, None)
         return 1
     finished = read_json_or_none(storage.join(options.out, "gsformat.json"))

@@ -227,8 +227,8 @@ def validate_dataset(root: str, progress: bool = False) -> Report:
 def _lists_anything(root: str) -> bool:
     try:
         return bool(storage.list_files(root))
-    except Exception:  # noqa: BLE001 — the report already says index.json is missing
-        return True
+    except Exception as exc:  # noqa: BLE001 — the report already says index.json is missing
+        return failures.failure_kind(exc) != failures.MISSING  # (a bucket that is not there)
 
 
 def _check_shard(report: Report, root: str, info: dict, keys: set) -> None:
