@@ -33,12 +33,8 @@ import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "examples", "digits"))
-sys.path.insert(0, HERE)
-
-import run as digits  # noqa: E402  (examples/digits/run.py: the recipe)
-from rd_bench import LATTICE, RANS_ID, lattice_pipeline  # noqa: E402
+from gsformat.testing import digits  # the recipe's steps (examples/digits/run.py runs them)
+from gsformat.testing.codec_settings import LATTICE, RANS_ID, lattice_pipeline
 
 BUDGETS = (16, 32, 64, 128)
 TAUS = (0.1, 0.2)    # ~33 / 65 % of 64 fitted digit splats have luminances below these

@@ -35,15 +35,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-
 from gsformat.fitting import cupy_available, fit_images
 from gsformat.fitting.fit import DEFAULT_ITERS, PREVIOUS
-from samples import load_photo
-
-TUNING = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
-          "immunohistochemistry", "retina")
-REPORT = ("china", "flower", "motorcycle", "camera", "coins", "moon", "clock", "gravel")
+from gsformat.testing.photos import REPORT, TUNING, load_photo
 PREVIOUS_ITERS = 2000
 LADDER = (0.25, 0.5, 1.0)  # × DEFAULT_ITERS for the new fitter's curve
 

@@ -1,27 +1,23 @@
 """One tuning-set measurement of the fitter: mean PSNR and CPU seconds per image for the options
 given (the tool behind the choice of defaults; benchmarks/RESULTS.md lists the runs).
 
-Fits each photograph of `fit_bench.TUNING` (224²) alone, with one thread, and prints one JSON
-line. CPU seconds (``time.process_time``), not wall time: the runs behind the defaults shared
-the machine with other work, and CPU time is the less disturbed figure.
+Fits each photograph of the tuning set (`gsformat.testing.photos.TUNING`, fit_bench.py's) at
+224², alone, with one thread, and prints one JSON line. CPU seconds (``time.process_time``),
+not wall time: the runs behind the defaults shared the machine with other work, and CPU time is
+the less disturbed figure.
 
     python benchmarks/fit_tune.py 1600 500 lr_position=0.3 relocate_every=125
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-
-from fit_bench import TUNING
 from gsformat.fitting import fit_images
-from samples import load_photo
+from gsformat.testing.photos import TUNING, load_photo
 
 
 def parse_options(pairs) -> dict:

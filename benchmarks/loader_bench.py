@@ -23,7 +23,6 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 import torch
 from torch.utils.data import DataLoader, default_collate
 
@@ -33,7 +32,7 @@ def write_datasets(root: str, n_samples: int, n_splats: int, iters: int) -> dict
     from streaming import MDSWriter
     from gsformat.fitting import fit_images
     from gsformat.io.dataset_files import SplatWriter
-    from samples import PHOTOS, load_photo
+    from gsformat.testing.photos import PHOTOS, load_photo
     photos = np.stack([load_photo(name, 224) for name in PHOTOS])
     fits = fit_images(photos, n_splats, iters).splats
     codecs = {"raw": [], "planar": [{"id": "gsformat.planar"}],

@@ -20,7 +20,7 @@ from gsformat.fitting.fit import DEFAULT_ITERS  # convert's default
 def build_input_folder(folder: str) -> int:
     """The photographs scikit-image and scikit-learn ship, as an image folder with captions."""
     from PIL import Image
-    from samples import PHOTOS, load_raw
+    from gsformat.testing.photos import PHOTOS, load_raw
     os.makedirs(folder, exist_ok=True)
     for name in PHOTOS:
         Image.fromarray(load_raw(name)).save(os.path.join(folder, f"{name}.jpg"), quality=95)

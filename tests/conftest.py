@@ -1,20 +1,39 @@
 """Shared fixtures: real photographs, real fitted splats, small datasets."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
 import numpy as np
 import pytest
 
-# the bundled photographs (scikit-image, scikit-learn: dev dependencies) live beside the examples
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+# the bundled photographs (scikit-image, scikit-learn: dev dependencies)
+from gsformat.testing.photos import PHOTOS, load_photo
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def load_script(path: str):
+    """A script of the repository (``benchmarks/rd_bench.py``, ``examples/digits/run.py``) as a
+    module, loaded from its file once: neither folder is a package, and nothing goes on
+    sys.path."""
+    name = "script_" + path.replace("/", "_").removesuffix(".py")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def photo(name: str = "astronaut", size: int = 64) -> np.ndarray:
     """A bundled scikit-image photograph, centre-cropped and resized: uint8 [size, size, 3]."""
-    from samples import load_photo
     return load_photo(name, size)
 
 
@@ -52,7 +71,6 @@ def write_image_folder(root, broken: bool = False, size: int = 40):
     """Photographs in two class folders, some captions; optionally broken files too."""
     import os
     from PIL import Image
-    from samples import load_photo
     layout = {"people": ["astronaut"], "things": ["coffee", "rocket", "chelsea", "china"]}
     keys = []
     for cls, names in layout.items():
@@ -79,7 +97,6 @@ def write_tars(folder, n_tars: int = 2, per_tar: int = 3, missing_image: bool = 
     import os
     import tarfile
     from PIL import Image
-    from samples import PHOTOS, load_photo
     os.makedirs(folder, exist_ok=True)
     keys, k = [], 0
     for t in range(n_tars):

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from conftest import load_script
 
 
 def test_rd_bench_report_set_quick():
-    import rd_bench
+    rd_bench = load_script("benchmarks/rd_bench.py")
     out = rd_bench.report_set(quick=True)
     json.dumps(out)  # what the script prints
     curves = out["curves"]
@@ -25,7 +24,7 @@ def test_rd_bench_report_set_quick():
 
 @pytest.mark.slow
 def test_rd_bench_quick(tmp_path):
-    import rd_bench
+    rd_bench = load_script("benchmarks/rd_bench.py")
     out = rd_bench.main(quick=True, plot=str(tmp_path / "rd.png"))
     assert os.path.getsize(tmp_path / "rd.png") > 10_000
     assert not any(name.startswith(("q", "e")) for name in out["curves"])  # no legacy codecs
@@ -34,8 +33,8 @@ def test_rd_bench_quick(tmp_path):
 
 
 def test_fit_bench_cost_to_quality(tmp_path):
-    import fit_bench
-    from samples import load_photo
+    fit_bench = load_script("benchmarks/fit_bench.py")
+    from gsformat.testing.photos import load_photo
     photos = {"astronaut": load_photo("astronaut", 40), "china": load_photo("china", 40)}
     out = fit_bench.cost_to_quality(photos, 40, previous_iters=30, default_iters=20,
                                     ladder=(0.5, 1.0, 3.0))
@@ -56,7 +55,7 @@ def test_fit_bench_cost_to_quality(tmp_path):
 
 def test_downstream_bench_quick(tmp_path):
     """The compression → accuracy study end to end on a small digits slice (20 steps a stage)."""
-    import downstream_bench
+    downstream_bench = load_script("benchmarks/downstream_bench.py")
     out = downstream_bench.main(str(tmp_path / "ds"), quick=True, budgets=(16,),
                                 plot=str(tmp_path / "ds.png"))
     json.dumps(out)
@@ -78,7 +77,7 @@ def test_downstream_bench_quick(tmp_path):
 
 
 def test_fit_tune_measures_the_tuning_set():
-    import fit_tune
+    fit_tune = load_script("benchmarks/fit_tune.py")
     options = fit_tune.parse_options(["lr_position=0.3", "relocate_every=5", "engine=tiles"])
     assert options == {"lr_position": 0.3, "relocate_every": 5, "engine": "tiles"}
     out = fit_tune.measure(30, 10, options, names=("astronaut", "coffee"), size=32)

@@ -1,15 +1,12 @@
 """The two-stage recipe on a small slice of real handwritten digits (CPU, a few minutes)."""
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "digits"))
+from conftest import load_script
 
 
 @pytest.mark.slow
 def test_digits_student_far_above_chance(tmp_path):
-    from run import main
+    main = load_script("examples/digits/run.py").main
     results = main(str(tmp_path / "digits"), limit=600, steps=200, iters=100, batch=48,
                    ablation=False)
     assert results["teacher_rgb"] > 0.6

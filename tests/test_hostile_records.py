@@ -4,7 +4,6 @@ NumPy ones (SPEC.md § 7: decoding budget)."""
 import glob
 import math
 import os
-import sys
 import time
 import tracemalloc
 
@@ -18,9 +17,7 @@ from hypothesis import strategies as st
 from gsformat import FormatError, SplatSet, UnknownCodecError, decode_record, encode_record
 from gsformat.codecs import lattice
 from gsformat.core import record as record_module
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from fuzz_bench import budget, main as fuzz_main, mutate  # noqa: E402  (one mutator for both)
+from gsformat.testing.fuzz import budget, mutate, run as fuzz_main  # fuzz_bench.py's, one mutator
 
 VECTORS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "spec", "vectors",
                                         "records", "*.msgpack")))

@@ -18,11 +18,14 @@ third-party packages its install extra provides.
     train     gsformat/train                            loaders            [train]
     apps      gsformat/cli.py, render_cli.py            convert, train     —
     compat    gsformat/format, _moved.py (old paths)    io                 —
+    testing   gsformat/testing (helpers for tests,      apps, top          (plain install to
+              benchmarks, examples)                                        import; dev to use)
 
 The layers form a tree, not a line: fitting and io are siblings (a fitter needs no datasets),
 so are convert and loaders (reading a dataset never needs the fitter or the converter). The top
 package imports the core and the codecs at import time; nothing but the compat aliases imports
-`gsformat.format`.
+`gsformat.format`, and nothing in the library imports `gsformat.testing` (the tests',
+benchmarks' and examples' helpers, like numpy.testing).
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ LAYERS = {  # layer → module-name prefixes (the longest matching prefix decide
     "train": ["gsformat.train"],
     "apps": ["gsformat.cli", "gsformat.render_cli"],
     "compat": ["gsformat.format", "gsformat._moved"],
+    "testing": ["gsformat.testing"],
     "top": ["gsformat"],
 }
 BUILDS_ON = {  # layer → the layers right below it
@@ -54,12 +58,13 @@ BUILDS_ON = {  # layer → the layers right below it
     "io": {"records"}, "fitting": {"records"}, "convert": {"io", "fitting"},
     "render": {"records"}, "loaders": {"io", "render"}, "train": {"loaders"},
     "apps": {"convert", "train"}, "compat": {"io"}, "top": {"codecs", "records"},
+    "testing": {"apps", "top"},
 }
 CORE = {"numpy", "msgpack", "numcodecs", "zstd"}
 THIRD_PARTY = {  # layer → packages its modules may import at their top
     "version": CORE, "core": CORE, "codecs": CORE, "records": CORE, "io": CORE | {"xxhash"},
     "fitting": CORE | {"xxhash", "scipy"}, "convert": CORE | {"xxhash", "scipy"},
-    "compat": CORE,
+    "compat": CORE, "testing": CORE,
 }
 LAZY_ONLY = {  # layer → packages allowed only inside functions (optional paths of a plain install)
     "io": {"xxhash", "streaming", "PIL", "tqdm", "fsspec"},  # xxh* hashes; remote storage
@@ -67,6 +72,7 @@ LAZY_ONLY = {  # layer → packages allowed only inside functions (optional path
     "fitting": {"cupy", "cupyx", "torch"},      # the GPU backend; the dense autograd baseline
     "convert": {"tqdm", "PIL", "streaming", "cupy", "fsspec", "ray",
                 "pyarrow"},                     # Parquet sources
+    "testing": {"PIL", "skimage", "sklearn"},   # the bundled photographs and digits (dev extra)
 }
 # The top package's lazy attribute (`gsformat.render_splats`) is a convenience, not a dependency.
 FACADE_LAZY = {("gsformat", "gsformat.render")}
@@ -228,4 +234,12 @@ def test_only_the_aliases_import_the_old_paths():
     users = sorted(f"{name} → {target}" for name, targets in edges.items()
                    for target, _, _ in targets
                    if layer_of(target) == "compat" and layer_of(name) != "compat")
+    assert not users, users
+
+
+def test_nothing_in_the_library_imports_the_testing_helpers():
+    mods, edges, _ = graph()
+    users = sorted(f"{name} → {target}" for name, targets in edges.items()
+                   for target, _, _ in targets
+                   if layer_of(target) == "testing" and layer_of(name) != "testing")
     assert not users, users

@@ -28,7 +28,7 @@ CLASSES = ["cat", "dog", "bird"]
 
 def jpeg(index: int) -> bytes:
     from PIL import Image
-    from samples import PHOTOS, load_photo
+    from gsformat.testing.photos import PHOTOS, load_photo
     buf = io.BytesIO()
     Image.fromarray(load_photo(PHOTOS[index % len(PHOTOS)], 32)).save(buf, "JPEG")
     return buf.getvalue()

@@ -189,7 +189,7 @@ def test_folder_images_sharing_a_stem_keep_both(tmp_path):
 def test_img2dataset_sidecar_is_kept(tmp_path):
     import io
     import tarfile
-    from samples import load_photo
+    from gsformat.testing.photos import load_photo
     path = tmp_path / "00000.tar"
     sidecar = {"url": "http://example.com/a.jpg", "caption": "a cat", "width": 640,
                "height": 480, "sha256": "ab" * 32, "exif": "{}"}

@@ -4,8 +4,9 @@ The training digits of ``run.py`` (the test 20 % is not even written here) are s
 of them become val/, the rest train/. The teacher and the old stage 1 are trained on train/;
 every variant below (a stage-2 setting, or stage-1 arguments with or without a stage 2) is
 scored by zero-shot top-1 on val/, beside stage 1 alone and the teacher. The winner became
-``run.py``'s ``STAGE1`` / ``STAGE2``; ``run.py`` reports on the test digits. Finished runs
-are reused, so ``--variants`` adds variants to an earlier study's ablation.json.
+``STAGE1`` / ``STAGE2`` (`gsformat.testing.digits`, what ``run.py`` runs); ``run.py`` reports
+on the test digits. Finished runs are reused, so ``--variants`` adds variants to an earlier
+study's ablation.json.
 
     python examples/digits/ablate.py --out runs/digits-val      # ~4–5 min per variant, 2 cores
     python examples/digits/ablate.py --out /tmp/a --quick       # a small slice, 2 variants
@@ -16,8 +17,8 @@ import argparse
 import json
 import os
 
-from run import (AUGMENT, common_args, convert, prepare, report, stage1, stage2,
-                 train_teacher, zeroshot)
+from gsformat.testing.digits import (AUGMENT, common_args, convert, prepare, report, stage1,
+                                     stage2, train_teacher, zeroshot)
 
 OLD_STAGE1 = ["--lr", "2e-3"]  # the recipe before this study (its stage 2: "lr5e-4")
 # name → (stage-1 arguments beyond OLD_STAGE1, stage-2 arguments or None: stage 1 alone).

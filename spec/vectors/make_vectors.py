@@ -39,9 +39,7 @@ def write_once(path: str, data: bytes) -> None:
 def main() -> None:
     from gsformat import SplatSet, encode_record
     from gsformat.fitting import fit_images
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                    "examples"))
-    from samples import load_photo
+    from gsformat.testing.photos import load_photo
 
     two = SplatSet(np.array([[0.25, 0.5, 0.1, 0.0, 0.05, 1.0, 0.5, 0.0],
                              [0.75, 0.5, 0.05, -0.02, 0.1, 0.0, 0.25, 1.0]], np.float16),

@@ -1,6 +1,8 @@
-"""Real photographs that ship inside installed packages (no download): the demo's and the
-tests' inputs. scikit-image's bundled images are CC0 / public domain; scikit-learn's sample
-images (china, flower) are CC BY 2.0 by their authors, shipped with scikit-learn."""
+"""Real photographs that ship inside installed packages (no download): the demo's, the tests'
+and the benchmarks' inputs. scikit-image's bundled images are CC0 / public domain;
+scikit-learn's sample images (china, flower) are CC BY 2.0 by their authors, shipped with
+scikit-learn. Loading one needs scikit-image or scikit-learn, and Pillow to resize (the dev
+extra); importing this module needs only the plain install."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +14,13 @@ PHOTOS = SKIMAGE_PHOTOS + SKLEARN_PHOTOS
 # more real photographs scikit-image bundles: the stereo pair's left view and greyscale ones
 # (returned as RGB) — the fitter's held-out report set draws on these (benchmarks/fit_bench.py)
 EXTRA_PHOTOS = ("motorcycle", "camera", "coins", "moon", "clock", "gravel")
+
+# The fitter's defaults are tuned on TUNING only; REPORT holds photographs no default was ever
+# tuned on (benchmarks/fit_bench.py, fit_tune.py, rd_bench.py --report-set); README reports
+# REPORT.
+TUNING = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+          "immunohistochemistry", "retina")
+REPORT = ("china", "flower", "motorcycle", "camera", "coins", "moon", "clock", "gravel")
 
 
 def load_raw(name: str) -> np.ndarray:
