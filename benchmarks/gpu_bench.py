@@ -42,11 +42,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-
 from gsformat.fitting import cupy_available, fit_images
 from gsformat.fitting.fit import DEFAULT_ITERS, FitOptions, _BatchFit
-from samples import SKIMAGE_PHOTOS, load_photo, load_raw
+from gsformat.testing.photos import SKIMAGE_PHOTOS, load_photo, load_raw
 
 NEW, OLD = "tiles", "window"
 BATCHES = (64, 256, 1024, 4096)

@@ -21,35 +21,21 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 
 from gsformat import SplatSet, decode_record, encode_record
 from gsformat.fitting import fit_images
 from gsformat.fitting.engine import evaluate_psnr
 from gsformat.fitting.solve import REFERENCE_PSNR, record_codecs
 from gsformat.core.render_math import psnr
-from samples import SKIMAGE_PHOTOS, load_photo
+from gsformat.testing.codec_settings import LATTICE, RANS_ID, lattice_pipeline
+from gsformat.testing.photos import REPORT, SKIMAGE_PHOTOS, TUNING, load_photo
 
-LATTICE = {  # name → steps (position, ln scale, shear, colour) of gsformat.lattice
-    "l-fine": (2.0 ** -12, 0.03, 0.03, 0.015), "l-mid": (2.0 ** -11, 0.05, 0.05, 0.022),
-    "l-lean": (2.0 ** -11, 0.06, 0.08, 0.03), "l-coarse": (2.0 ** -10, 0.08, 0.1, 0.045)}
 QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 L1_WEIGHTS = (1e-3, 1e-2)  # the paper's L1 colour term, measured at 1,600 splats with l-mid
-
-
-RANS_ID = "gsformat.lattice-rans"
-
-
-def lattice_pipeline(steps, codec_id: str = "gsformat.lattice"):
-    config = {"id": codec_id, "position_step": steps[0], "scale_step": steps[1],
-              "shear_step": steps[2], "colour_step": steps[3]}
-    return [config | ({"level": 19} if codec_id == "gsformat.lattice" else {})]
 
 
 def lossy_pipelines():
@@ -152,10 +138,8 @@ def report_set(quick: bool = False, tuning: bool = False) -> dict:
     """The recommended lossy codec (lattice-rans, colours solved for the quantised geometry),
     with fixed steps and with matched steps (each image's steps scaled by its fit's error,
     `gsformat.fitting.solve`), and raw FP16 against JPEG and WebP on `fit_bench.py`'s held-out
-    report set (photographs no default was tuned on; ``tuning``: its tuning set instead): the
-    curves and BD-rates over 25–32 dB."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from fit_bench import REPORT, TUNING
+    report set (`gsformat.testing.photos.REPORT`: photographs no default was tuned on;
+    ``tuning``: its tuning set instead): the curves and BD-rates over 25–32 dB."""
     chosen = TUNING if tuning else REPORT
     names = list(chosen[:2] if quick else chosen)
     size, iters = (96, 150) if quick else (224, 2000)

@@ -80,7 +80,7 @@ def test_webdataset_tars_brace_pattern(tmp_path):
 def test_mds_source(tmp_path):
     from PIL import Image
     from streaming import MDSWriter
-    from samples import load_photo
+    from gsformat.testing.photos import load_photo
     src = str(tmp_path / "mds")
     with MDSWriter(out=src, columns={"jpg": "jpeg", "txt": "str", "cls": "int"}) as writer:
         for i, name in enumerate(["astronaut", "coffee", "rocket"]):
