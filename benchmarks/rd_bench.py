@@ -153,7 +153,7 @@ def report_set(quick: bool = False, tuning: bool = False) -> dict:
             pipeline = lattice_pipeline(steps, RANS_ID)
             for suffix, reference in (("+solve", None), ("+matched", MATCHED_REFERENCE_PSNR)):
                 refit = fit_images(images, n, 0, init_splats=result.splats, quantize=pipeline[0],
-                                   quantize_reference_psnr=reference, batch_size=1)
+                                   matched_steps=reference, batch_size=1)
                 add_point(curves, "r" + name[1:] + suffix, n, refit, pipeline)
         print(f"{'tuning' if tuning else 'report'} set: {n} splats done", file=sys.stderr,
               flush=True)

@@ -60,7 +60,7 @@ def test_plain_streaming_dataset_opens_result(tmp_path):
     dataset = StreamingDataset(local=str(tmp_path / "out"), shuffle=False)
     assert len(dataset) == 5
     for i in range(len(dataset)):
-        assert decode_record(dataset[i]["splats"], check=True).n_splats == 24
+        assert decode_record(dataset[i]["splats"]).n_splats == 24
 
 
 def test_webdataset_tars_brace_pattern(tmp_path):

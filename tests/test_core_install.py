@@ -23,7 +23,7 @@ assert "site-packages" in gsformat.__file__, gsformat.__file__  # the installed 
 decoded = refused = 0
 for path in sorted(glob.glob(os.path.join(vectors, "records", "*.msgpack"))):
     want = json.load(open(path[:-len(".msgpack")] + ".json"))
-    splats = decode_record(open(path, "rb").read(), check=True)
+    splats = decode_record(open(path, "rb").read())
     digest = hashlib.sha256(splats.params.astype("<f2").tobytes()).hexdigest()
     assert digest == want["params_sha256"], path
     decoded += 1

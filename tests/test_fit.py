@@ -145,3 +145,23 @@ def test_convert_default_iterations_are_the_fitters():
     parser = argparse.ArgumentParser()
     add_convert_arguments(parser)
     assert parser.parse_args(["s", "o"]).iters == DEFAULT_ITERS
+
+
+def test_fit_options_are_grouped_and_keep_their_flat_names():
+    import warnings
+    from gsformat.fitting.options import FLAT, Execution, Optimiser
+    opts = FitOptions(lr_position=0.1, engine="window", quantize={"id": "gsformat.lattice"})
+    assert opts.optimiser.lr_position == 0.1 and opts.execution.engine == "window"
+    assert opts.quantisation.codec == {"id": "gsformat.lattice"}
+    assert opts.optimiser.lr_colour == Optimiser().lr_colour  # the others keep their defaults
+    grouped = FitOptions(optimiser=Optimiser(lr_position=0.1), execution=Execution(engine="window"),
+                         quantize={"id": "gsformat.lattice"})
+    assert grouped == opts
+    assert FitOptions(**opts.flat()) == opts  # flat() is what fit_images takes
+    assert set(opts.flat()) == set(FLAT) - {"codec"} | {"n_splats", "iters", "seed"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert FitOptions(quantize_reference_psnr=30.0).quantisation.matched_steps == 30.0
+    assert any("matched_steps" in str(w.message) for w in caught)
+    with pytest.raises(TypeError, match="unexpected fitting option 'lr_postion'"):
+        FitOptions(lr_postion=0.1)

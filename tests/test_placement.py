@@ -78,9 +78,9 @@ def test_relocation_keeps_the_budget_and_is_deterministic():
 
 
 def test_relocation_never_raises_the_loss_beyond_its_tolerance():
-    tolerance = fit_module.FitOptions.relocate_tolerance
+    tolerance = fit_module.FitOptions().placement.relocate_tolerance
     history = _fit().history[:, 0]
-    for step in placement.relocation_steps(160, 40, fit_module.FitOptions.relocate_until):
+    for step in placement.relocation_steps(160, 40, fit_module.FitOptions().placement.relocate_until):
         assert history[step] <= history[step - 1] * (1 + tolerance) + 1e-9
 
 

@@ -21,7 +21,7 @@ PIPELINES = [[], [{"id": "zstd", "level": 5}], [{"id": "gsformat.planar", "level
 def test_round_trip_any_valid_splats(params):
     splats = SplatSet(params, 31, 17, {"psnr": 27.5, "iters": 10})
     for pipeline in PIPELINES[:3]:  # lossless pipelines: bit-exact
-        decoded = decode_record(encode_record(splats, pipeline), check=True)
+        decoded = decode_record(encode_record(splats, pipeline))
         assert decoded == splats and decoded.meta == {"psnr": 27.5, "iters": 10}
 
 
@@ -126,3 +126,14 @@ def test_splatset_shape_and_limits():
         SplatSet(np.ones((3, 7)), 8, 8)
     with pytest.raises(FormatError, match="canvas height 0"):
         SplatSet(np.ones((3, 8)), 0, 8)
+
+
+def test_decode_record_check_is_deprecated_and_always_checks():
+    import warnings
+    from gsformat import SplatSet
+    record = encode_record(SplatSet(np.tile(np.array([[0.5, 0.5, 0.1, 0, 0.1, 1, 1, 1]],
+                                                     np.float16), (3, 1)), 8, 8), [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert decode_record(record, check=False).n_splats == 3
+    assert any("check" in str(w.message) for w in caught)

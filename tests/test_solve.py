@@ -99,7 +99,7 @@ def test_matched_steps_refine_the_closely_fitted_image_and_records_say_so():
              "shear_step": 0.1, "colour_step": 0.05}
     fixed = fit_images(images, 120, 60, backend="numpy", quantize=codec)
     matched = fit_images(images, 120, 60, backend="numpy", quantize=codec,
-                         quantize_reference_psnr=30.0)
+                         matched_steps=30.0)
     scales = [s.meta["step_scale"] for s in matched.splats]
     assert scales[0] < scales[1]
     assert matched.splats[0].meta["fit_psnr"] > matched.splats[1].meta["fit_psnr"]
@@ -113,4 +113,4 @@ def test_matched_steps_refine_the_closely_fitted_image_and_records_say_so():
         assert np.array_equal(order(stored.params), order(splats.params))  # exactly the fit's
     assert record_codecs([codec], fixed.splats[0]) == [codec]  # no step_scale: as given
     with pytest.raises(ValueError, match="matched steps"):
-        fit_images(images, 120, 1, quantize_reference_psnr=30.0)  # no codec to scale
+        fit_images(images, 120, 1, matched_steps=30.0)  # no codec to scale
