@@ -1,6 +1,6 @@
 """The C tile engine's cost per call on the splats the default fitter produces.
 
-Fits photographs of the tuning set (`fit_bench.TUNING`, 224²) for ``--iters`` iterations with
+Fits photographs of the tuning set (`gsformat.testing.photos.TUNING`, 224²) for ``--iters`` iterations with
 `FitOptions()` defaults at ``--splats`` splats (cached under ``--cache``), then times
 `TileEngine.loss_grad` on the fitted splats, the images as one batch: best of ``--repeats``
 rounds of ``--calls`` calls, ``--threads`` threads. Prints one JSON line: ms per call, the
@@ -22,22 +22,17 @@ import importlib.machinery
 import importlib.util
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "examples"))
-
-from gsformat.fitting import tiles  # noqa: E402
-from gsformat.format.render_math import to_pixels  # noqa: E402
+from gsformat.core.render_math import to_pixels
+from gsformat.fitting import tiles
 
 
 def fitted(names, n_splats: int, iters: int, size: int, cache: str):
     """(params ``[B, N, 8]`` pixel units, targets ``[B, H, W, 3]`` float32) of a default fit."""
-    from samples import load_photo
+    from gsformat.testing.photos import load_photo
     from gsformat.fitting import fit_images
     from gsformat.fitting.images import as_float_rgb
     os.makedirs(cache, exist_ok=True)
@@ -94,7 +89,7 @@ def main() -> None:
     parser.add_argument("--splats", type=int, default=1600)
     parser.add_argument("--iters", type=int, default=500)
     parser.add_argument("--images", default="astronaut,coffee",
-                        help="comma-separated names from fit_bench.TUNING")
+                        help="comma-separated names from gsformat.testing.photos.TUNING")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)

@@ -41,7 +41,7 @@ def stream_back(out: str, cache: str) -> dict:
     for batch in loader:
         renders = render_splats(batch["splats"], batch["mask"], batch["height"][0].item(),
                                 batch["width"][0].item())
-        mse = ((renders - batch["source_image"]) ** 2).flatten(1).mean(1)
+        mse = ((renders - batch["image"]) ** 2).flatten(1).mean(1)
         psnrs += (10 * torch.log10(1 / mse)).tolist()
         n_splats += batch["n_splats"].tolist()
     return {"samples_streamed": len(psnrs), "psnr_vs_stored_image_mean": float(np.mean(psnrs)),

@@ -69,8 +69,8 @@ def main(data: str = "demo-out/splats", steps: int = 5, batch_size: int = 4, siz
     step = 0
     while step < steps:
         for batch in loader:
-            target = batch["image"].mean(dim=(2, 3))
-            loss = nn.functional.mse_loss(cnn(batch["image"]), target)
+            target = batch["rendered"].mean(dim=(2, 3))
+            loss = nn.functional.mse_loss(cnn(batch["rendered"]), target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

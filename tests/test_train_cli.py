@@ -110,6 +110,11 @@ def test_weights_that_are_not_there_are_one_line_at_once(tmp_path, digits, capsy
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert "Traceback" not in err and time.monotonic() - start < 10
     assert not (tmp_path / "r").exists()  # nothing written
+    for data, message in ((tmp_path / "nothere", "nothere: not found"),
+                          (tmp_path, "not a gsformat dataset (no gsformat.json)")):
+        code, _, err = run(["distill", "--model", "gs-tiny", *ARCH, "--data", str(data),
+                            "--out", str(tmp_path / "r"), "--steps", "1"], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         main([*common, "--pretrained", "missing.pt", "--debug"])
 

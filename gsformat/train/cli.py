@@ -31,7 +31,8 @@ def _add_config_flags(parser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = _default_of(f)
-        text = f"{f.metadata['help']} (default: {default})"
+        shown = default != "" and "default" not in f.metadata["help"]
+        text = f.metadata["help"] + (f" (default: {default})" if shown else "")
         kind = f.type.split("|")[0].strip()  # "int | None" → "int" (annotations are strings)
         if kind == "bool":
             parser.add_argument(flag, dest=f.name, default=None, help=text,

@@ -19,7 +19,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def check_dataset(url: str, need: tuple[str, ...], what: str) -> dict:
     """Read the manifest and fail before training if a needed column is missing."""
-    manifest = read_manifest(url)
+    try:
+        manifest = read_manifest(url)
+    except FileNotFoundError:  # as convert, validate and inspect say it
+        there = storage.is_remote(url) or os.path.isdir(url)
+        raise FileNotFoundError(f"{url}: not a gsformat dataset (no gsformat.json)" if there
+                                else f"{url}: not found") from None
     columns = manifest.get("columns", {})
     missing = [c for c in need if c not in columns]
     if missing:

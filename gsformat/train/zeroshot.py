@@ -45,7 +45,7 @@ def evaluate(data: str, init: str | None = None, input: str = "splats",
     from open_clip import get_tokenizer
     tokenizer = get_tokenizer(cfg.model)
     loader = make_loader(data, cache or os.path.join(cfg.out, "eval-cache"), batch_size,
-                         shuffle=False, load_images=input == "rgb")
+                         shuffle=False, load_image=input == "rgb")
     size = image_size_of(model.clip)
     feats, labels, captions = [], [], []
     for batch in loader:
