@@ -82,3 +82,21 @@ def test_fit_tune_measures_the_tuning_set():
     assert options == {"lr_position": 0.3, "relocate_every": 5, "engine": "tiles"}
     out = fit_tune.measure(30, 10, options, names=("astronaut", "coffee"), size=32)
     assert set(out["psnr_per_image"]) == {"astronaut", "coffee"} and out["psnr_mean"] > 10
+
+
+def test_engine_bench_times_a_build_against_itself(tmp_path, monkeypatch, capsys):
+    """The engine benchmark's smoke run: the installed build as its own baseline."""
+    import glob
+    import sys
+    from gsformat.fitting import tiles
+    if tiles.native() is None:
+        pytest.skip("the C tile engine is not built here")
+    engine_bench = load_script("benchmarks/engine_bench.py")
+    build = glob.glob(tiles.native().__file__)[0]
+    monkeypatch.setattr(sys, "argv", [
+        "engine_bench.py", "--splats", "64", "--iters", "5", "--size", "48", "--images",
+        "astronaut", "--repeats", "1", "--calls", "2", "--baseline", build, "--cache",
+        str(tmp_path)])
+    engine_bench.main()
+    out = json.loads(capsys.readouterr().out)
+    assert out["splats"] == 64 and out["chunks_per_call"] > 0 and out["speedup"] > 0
