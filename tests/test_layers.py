@@ -229,17 +229,11 @@ def test_the_checker_sees_a_back_import(tmp_path, monkeypatch):
         test_no_import_cycles()
 
 
-def test_only_the_aliases_import_the_old_paths():
+@pytest.mark.parametrize("layer", ["compat", "testing"])
+def test_no_other_layer_imports(layer):
+    """compat: 0.1's module paths, aliases only; testing: helpers of tests and benchmarks."""
     mods, edges, _ = graph()
     users = sorted(f"{name} → {target}" for name, targets in edges.items()
                    for target, _, _ in targets
-                   if layer_of(target) == "compat" and layer_of(name) != "compat")
-    assert not users, users
-
-
-def test_nothing_in_the_library_imports_the_testing_helpers():
-    mods, edges, _ = graph()
-    users = sorted(f"{name} → {target}" for name, targets in edges.items()
-                   for target, _, _ in targets
-                   if layer_of(target) == "testing" and layer_of(name) != "testing")
+                   if layer_of(target) == layer and layer_of(name) != layer)
     assert not users, users
