@@ -17,7 +17,9 @@ def cmd_validate(args) -> int:
     if first == [f"missing: nothing at {args.path} (not found)"]:
         raise FileNotFoundError(f"{args.path}: not found")  # as for a local path
     if first and first[0].startswith("cannot read: unreachable"):  # not the dataset's fault
-        raise ConnectionError(f"{args.path}: {first[0].removeprefix('cannot read: ')}")
+        print(f"gsformat validate: error: {args.path}: {first[0].removeprefix('cannot read: ')}",
+              file=sys.stderr)
+        return 2
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
     return 0 if report.valid else 1
 

@@ -64,8 +64,10 @@ def test_validate_and_inspect_of_a_remote_path_say_what_happened(tmp_path, http_
         err = capsys.readouterr().err
         assert err.startswith(f"gsformat {command}: error: {url}/nothing-here") \
             and "not found" in err and err.count("\n") == 1, err
-    assert main(["validate", "http://127.0.0.1:9/x"]) == 1  # port 9: nothing listens
-    assert "index.json: cannot read: unreachable" in capsys.readouterr().out
+    assert main(["validate", "http://127.0.0.1:9/x"]) == 2  # port 9: nothing listens
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:9/x: unreachable (ConnectionRefusedError" in err \
+        and err.count("unreachable") == 1 and err.count("\n") == 1, err
 
 
 def test_memory_filesystem_folder_and_mds(tmp_path):
