@@ -4,7 +4,7 @@
 Worker processes are started (`Workers`) before the source is listed. They are forked from a
 fork server that imported the fitter and streaming's writer once (streaming imports torch and
 transformers: ~5 s of CPU that every spawned worker would pay again), and the source goes to
-each of them once, through a file, not with every unit. The fitter's threads are shared out: a
+each of them once, as it starts (`_start_worker`), not with every unit. The fitter's threads are shared out: a
 unit runs with ``cores // min(workers, units)`` of them (``$GSFORMAT_THREADS`` where set), so
 that ``N`` workers on ``N`` cores use each core once, and a single unit still gets every core.
 """
@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
-import shutil
-import tempfile
 
 from .unit import (ImageBudget, Progress, failure_record, run_unit, unit_location,
                    write_failure)
 
 BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 PRELOAD = [__name__, "streaming"]  # what the fork server imports once for every worker
-_SOURCES: dict = {}  # a worker's sources, by the file they came in
+_WORKER_SOURCE: list = []  # a worker process's source, handed over once as it starts
 
 
 def usable_cores() -> int:
@@ -39,25 +36,16 @@ def threads_per_unit(workers: int, n_units: int) -> int | None:
     return max(1, min(usable_cores() // max(1, min(workers, n_units)), 8))
 
 
-def _load_source(source_or_path):
-    """A source, or the path of its pickle (read once per process)."""
-    if not isinstance(source_or_path, str):
-        return source_or_path
-    if source_or_path not in _SOURCES:
-        with open(source_or_path, "rb") as f:
-            _SOURCES[source_or_path] = pickle.load(f)
-    return _SOURCES[source_or_path]
-
-
 def _unit_task(source, unit, part_dir, options, digest, threads: int | None = None) -> dict:
-    """One unit in a worker process (or a Ray task): `run_unit`'s result, without its bar."""
+    """One unit in a worker process (or a Ray task): `run_unit`'s result, without its bar.
+    ``source``: the source, or None for the one this worker was started with."""
     if threads:
         os.environ["GSFORMAT_THREADS"] = str(threads)  # this process's own environment
     if options.device == "gpu":
         bind_gpu()
     progress = Progress(None, disable=True)
-    result = run_unit(_load_source(source), unit, part_dir, options, digest, progress,
-                      ImageBudget())
+    source = _WORKER_SOURCE[0] if source is None else source
+    result = run_unit(source, unit, part_dir, options, digest, progress, ImageBudget())
     progress.close()
     return result
 
@@ -107,9 +95,10 @@ def _record(result: dict, progress, failures: list) -> None:
     progress.unit_done()
 
 
-def _start_worker(counter) -> None:
-    """Worker i of this node takes GPU i (`bind_gpu` reads it as its LOCAL_RANK); the imports
-    a unit needs are done now, while the parent lists the source."""
+def _start_worker(counter, source) -> None:
+    """Worker i of this node takes GPU i (`bind_gpu` reads it as its LOCAL_RANK) and keeps the
+    source for every unit it runs; the fork server did the imports a unit needs."""
+    _WORKER_SOURCE[:] = [source]
     with counter.get_lock():
         index, counter.value = counter.value, counter.value + 1
     os.environ["LOCAL_RANK"] = str(int(os.environ.get("LOCAL_RANK", 0)) + index)
@@ -138,7 +127,7 @@ class Workers:
 
     def __init__(self, workers: int):
         import multiprocessing
-        self.workers, self.scratch, self.pool = workers, None, None
+        self.workers, self.pool = workers, None
         if "forkserver" in multiprocessing.get_all_start_methods():
             from multiprocessing import forkserver
             self.context = multiprocessing.get_context("forkserver")
@@ -151,15 +140,11 @@ class Workers:
 
     def run(self, todo, source, options, digest, progress) -> list[dict]:
         import concurrent.futures
-        self.scratch = tempfile.mkdtemp(prefix="gsformat-source-")
-        path = os.path.join(self.scratch, "source.pickle")
-        with open(path, "wb") as f:
-            pickle.dump(source, f, protocol=pickle.HIGHEST_PROTOCOL)
         self.pool = concurrent.futures.ProcessPoolExecutor(
             self.workers, mp_context=self.context, initializer=_start_worker,
-            initargs=(self.context.Value("i", 0),))
+            initargs=(self.context.Value("i", 0), source))
         threads = threads_per_unit(self.workers, len(todo))
-        futures = [self.pool.submit(_unit_task, path, unit, part_dir, options, digest, threads)
+        futures = [self.pool.submit(_unit_task, None, unit, part_dir, options, digest, threads)
                    for unit, part_dir in todo]
         failures = []
         for future in concurrent.futures.as_completed(futures):
@@ -173,8 +158,6 @@ class Workers:
                 for process in list((getattr(self.pool, "_processes", None) or {}).values()):
                     process.terminate()
             self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.scratch:
-            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def run_units(todo, source, options, digest, progress, budget, workers: Workers | None = None
