@@ -435,10 +435,6 @@ class CudaTileEngine:
         sse = self.tile_sse.reshape(self.B, self.tiles).sum(axis=1)
         return self.render, sse / (self.H * self.W * 3), self.grad
 
-    def backward(self, params, grad_image):
-        raise NotImplementedError("the tile engine computes the gradient with the loss: "
-                                  "use loss_grad")
-
     def adam_step(self, params, grad, m, v, lr, bias2: float, radii, eps: float = 1e-15,
                   min_sigma: float = 0.3, beta1: float = 0.9, beta2: float = 0.999) -> None:
         """`fit._BatchFit.adam_step` in one kernel, in place: params, m, v ``[B, N, 8]``

@@ -152,7 +152,3 @@ class TileEngine:
         self.module.run(self._params(params), target, self.render, self.grad, self.sse, self.B,
                         self.N, self.H, self.W, self.k_sigma, float(grad_scale), self.threads)
         return self.render, self.sse / (self.H * self.W * 3), self.grad
-
-    def backward(self, params, grad_image):
-        raise NotImplementedError("the tile engine computes the gradient with the loss: "
-                                  "use loss_grad")
