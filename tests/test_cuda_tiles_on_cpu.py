@@ -19,7 +19,7 @@ import pytest
 from gsformat.core.render_math import sigma_max
 from gsformat.fitting import cuda_tiles, cupy_available, fit_images, tiles
 from gsformat.fitting.cuda_tiles import CudaTileEngine
-from gsformat.fitting.fit import FitOptions, _BatchFit
+from gsformat.fitting.fit import FitOptions, _BatchFit, lr_decay
 from gsformat.fitting.tiles import _loss_grad_boxes, _render_boxes
 from cuda_shim import CudaOnCpu, ShimError, compiler
 from test_tiles import make_params, target_images
@@ -243,7 +243,7 @@ def test_fused_adam_step_matches_the_fitter(kernels):
     params[..., 2:5] = np.abs(params[..., 2:5]) * rng.uniform(0.1, 1.0, (batch, n, 1))
     grad = rng.normal(0, 1e-3, (batch, n, 8)).astype(np.float32)
     fit = object.__new__(_BatchFit)  # only what adam_step reads
-    fit.xp, fit.opts = np, FitOptions(iters=300, lr_final=0.2)
+    fit.xp, fit.opts = np, FitOptions(iters=300, lr_final=0.2, lr_decay_from=0.3)
     fit.engine = None  # the array code's Adam (the CUDA engine's own would call itself)
     fit.height, fit.width = height, width
     fit.lr_base = np.asarray([0.03] * 2 + [0.015] * 3 + [0.008] * 3, np.float32)
@@ -254,7 +254,7 @@ def test_fused_adam_step_matches_the_fitter(kernels):
     ours = params.copy(), fit.m.copy(), fit.v.copy()
     for step in (0, 57, 299):
         fit.adam_step(step, grad)
-        decay = 0.2 + 0.8 * 0.5 * (1 + np.cos(np.pi * step / 300))
+        decay = lr_decay(step, 300, 0.2, 0.3)
         lr = fit.lr_base * (decay / (1 - 0.9 ** (step + 1)))
         engine.adam_step(ours[0], grad, ours[1], ours[2], lr, 1 - 0.999 ** (step + 1), fit.radii)
         for mine, theirs in zip(ours, (fit.params, fit.m, fit.v)):

@@ -165,3 +165,15 @@ def test_fit_options_are_grouped_and_keep_their_flat_names():
     assert any("matched_steps" in str(w.message) for w in caught)
     with pytest.raises(TypeError, match="unexpected fitting option 'lr_postion'"):
         FitOptions(lr_postion=0.1)
+
+
+def test_learning_rates_hold_then_decay_to_lr_final():
+    from gsformat.fitting.fit import lr_decay
+    factors = [lr_decay(step, 1000, 0.5, 0.7) for step in range(1000)]
+    assert factors[:700] == [1.0] * 700  # constant while splats still move far
+    assert all(a > b for a, b in zip(factors[699:], factors[700:]))  # then only down
+    assert factors[-1] == pytest.approx(0.5)  # to lr_final at the last step
+    assert lr_decay(999, 1000, 1.0, 0.7) == 1.0  # lr_final 1: constant rates
+    assert lr_decay(0, 1001, 0.2, 0.0) == 1.0 and lr_decay(500, 1001, 0.2, 0.0) == \
+        pytest.approx(0.6)  # from the start: the plain cosine, halfway at the middle
+

@@ -71,6 +71,16 @@ def fit_memory_bytes(batch: int, n_splats: int, height: int, width: int,
                for count, r in size_classes(n_splats, radius, opts))
 
 
+def lr_decay(step: int, iters: int, final: float, start: float) -> float:
+    """The learning rates' factor at ``step``: 1 until ``start``·iters, then a cosine down to
+    ``final`` at the last step."""
+    first, last = start * (iters - 1), iters - 1
+    if step <= first:
+        return 1.0
+    t = min((step - first) / max(last - first, 1), 1.0)
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def clamp_covariance(xp, params, radius) -> None:
     """l11, l22 ≥ MIN_SIGMA and 3·sqrt(λ_max(Σ)) ≤ R, in place (pixel units); ``radius``: one R,
     or one per splat ``[N]`` (size classes)."""
@@ -312,8 +322,7 @@ class _BatchFit:
         """Adam with a cosine-decayed, per-parameter-group learning rate; then the clamps."""
         xp, opts, params, m, v = self.xp, self.opts, self.params, self.m, self.v
         beta1, beta2, eps = 0.9, 0.999, 1e-15
-        decay = opts.optimiser.lr_final + (1 - opts.optimiser.lr_final) * 0.5 * (
-            1 + math.cos(math.pi * step / max(opts.iters, 1)))
+        decay = lr_decay(step, opts.iters, opts.optimiser.lr_final, opts.optimiser.lr_decay_from)
         bias1, bias2 = 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)
         if hasattr(self.engine, "adam_step"):  # the CUDA tile engine: one fused kernel
             self.engine.adam_step(params, grad, m, v, self.lr_base * (decay / bias1), bias2,
