@@ -20,7 +20,7 @@ Held-out data: defaults are tuned on TUNING only; REPORT holds photographs no de
 tuned on, and README reports REPORT. Ratios, not absolute times, are what transfer between
 machines.
 
-    python benchmarks/fit_bench.py            # full run (~35 min on 2 cores)
+    python benchmarks/fit_bench.py            # full run (~26 min on a quiet 2-core machine)
     python benchmarks/fit_bench.py --quick    # smoke run (~1 min)
     python benchmarks/fit_bench.py --from results/fit_bench.json --plot results/fit_cost.png
 """
