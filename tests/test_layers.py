@@ -72,7 +72,7 @@ LAZY_ONLY = {  # layer → packages allowed only inside functions (optional path
     "fitting": {"cupy", "cupyx", "torch"},      # the GPU backend; the dense autograd baseline
     "convert": {"tqdm", "PIL", "streaming", "cupy", "fsspec", "ray",
                 "pyarrow"},                     # Parquet sources
-    "testing": {"PIL", "skimage", "sklearn"},   # the bundled photographs and digits (dev extra)
+    "testing": {"PIL", "skimage", "sklearn", "matplotlib"},  # bundled photographs, digits (dev)
 }
 # The top package's lazy attribute (`gsformat.render_splats`) is a convenience, not a dependency.
 FACADE_LAZY = {("gsformat", "gsformat.render")}
