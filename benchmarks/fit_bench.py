@@ -6,8 +6,10 @@ measured here:
 
 - ``previous`` — the fitter before the tile engine (`fit.PREVIOUS`: the NumPy window engine,
   its learning rates, no colour solves) at 2,000 iterations, the quality reference;
-- ``new`` — today's defaults (the C tile engine, `FitOptions`), at a ladder of iteration counts
-  around `fit.DEFAULT_ITERS` (``convert``'s default too).
+- ``new`` — today's defaults (the C tile engine, `FitOptions`, a second cycle of half the
+  iterations for the images still rising at the end of the hold phase), at a ladder of
+  iteration counts around `fit.DEFAULT_ITERS` (``convert``'s default too); the iterations each
+  image ran at the default are reported.
 
 For each budget (400 / 1,600 / 3,136 splats): PSNR against wall seconds per image for both (the
 previous fitter's curve from its training loss every 10 iterations, its end point exact; the new
@@ -20,7 +22,7 @@ Held-out data: defaults are tuned on TUNING only; REPORT holds photographs no de
 tuned on, and README reports REPORT. Ratios, not absolute times, are what transfer between
 machines.
 
-    python benchmarks/fit_bench.py            # full run (~26 min on a quiet 2-core machine)
+    python benchmarks/fit_bench.py            # full run (~28 min on a quiet 2-core machine)
     python benchmarks/fit_bench.py --quick    # smoke run (~1 min)
     python benchmarks/fit_bench.py --from results/fit_bench.json --plot results/fit_cost.png
 """
@@ -43,8 +45,8 @@ LADDER = (0.25, 0.5, 1.0)  # × DEFAULT_ITERS for the new fitter's curve
 
 
 def timed_fit(image, n, iters, curve=None, **options):
-    """One image's fit → (PSNR, wall seconds); ``curve`` collects (seconds, step, training
-    PSNR) every 10 iterations."""
+    """One image's fit → (PSNR, wall seconds, iterations it ran: more where a second cycle was
+    kept); ``curve`` collects (seconds, step, training PSNR) every 10 iterations."""
     start = time.perf_counter()
 
     def progress(step, total, mse):
@@ -52,7 +54,7 @@ def timed_fit(image, n, iters, curve=None, **options):
             curve.append((round(time.perf_counter() - start, 3), step,
                           round(float(10 * np.log10(1 / max(mse, 1e-12))), 3)))
     result = fit_images(image[None], n, iters, progress=progress, **options)
-    return float(result.psnr[0]), time.perf_counter() - start
+    return float(result.psnr[0]), time.perf_counter() - start, result.splats[0].meta["iters"]
 
 
 def cost_to_quality(photos: dict, n: int, previous_iters: int, default_iters: int,
@@ -64,13 +66,14 @@ def cost_to_quality(photos: dict, n: int, previous_iters: int, default_iters: in
     old_psnr, old_seconds, curves = {}, [], []
     new_psnr = {iters: {} for iters in ladder_iters}
     new_seconds = {iters: [] for iters in ladder_iters}
+    new_steps = {iters: {} for iters in ladder_iters}
     for name, image in photos.items():
         curve = []
-        old_psnr[name], seconds = timed_fit(image, n, previous_iters, curve, **PREVIOUS)
+        old_psnr[name], seconds, _ = timed_fit(image, n, previous_iters, curve, **PREVIOUS)
         old_seconds.append(seconds)
         curves.append(curve)
         for iters in ladder_iters:
-            new_psnr[iters][name], seconds = timed_fit(image, n, iters)
+            new_psnr[iters][name], seconds, new_steps[iters][name] = timed_fit(image, n, iters)
             new_seconds[iters].append(seconds)
         print(f"  {n} splats, {name}: previous {old_psnr[name]:.2f} dB in {old_seconds[-1]:.1f} s; "
               f"new {new_psnr[default_iters][name]:.2f} dB in "
@@ -89,6 +92,7 @@ def cost_to_quality(photos: dict, n: int, previous_iters: int, default_iters: in
             "new_default": {"iters": default_iters, "psnr_mean": at_default["psnr_mean"],
                             "seconds_per_image": at_default["seconds_per_image"],
                             "psnr_minus_previous_per_image": deltas,
+                            "iters_per_image": new_steps[default_iters],
                             "worst_image_minus_previous_db": min(deltas.values())},
             "seconds_to_reach_previous_psnr": reach,
             "time_ratio_previous_over_new": None if reach is None else round(

@@ -36,16 +36,18 @@ def parse_options(pairs) -> dict:
 
 
 def measure(n_splats: int, iters: int, options: dict, names=TUNING, size: int = 224) -> dict:
-    psnr, seconds = [], []
+    psnr, seconds, steps = [], [], []
     for name in names:
         image = load_photo(name, size)
         start = time.process_time()
         result = fit_images(image[None], n_splats, iters, threads=1, **options)
         seconds.append(time.process_time() - start)
         psnr.append(float(result.psnr[0]))
+        steps.append(result.splats[0].meta["iters"])  # more where a second cycle ran
     return {"splats": n_splats, "iters": iters, "options": options,
             "psnr_mean": round(float(np.mean(psnr)), 3),
             "cpu_seconds_per_image": round(float(np.mean(seconds)), 3),
+            "iters_mean": round(float(np.mean(steps)), 1),
             "psnr_per_image": dict(zip(names, [round(p, 2) for p in psnr]))}
 
 

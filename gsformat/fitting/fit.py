@@ -3,10 +3,12 @@
 Per iteration: forward render (kernel), residual, hand-derived backward, Adam, clamps. The
 covariance is clamped so that 3σ_max ≤ R (the window half-size), see `kernel.py` for the truncation
 this allows; the final PSNR is measured on the stored FP16 splats with a 2R window (6σ, where
-the truncation is below float32 precision).
+the truncation is below float32 precision). Rates are held, then decay (`lr_decay`); images
+whose loss still falls at the end of the hold run a second, warm cycle (`still_rising`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,7 +40,8 @@ class FitResult:
     psnr: np.ndarray                 # [B] dB of the stored FP16 splats, rendered exactly
     n_pruned: np.ndarray             # [B]
     seconds: float
-    history: np.ndarray | None = None  # [iters, B] training loss (MSE) per image
+    history: np.ndarray | None = None  # [steps, B] training loss (MSE) per image; NaN after an
+                                       # image's last step (second cycles make it ragged)
     options: FitOptions = field(default_factory=FitOptions)
 
 
@@ -79,6 +82,22 @@ def lr_decay(step: int, iters: int, final: float, start: float) -> float:
         return 1.0
     t = min((step - first) / max(last - first, 1), 1.0)
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def still_rising(losses: np.ndarray, opts: FitOptions) -> np.ndarray:
+    """``[B]`` bool: the images whose training loss ``losses`` ``[iters, B]`` fell by more than
+    ``rising_gain`` dB over the last tenth of the iterations before the decay — not settled at
+    the full rates, so a second cycle pays (the others are settled, and decay is all they
+    need). The loss is averaged over a fiftieth of the iterations at both ends: relocation
+    bumps it."""
+    iters, batch = losses.shape
+    end = int(opts.optimiser.lr_decay_from * (iters - 1))
+    span, smooth = iters // 10, max(1, iters // 50)
+    if opts.optimiser.second_cycle <= 0 or span == 0 or end - span - smooth < 0:
+        return np.zeros(batch, bool)
+    before = losses[end - span - smooth:end - span].mean(axis=0)
+    after = losses[end - smooth:end].mean(axis=0)
+    return 10 * np.log10(before / np.maximum(after, 1e-30)) > opts.optimiser.rising_gain
 
 
 def clamp_covariance(xp, params, radius) -> None:
@@ -160,13 +179,20 @@ def fit_images(images, n_splats: int = 1600, iters: int = DEFAULT_ITERS, *,
         raise ValueError(f"init_splats has {len(init_splats)} entries for {b_total} images")
     for first in range(0, b_total, batch):
         warm = init_splats[first:first + batch] if init_splats is not None else None
-        parts.append(_fit_batch(target_all[first:first + batch], opts, progress, history,
+        parts.append(_fit_batch(target_all[first:first + batch], opts, progress,
                                 seed_offset=first, init_splats=warm))
     splats = [s for part in parts for s in part.splats]
-    hist = np.concatenate([p.history for p in parts], axis=1) if history else None
+    hist = _joined([p.history for p in parts]) if history else None
     return FitResult(splats, np.concatenate([p.psnr for p in parts]),
                      np.concatenate([p.n_pruned for p in parts]), time.perf_counter() - start, hist,
                      opts)
+
+
+def _joined(histories: list[np.ndarray]) -> np.ndarray:
+    """Batches' ``[steps, b]`` losses side by side, NaN-padded to the longest."""
+    steps = max(len(h) for h in histories)
+    return np.concatenate([np.pad(h, ((0, steps - len(h)), (0, 0)), constant_values=np.nan)
+                           for h in histories], axis=1)
 
 
 def _warm_params(splats: list[SplatSet], n: int, height: int, width: int) -> np.ndarray:
@@ -187,6 +213,12 @@ class PerImageRandom:
     def __init__(self, seed: int, first: int, batch: int):
         self.rngs = [np.random.default_rng([seed, first + i]) for i in range(batch)]
 
+    def subset(self, rows) -> "PerImageRandom":
+        """The generators of images ``rows``, continued (not re-seeded)."""
+        part = PerImageRandom(0, 0, 0)
+        part.rngs = [self.rngs[i] for i in rows]
+        return part
+
     def random(self, shape):
         return np.stack([rng.random(shape[1:]) for rng in self.rngs])
 
@@ -198,7 +230,7 @@ class _BatchFit:
     """One fitting batch, step by step: `start` (init), per iteration `relocate` / `prune` /
     `loss_and_grad` / `adam_step`, then `finish` (FP16 splats, quantisation, PSNR)."""
 
-    def __init__(self, target_np, opts: FitOptions, seed_offset: int = 0):
+    def __init__(self, target_np, opts: FitOptions, seed_offset: int = 0, rng=None):
         self.opts, self.target_np = opts, target_np
         run = opts.execution
         self.xp = xp = get_xp(run.backend) if run.engine != "dense-torch" else np
@@ -213,18 +245,21 @@ class _BatchFit:
                   for count, r in self.classes]
         self.radii = xp.concatenate([xp.full(c, r, xp.float32) for c, r in bounds])  # [N]
         self.rebins = self.engine_name != "tiles" and len(self.classes) > 1
-        self.rng = PerImageRandom(opts.seed, seed_offset, self.batch)
+        self.rng = rng or PerImageRandom(opts.seed, seed_offset, self.batch)
         self.target = xp.asarray(target_np)  # [B, H, W, 3]
         self.pixel_scale = 2.0 / (self.height * self.width * 3)  # ∂(MSE)/∂render per residual
         self.engine = make_engine(self.engine_name, run.threads, xp, self.batch, self.height,
                                   self.width, self.classes, k_sigma=opts.extents.k_sigma)
 
     # ---- set-up -----------------------------------------------------------------------------
-    def start(self, init_splats=None) -> None:
-        """Initial splats: the `SplatSet`s ``init_splats`` (a warm re-fit), or as placed."""
+    def start(self, init_splats=None, params=None, alive=None) -> None:
+        """Initial splats: ``params`` ``[B, N, 8]`` pixel units with their ``alive`` mask (a
+        second cycle), the `SplatSet`s ``init_splats`` (a warm re-fit), or as placed."""
         xp, opts, batch, n = self.xp, self.opts, self.batch, self.n
         height, width, place, rates = self.height, self.width, opts.placement, opts.optimiser
-        if init_splats is not None:
+        if params is not None:
+            params = params.copy()
+        elif init_splats is not None:
             params = xp.asarray(_warm_params(init_splats, n, height, width))
             clamp_covariance(xp, params, self.radii)
         else:  # each class on its own grid, σ from its own spacing (within its window)
@@ -243,14 +278,16 @@ class _BatchFit:
         self.params = params                      # [B, N, 8] pixel units
         self.m = xp.zeros_like(params)            # Adam moments
         self.v = xp.zeros_like(params)
-        self.alive = xp.ones((batch, n), dtype=bool)
+        self.alive = xp.ones((batch, n), dtype=bool) if alive is None else alive.copy()
         self.n_pruned = np.zeros(batch, np.int64)
+        self.iters_done = np.zeros(batch, np.int64)
         self.lr_base = xp.asarray([rates.lr_position] * 2 + [rates.lr_covariance] * 3
                                   + [rates.lr_colour] * 3, dtype=xp.float32)
         self.moves = placement.relocation_steps(opts.iters, place.relocate_every,
                                                 place.relocate_until)
         self.n_move = max(1, int(place.relocate_fraction * n))
         self.prune_step = int(place.prune_at * opts.iters) if place.prune_threshold > 0 else -1
+        self.masked = self.prune_step >= 0 or not bool(self.alive.all())  # dead splats stay so
         self.undo = None  # (indices, params, m, v) of the last move, until its loss is seen
         self.last_mse = self.render = self.grad = None
         self.rebin_due = False
@@ -274,9 +311,10 @@ class _BatchFit:
         if self.opts.optimiser.l1_colour:
             grad[..., C.COLOUR_COLS] += (self.opts.optimiser.l1_colour / self.n) * self.xp.sign(
                 self.params[..., C.COLOUR_COLS])
-        if self.prune_step >= 0:
+        if self.masked:
             grad *= self.alive[..., None]
         self.adam_step(step, grad)
+        self.iters_done += 1
         return mse
 
     def loss_and_grad(self):
@@ -337,6 +375,29 @@ class _BatchFit:
         xp.clip(params[..., 0], 0, self.width, out=params[..., 0])
         xp.clip(params[..., 1], 0, self.height, out=params[..., 1])
 
+    # ---- a second cycle -----------------------------------------------------------------------
+    def second_cycle(self, rows: np.ndarray, iters: int) -> "_BatchFit":
+        """A fit of images ``rows`` over ``iters`` more iterations, warm from their splats as
+        they are: fresh Adam moments, full rates, relocation and decay on its own clock, each
+        image's random stream continued; pruning stays with the first cycle."""
+        opts = dataclasses.replace(self.opts, iters=iters, placement=dataclasses.replace(
+            self.opts.placement, prune_threshold=0.0))
+        cycle = _BatchFit(self.target_np[rows], opts, rng=self.rng.subset(rows))
+        picked = self.xp.asarray(rows)
+        cycle.start(params=self.params[picked], alive=self.alive[picked])
+        return cycle
+
+    def take(self, cycle: "_BatchFit", rows: np.ndarray, mse_before) -> None:
+        """The images ``rows`` as ``cycle`` (their `second_cycle`) left them, where that beats
+        their loss before it, ``mse_before`` ``[len(rows)]`` (a restart at full rates can
+        shake a fit it has too few iterations to settle again)."""
+        better = to_numpy(cycle.loss_and_grad() < mse_before)  # [len(rows)]
+        if hasattr(cycle.engine, "close"):
+            cycle.engine.close()
+        xp = self.xp
+        self.params[xp.asarray(rows[better])] = cycle.params[xp.asarray(np.flatnonzero(better))]
+        self.iters_done[rows[better]] += cycle.iters_done[better]
+
     # ---- result -----------------------------------------------------------------------------
     def finish(self):
         """(splats, PSNR ``[B]``, pruned ``[B]``): FP16 in spec units, quantised where asked,
@@ -350,8 +411,8 @@ class _BatchFit:
         if opts.quantisation.codec:
             splats = _quantised(splats, target_np, opts, self.r_max)
         scores = evaluate_psnr(splats, target_np, backend=opts.execution.backend)
-        for s, score in zip(splats, scores):
-            s.meta.update(psnr=round(float(score), 3), iters=opts.iters)
+        for s, score, iters in zip(splats, scores, self.iters_done):
+            s.meta.update(psnr=round(float(score), 3), iters=int(iters))
         return splats, scores, self.n_pruned
 
 
@@ -370,19 +431,36 @@ def _quantised(splats, target_np, opts: FitOptions, r_max: int) -> list[SplatSet
             for i, fitted in enumerate(splats)]
 
 
-def _fit_batch(target_np, opts: FitOptions, progress, keep_history, seed_offset=0,
+def _fit_batch(target_np, opts: FitOptions, progress, seed_offset=0,
                init_splats=None) -> FitResult:
-    """One batch → its `FitResult` (``seconds`` left 0: `fit_images` times the whole call)."""
+    """One batch → its `FitResult` (``seconds`` left 0: `fit_images` times the whole call):
+    ``iters`` iterations, then a second cycle for the images `still_rising` (kept where it
+    lowers their loss)."""
     fit = _BatchFit(target_np, opts, seed_offset)
     fit.start(init_splats)
-    losses = np.zeros((opts.iters, fit.batch), np.float32) if keep_history else None
-    for step in range(opts.iters):
-        mse = fit.step(step)
-        if keep_history:
-            losses[step] = to_numpy(mse)
-        if progress and step % 10 == 0:
-            progress(step, opts.iters, float(mse.mean()))
+    first = _run(fit, progress, 0, opts.iters)  # [iters, B]
+    rows = np.flatnonzero(still_rising(first, opts))
+    extra = round(opts.optimiser.second_cycle * opts.iters) if len(rows) else 0
+    losses = np.full((opts.iters + extra, fit.batch), np.nan, np.float32)
+    losses[:opts.iters] = first
+    if extra:
+        mse_before = fit.loss_and_grad()[fit.xp.asarray(rows)]  # where the first cycle ended
+        cycle = fit.second_cycle(rows, extra)
+        losses[opts.iters:, rows] = _run(cycle, progress, opts.iters, opts.iters + extra)
+        fit.take(cycle, rows, mse_before)
     if progress:
-        progress(opts.iters, opts.iters, float("nan"))
+        progress(len(losses), len(losses), float("nan"))
     splats, scores, n_pruned = fit.finish()
     return FitResult(splats, scores, n_pruned, 0.0, losses, opts)
+
+
+def _run(fit: _BatchFit, progress, offset: int, total: int) -> np.ndarray:
+    """``fit``'s iterations → its training losses ``[iters, B]``; ``progress`` sees the steps
+    as ``offset`` + step of ``total``."""
+    xp, iters = fit.xp, fit.opts.iters
+    losses = xp.zeros((iters, fit.batch), xp.float32)  # on the device: no sync per step
+    for step in range(iters):
+        losses[step] = fit.step(step)
+        if progress and step % 10 == 0:
+            progress(offset + step, total, float(losses[step].mean()))
+    return to_numpy(losses)

@@ -2,7 +2,7 @@
 
     FitOptions(n_splats, iters, seed,
                optimiser    = Optimiser(lr_position, lr_covariance, lr_colour, lr_final,
-                                          lr_decay_from, l1_colour),
+                                          lr_decay_from, l1_colour, second_cycle, rising_gain),
                placement    = Placement(init, init_scale, relocate_*, prune_threshold, prune_at),
                extents      = Extents(k_sigma, window_scale, min_radius, large_fraction, large_scale),
                quantisation = Quantisation(codec, matched_steps),
@@ -37,6 +37,12 @@ class Optimiser:
                                    #   images settle: +0.8 dB at 1,600 splats on the tuning
                                    #   set, its cell +2.2, colour wheel +5.2; RESULTS.md)
     l1_colour: float = 0.0         # weight of the paper's L1 colour term (mean |colour|)
+    second_cycle: float = 0.5      # images still rising at the end of the hold phase get a
+                                   #   second cycle (hold, decay) this long, as a fraction of
+                                   #   iters, warm from their splats (0: never; fit.still_rising)
+    rising_gain: float = 0.25      # dB the training loss fell over the last tenth of the
+                                   #   iterations before the decay that marks an image still
+                                   #   rising (tuning set: RESULTS.md, "a second cycle")
 
 
 @dataclass(frozen=True)
@@ -146,4 +152,5 @@ class FitOptions:
 # The fitter before the tile engine (the NumPy window engine, the learning rates it was tuned
 # with, 2,000 iterations): a named configuration, so that benchmarks compare both in one run.
 PREVIOUS = {"engine": "window", "lr_position": 0.03, "lr_covariance": 0.015, "lr_colour": 0.008,
-            "lr_final": 1.0, "relocate_every": 250, "relocate_fraction": 0.05}
+            "lr_final": 1.0, "second_cycle": 0.0, "relocate_every": 250,
+            "relocate_fraction": 0.05}
