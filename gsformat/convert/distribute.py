@@ -4,9 +4,10 @@
 Worker processes are started (`Workers`) before the source is listed. They are forked from a
 fork server that imported the fitter and streaming's writer once (streaming imports torch and
 transformers: ~5 s of CPU that every spawned worker would pay again), and the source goes to
-each of them once, as it starts (`_start_worker`), not with every unit. The fitter's threads are shared out: a
-unit runs with ``cores // min(workers, units)`` of them (``$GSFORMAT_THREADS`` where set), so
-that ``N`` workers on ``N`` cores use each core once, and a single unit still gets every core.
+each of them once, as it starts (`_start_worker`), not with every unit. The fitter's threads
+are shared out: a unit runs with ``cores // min(workers, units)`` of them
+(``$GSFORMAT_THREADS`` where set), so that ``N`` workers on ``N`` cores use each core once,
+and a single unit still gets every core.
 """
 from __future__ import annotations
 

@@ -61,7 +61,8 @@ class ConvertOptions:
     # the fit
     splats: int = _field(1600, "splat budget per image", True)
     iters: int = _field(DEFAULT_ITERS, "fitting iterations (the fitter's own, chosen by "
-                                       "benchmarks/fit_bench.py)", True)
+                                       "benchmarks/fit_bench.py; images still rising at the "
+                                       "end get half as many again)", True)
     size: int = _field(224, "canvas side after resizing", True)
     resize: str = _field("center-crop", "to a square canvas", True,
                          choices=["center-crop", "pad", "keep"])
