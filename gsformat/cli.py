@@ -173,19 +173,24 @@ def main(argv=None) -> int:
     except Exception as exc:  # one line naming the file, shard or URL; --debug for the rest
         if args.debug:
             raise
-        print(f"gsformat {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        where = getattr(args, "path", None)  # validate, inspect, render: one location
+        print(f"gsformat {args.command}: error: {one_line(exc, where)}", file=sys.stderr)
         return 2
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, where: str | None = None) -> str:
     """An exception as one line: its message (the class name where the message does not say
-    enough: botocore's, OSError's), newlines folded."""
+    enough: botocore's, OSError's), newlines folded. A store that cannot be reached or refuses
+    access is named first: ``where`` (the command's location) where given, else the first word
+    of the message (fsspec's "not found" for a server that is down is the bare URL)."""
     from .core.errors import FormatError
     from .io import failures
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, OSError) and failures.failure_kind(exc) == failures.UNREACHABLE:
-        where = text.split()[0] if text.split() else ""  # fsspec: "not found" for a server
-        return f"{where.rstrip(':')}: {failures.describe(exc)}"  # that is down
+    kind = failures.failure_kind(exc)
+    if kind == failures.UNREACHABLE and isinstance(exc, OSError) or \
+            kind in (failures.UNREACHABLE, failures.DENIED) and where:
+        where = where or (text.split()[0] if text.split() else "").rstrip(":")
+        return f"{where}: {failures.describe(exc)}"
     if isinstance(exc, FileNotFoundError) and " " not in text:
         return f"{text}: not found"  # fsspec's message is the bare URL
     if isinstance(exc, (FormatError, ValueError, FileNotFoundError)):

@@ -328,7 +328,7 @@ def raised(inner, outer=None):
 
 def test_failure_kinds():
     import aiohttp
-    from botocore.exceptions import ClientError, EndpointConnectionError
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
     from gsformat.convert.sources import UnitError
 
     def s3(code, status):
@@ -349,6 +349,7 @@ def test_failure_kinds():
         (s3("AccessDenied", 403), "denied"), (s3("SlowDown", 503), "unreachable"),
         (s3("InternalError", 500), "unreachable"),
         (EndpointConnectionError(endpoint_url="http://h"), "unreachable"),
+        (NoCredentialsError(), "denied"),  # no keys: retrying cannot help
         (TimeoutError("timed out"), "unreachable"), (ConnectionResetError(), "unreachable"),
         (raised(tarfile.ReadError("unexpected end of data"), UnitError("a.tar: ReadError")),
          "damaged"),

@@ -406,7 +406,7 @@ def test_cli_errors_are_one_line(tmp_path, ds):
     cases = [
         (["convert", tmp_path / "src", tmp_path / "afile", *TINY], "is a file"),
         (["render", ds, "--index", "-1"], "--index must be"),
-        (["validate", "s3://bucket/ds"], ""),  # refused connection: a one-line error
+        (["validate", "s3://bucket/ds"], "s3://bucket/ds: unreachable"),  # refused
     ]
     env = {"S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
            "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -415,6 +415,17 @@ def test_cli_errors_are_one_line(tmp_path, ds):
         assert code == 2 and message in err and "\n" not in err and "Traceback" not in err, err
     code, err = run_cli("--debug", "render", ds, "--index", "-1")
     assert "Traceback" in err  # --debug shows it
+
+
+def test_missing_credentials_name_the_url(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), HOME=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "gsformat.cli", "validate", "s3://bucket/ds"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "gsformat validate: error: s3://bucket/ds: access denied " \
+        "(NoCredentialsError: Unable to locate credentials)"
 
 
 # ---- conversion re-runs ------------------------------------------------------------------------

@@ -28,6 +28,9 @@ _UNREACHABLE_NAMES = {
     "NewConnectionError", "ProtocolError", "RemoteDisconnected", "IncompleteRead",  # urllib3
     "ServiceUnavailable", "TooManyRequests", "InternalServerError", "GatewayTimeout",  # google
     "BadGateway", "RetryError", "MaxRetryError"}
+_DENIED_NAMES = {"NoCredentialsError", "PartialCredentialsError",  # botocore: no keys at all
+                 "CredentialRetrievalError", "DefaultCredentialsError",  # google-auth
+                 "ClientAuthenticationError"}                       # azure
 _SECURITY_NAMES = {"ClientSSLError", "SSLError", "SSLCertVerificationError",
                    "ServerFingerprintMismatch"}  # refused for cause: retrying cannot help
 _S3_MISSING = {"404", "NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchUpload"}
@@ -76,6 +79,8 @@ def _one_kind(exc: BaseException) -> str | None:
         return _status_kind(response.get("ResponseMetadata", {}).get("HTTPStatusCode")) or ERROR
     if names & _SECURITY_NAMES:
         return ERROR
+    if names & _DENIED_NAMES:
+        return DENIED
     if names & _UNREACHABLE_NAMES:
         return UNREACHABLE
     for attr in ("status", "status_code", "code"):  # aiohttp, requests/huggingface_hub, google
