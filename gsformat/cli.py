@@ -193,6 +193,8 @@ def one_line(exc: BaseException, where: str | None = None) -> str:
         return f"{where}: {failures.describe(exc)}"
     if isinstance(exc, FileNotFoundError) and " " not in text:
         return f"{text}: not found"  # fsspec's message is the bare URL
+    if isinstance(exc, FileNotFoundError) and exc.filename:  # open()'s "[Errno 2] No such …"
+        return f"{exc.filename}: not found"
     if isinstance(exc, (FormatError, ValueError, FileNotFoundError)):
         return text
     if isinstance(exc, MemoryError):

@@ -279,6 +279,9 @@ def test_not_found_paths_are_one_line(tmp_path, capsys):
         assert main([command, str(tmp_path / "nowhere")]) == 2
         err = capsys.readouterr().err
         assert err.strip() == f"gsformat {command}: error: {tmp_path / 'nowhere'}: not found"
+    assert main(["render", str(tmp_path / "nowhere"), "-o", str(tmp_path / "r.png")]) == 2
+    err = capsys.readouterr().err.strip()  # the file it looked for, in the same words
+    assert err == f"gsformat render: error: {tmp_path / 'nowhere' / 'index.json'}: not found"
 
 
 # ---- the progress bar, the help, a closed pipe ---------------------------------------------
