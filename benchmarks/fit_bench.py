@@ -6,9 +6,9 @@ measured here:
 
 - ``previous`` — the fitter before the tile engine (`fit.PREVIOUS`: the NumPy window engine,
   its learning rates, no colour solves) at 2,000 iterations, the quality reference;
-- ``new`` — today's defaults (the C tile engine, `FitOptions`, a second cycle of half the
-  iterations for the images still rising at the end of the hold phase), at a ladder of
-  iteration counts around `fit.DEFAULT_ITERS` (``convert``'s default too); the iterations each
+- ``new`` — today's defaults (the C tile engine, `FitOptions`, further cycles of half the
+  iterations for the images still rising at the end of the hold phase, while each gains), at
+  a ladder of iteration counts around `fit.DEFAULT_ITERS` (``convert``'s default too); the iterations each
   image ran at the default are reported.
 
 For each budget (400 / 1,600 / 3,136 splats): PSNR against wall seconds per image for both (the
@@ -45,8 +45,8 @@ LADDER = (0.25, 0.5, 1.0)  # × DEFAULT_ITERS for the new fitter's curve
 
 
 def timed_fit(image, n, iters, curve=None, **options):
-    """One image's fit → (PSNR, wall seconds, iterations it ran: more where a second cycle was
-    kept); ``curve`` collects (seconds, step, training PSNR) every 10 iterations."""
+    """One image's fit → (PSNR, wall seconds, iterations it ran: more where further cycles
+    were kept); ``curve`` collects (seconds, step, training PSNR) every 10 iterations."""
     start = time.perf_counter()
 
     def progress(step, total, mse):

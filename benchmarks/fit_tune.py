@@ -43,7 +43,7 @@ def measure(n_splats: int, iters: int, options: dict, names=TUNING, size: int = 
         result = fit_images(image[None], n_splats, iters, threads=1, **options)
         seconds.append(time.process_time() - start)
         psnr.append(float(result.psnr[0]))
-        steps.append(result.splats[0].meta["iters"])  # more where a second cycle ran
+        steps.append(result.splats[0].meta["iters"])  # more where further cycles ran
     return {"splats": n_splats, "iters": iters, "options": options,
             "psnr_mean": round(float(np.mean(psnr)), 3),
             "cpu_seconds_per_image": round(float(np.mean(seconds)), 3),

@@ -62,7 +62,8 @@ class ConvertOptions:
     splats: int = _field(1600, "splat budget per image", True)
     iters: int = _field(DEFAULT_ITERS, "fitting iterations (the fitter's own, chosen by "
                                        "benchmarks/fit_bench.py; images still rising at the "
-                                       "end get half as many again)", True)
+                                       "end get up to 3 cycles of half as many more, each "
+                                       "while the last one paid)", True)
     size: int = _field(224, "canvas side after resizing", True)
     resize: str = _field("center-crop", "to a square canvas", True,
                          choices=["center-crop", "pad", "keep"])

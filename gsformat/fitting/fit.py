@@ -4,7 +4,8 @@ Per iteration: forward render (kernel), residual, hand-derived backward, Adam, c
 covariance is clamped so that 3σ_max ≤ R (the window half-size), see `kernel.py` for the truncation
 this allows; the final PSNR is measured on the stored FP16 splats with a 2R window (6σ, where
 the truncation is below float32 precision). Rates are held, then decay (`lr_decay`); images
-whose loss still falls at the end of the hold run a second, warm cycle (`still_rising`).
+whose loss still falls at the end of the hold run further warm cycles (`still_rising`), as
+long as each gains.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class FitResult:
     n_pruned: np.ndarray             # [B]
     seconds: float
     history: np.ndarray | None = None  # [steps, B] training loss (MSE) per image; NaN after an
-                                       # image's last step (second cycles make it ragged)
+                                       # image's last step (further cycles make it ragged)
     options: FitOptions = field(default_factory=FitOptions)
 
 
@@ -86,18 +87,19 @@ def lr_decay(step: int, iters: int, final: float, start: float) -> float:
 
 def still_rising(losses: np.ndarray, opts: FitOptions) -> np.ndarray:
     """``[B]`` bool: the images whose training loss ``losses`` ``[iters, B]`` fell by more than
-    ``rising_gain`` dB over the last tenth of the iterations before the decay — not settled at
-    the full rates, so a second cycle pays (the others are settled, and decay is all they
-    need). The loss is averaged over a fiftieth of the iterations at both ends: relocation
-    bumps it."""
+    ``rising_gain`` dB from the last tenth of the iterations before the decay to the end — the
+    last stretch of training still paid, so a further cycle will (tuning set: the images whose
+    loss had settled by then gained ≤ 0.07 dB from one; RESULTS.md). The loss is averaged over
+    a fiftieth of the iterations at both ends: relocation bumps it."""
     iters, batch = losses.shape
-    end = int(opts.optimiser.lr_decay_from * (iters - 1))
-    span, smooth = iters // 10, max(1, iters // 50)
-    if opts.optimiser.second_cycle <= 0 or span == 0 or end - span - smooth < 0:
+    start = int(opts.optimiser.lr_decay_from * (iters - 1)) - iters // 10
+    smooth = max(1, iters // 50)
+    rates = opts.optimiser
+    if rates.max_cycles <= 0 or rates.cycle_length <= 0 or start - smooth < 0:
         return np.zeros(batch, bool)
-    before = losses[end - span - smooth:end - span].mean(axis=0)
-    after = losses[end - smooth:end].mean(axis=0)
-    return 10 * np.log10(before / np.maximum(after, 1e-30)) > opts.optimiser.rising_gain
+    before = losses[start - smooth:start].mean(axis=0)
+    after = losses[iters - smooth:].mean(axis=0)
+    return 10 * np.log10(before / np.maximum(after, 1e-30)) > rates.rising_gain
 
 
 def clamp_covariance(xp, params, radius) -> None:
@@ -254,7 +256,7 @@ class _BatchFit:
     # ---- set-up -----------------------------------------------------------------------------
     def start(self, init_splats=None, params=None, alive=None) -> None:
         """Initial splats: ``params`` ``[B, N, 8]`` pixel units with their ``alive`` mask (a
-        second cycle), the `SplatSet`s ``init_splats`` (a warm re-fit), or as placed."""
+        further cycle), the `SplatSet`s ``init_splats`` (a warm re-fit), or as placed."""
         xp, opts, batch, n = self.xp, self.opts, self.batch, self.n
         height, width, place, rates = self.height, self.width, opts.placement, opts.optimiser
         if params is not None:
@@ -375,8 +377,8 @@ class _BatchFit:
         xp.clip(params[..., 0], 0, self.width, out=params[..., 0])
         xp.clip(params[..., 1], 0, self.height, out=params[..., 1])
 
-    # ---- a second cycle -----------------------------------------------------------------------
-    def second_cycle(self, rows: np.ndarray, iters: int) -> "_BatchFit":
+    # ---- further cycles -----------------------------------------------------------------------
+    def cycle(self, rows: np.ndarray, iters: int) -> "_BatchFit":
         """A fit of images ``rows`` over ``iters`` more iterations, warm from their splats as
         they are: fresh Adam moments, full rates, relocation and decay on its own clock, each
         image's random stream continued; pruning stays with the first cycle."""
@@ -387,16 +389,20 @@ class _BatchFit:
         cycle.start(params=self.params[picked], alive=self.alive[picked])
         return cycle
 
-    def take(self, cycle: "_BatchFit", rows: np.ndarray, mse_before) -> None:
-        """The images ``rows`` as ``cycle`` (their `second_cycle`) left them, where that beats
-        their loss before it, ``mse_before`` ``[len(rows)]`` (a restart at full rates can
-        shake a fit it has too few iterations to settle again)."""
-        better = to_numpy(cycle.loss_and_grad() < mse_before)  # [len(rows)]
+    def take(self, cycle: "_BatchFit", rows: np.ndarray, mse_before) -> np.ndarray:
+        """The images ``rows`` as ``cycle`` (their `cycle`) left them, where that beats their
+        loss before it, ``mse_before`` ``[len(rows)]`` (a restart at full rates can shake a fit
+        it has too few iterations to settle again). Returns each one's gain ``[len(rows)]`` in
+        dB (≤ 0: not taken)."""
+        mse_after = to_numpy(cycle.loss_and_grad())  # [len(rows)]
+        mse_before = to_numpy(mse_before)
+        better = mse_after < mse_before
         if hasattr(cycle.engine, "close"):
             cycle.engine.close()
         xp = self.xp
         self.params[xp.asarray(rows[better])] = cycle.params[xp.asarray(np.flatnonzero(better))]
         self.iters_done[rows[better]] += cycle.iters_done[better]
+        return 10 * np.log10(np.maximum(mse_before, 1e-30) / np.maximum(mse_after, 1e-30))
 
     # ---- result -----------------------------------------------------------------------------
     def finish(self):
@@ -434,20 +440,29 @@ def _quantised(splats, target_np, opts: FitOptions, r_max: int) -> list[SplatSet
 def _fit_batch(target_np, opts: FitOptions, progress, seed_offset=0,
                init_splats=None) -> FitResult:
     """One batch → its `FitResult` (``seconds`` left 0: `fit_images` times the whole call):
-    ``iters`` iterations, then a second cycle for the images `still_rising` (kept where it
-    lowers their loss)."""
+    ``iters`` iterations, then further warm cycles (`_BatchFit.cycle`) for the images
+    `still_rising`, each kept where it lowers that image's loss, and followed by another while
+    it gained more than ``rising_gain`` dB, up to ``max_cycles``."""
     fit = _BatchFit(target_np, opts, seed_offset)
     fit.start(init_splats)
     first = _run(fit, progress, 0, opts.iters)  # [iters, B]
     rows = np.flatnonzero(still_rising(first, opts))
-    extra = round(opts.optimiser.second_cycle * opts.iters) if len(rows) else 0
-    losses = np.full((opts.iters + extra, fit.batch), np.nan, np.float32)
-    losses[:opts.iters] = first
-    if extra:
-        mse_before = fit.loss_and_grad()[fit.xp.asarray(rows)]  # where the first cycle ended
-        cycle = fit.second_cycle(rows, extra)
-        losses[opts.iters:, rows] = _run(cycle, progress, opts.iters, opts.iters + extra)
-        fit.take(cycle, rows, mse_before)
+    extra = round(opts.optimiser.cycle_length * opts.iters)
+    cycles = opts.optimiser.max_cycles if extra else 0
+    losses = [first]
+    for _ in range(cycles):
+        if not len(rows):
+            break
+        done = sum(len(part) for part in losses)
+        mse_before = fit.loss_and_grad()[fit.xp.asarray(rows)]  # where the last cycle ended
+        cycle = fit.cycle(rows, extra)
+        part = np.full((extra, fit.batch), np.nan, np.float32)
+        # the bar's total is what has run: how many cycles follow is not known in advance
+        part[:, rows] = _run(cycle, progress, done, done + extra)
+        losses.append(part)
+        gain = fit.take(cycle, rows, mse_before)  # [len(rows)] dB
+        rows = rows[gain > opts.optimiser.rising_gain]
+    losses = np.concatenate(losses)
     if progress:
         progress(len(losses), len(losses), float("nan"))
     splats, scores, n_pruned = fit.finish()

@@ -2,7 +2,8 @@
 
     FitOptions(n_splats, iters, seed,
                optimiser    = Optimiser(lr_position, lr_covariance, lr_colour, lr_final,
-                                          lr_decay_from, l1_colour, second_cycle, rising_gain),
+                                          lr_decay_from, l1_colour, cycle_length, rising_gain,
+                                          max_cycles),
                placement    = Placement(init, init_scale, relocate_*, prune_threshold, prune_at),
                extents      = Extents(k_sigma, window_scale, min_radius, large_fraction, large_scale),
                quantisation = Quantisation(codec, matched_steps),
@@ -37,12 +38,14 @@ class Optimiser:
                                    #   images settle: +0.8 dB at 1,600 splats on the tuning
                                    #   set, its cell +2.2, colour wheel +5.2; RESULTS.md)
     l1_colour: float = 0.0         # weight of the paper's L1 colour term (mean |colour|)
-    second_cycle: float = 0.5      # images still rising at the end of the hold phase get a
-                                   #   second cycle (hold, decay) this long, as a fraction of
-                                   #   iters, warm from their splats (0: never; fit.still_rising)
-    rising_gain: float = 0.25      # dB the training loss fell over the last tenth of the
-                                   #   iterations before the decay that marks an image still
-                                   #   rising (tuning set: RESULTS.md, "a second cycle")
+    cycle_length: float = 0.5      # images still rising at the end get a further cycle (hold,
+                                   #   decay) this long, as a fraction of iters, warm from their
+                                   #   splats (fit.still_rising)
+    rising_gain: float = 0.5       # dB the training loss must have fallen from the last tenth
+                                   #   of the iterations before the decay to the end, or over a
+                                   #   whole further cycle, for one (another) to follow (tuning
+                                   #   set: RESULTS.md, "cycles while they pay")
+    max_cycles: int = 3            # at most this many cycles after the first (0: none)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ GROUPS = {"optimiser": Optimiser, "placement": Placement, "extents": Extents,
 FLAT = {f.name: (group, f.name) for group, cls in GROUPS.items()
         for f in dataclasses.fields(cls)}
 FLAT["quantize"] = ("quantisation", "codec")
-RENAMED = {"quantize_reference_psnr": "matched_steps"}  # 0.1's names (a DeprecationWarning)
+# earlier names (a DeprecationWarning): 0.1's, and the cycles' before there could be several
+RENAMED = {"quantize_reference_psnr": "matched_steps", "second_cycle": "cycle_length"}
 
 
 @dataclass(init=False)
@@ -152,5 +156,5 @@ class FitOptions:
 # The fitter before the tile engine (the NumPy window engine, the learning rates it was tuned
 # with, 2,000 iterations): a named configuration, so that benchmarks compare both in one run.
 PREVIOUS = {"engine": "window", "lr_position": 0.03, "lr_covariance": 0.015, "lr_colour": 0.008,
-            "lr_final": 1.0, "second_cycle": 0.0, "relocate_every": 250,
+            "lr_final": 1.0, "max_cycles": 0, "relocate_every": 250,
             "relocate_fraction": 0.05}
