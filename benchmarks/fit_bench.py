@@ -209,7 +209,7 @@ def plot(results: dict, path: str) -> None:
                 "o-", color="tab:blue", label="new (C tiles)")
         default = row["new_default"]
         ax.plot([default["seconds_per_image"]], [default["psnr_mean"]], "*", ms=14,
-                color="tab:blue", label=f"new default, {default['iters']} it.")
+                color="tab:blue", label=f"new default, {default['iters']} it. + cycles")
         ax.axhline(old["psnr_mean"], color="tab:grey", ls=":", lw=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

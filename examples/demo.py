@@ -74,7 +74,10 @@ def main(out: str = "demo-out", splats: int = 1600, iters: int = DEFAULT_ITERS,
                    picture=picture)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(json.dumps(summary, indent=2))
+    # convert printed its summary above; what the demo adds to it, and where the whole is
+    added = dict(streamed, demo_seconds=summary["demo_seconds"], picture=picture,
+                 summary=os.path.join(out, "summary.json"))
+    print(json.dumps(added, indent=2))
     return 0
 
 

@@ -78,8 +78,9 @@ class Progress:
     def restore(self, saved: tuple):
         """Back to `snapshot`'s counts (a unit redone from scratch is not counted twice)."""
         self.psnr_sum, self.n_ok, self.n_rejected, n = saved
-        self.bar.n = n
-        self.bar.refresh()
+        if n != self.bar.n:  # a redrawn bar is a new line without a terminal
+            self.bar.n = n
+            self.bar.refresh()
 
     def close(self):
         self.bar.close()
