@@ -156,7 +156,7 @@ def test_a_prefix_on_a_server_that_is_down_is_not_an_empty_folder(tmp_path, serv
     server.stop()
     assert convert(f"{url}/wds/", tmp_path / "out") == 2
     err = capsys.readouterr().err
-    assert "cannot list" in err and "no images, tars or MDS index" not in err
+    assert f"{url}/wds/: unreachable (" in err and "no images, tars or MDS index" not in err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -167,6 +167,8 @@ def test_fit_options_are_grouped_and_keep_their_flat_names():
         assert FitOptions(second_cycle=0.0).optimiser.cycle_length == 0.0
     assert any("matched_steps" in str(w.message) for w in caught)
     assert any("cycle_length" in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match="max_cycles must be ≥ 0"):
+        fit_images(np.zeros((1, 8, 8, 3), np.uint8), 4, 2, max_cycles=-1)
     with pytest.raises(TypeError, match="unexpected fitting option 'lr_postion'"):
         FitOptions(lr_postion=0.1)
 

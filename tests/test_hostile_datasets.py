@@ -421,11 +421,18 @@ def test_missing_credentials_name_the_url(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),
                AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), HOME=str(tmp_path))
-    result = subprocess.run([sys.executable, "-m", "gsformat.cli", "validate", "s3://bucket/ds"],
-                            capture_output=True, text=True, timeout=120, env=env)
-    assert result.returncode == 2
-    assert result.stderr.strip() == "gsformat validate: error: s3://bucket/ds: access denied " \
-        "(NoCredentialsError: Unable to locate credentials)"
+    denied = "access denied (NoCredentialsError: Unable to locate credentials)"
+    write_image_folder(tmp_path / "src")
+    for command, where in ((["validate", "s3://bucket/ds"], "s3://bucket/ds"),
+                           (["convert", str(tmp_path / "src"), "s3://bucket/out", *TINY],
+                            "s3://bucket/out"),  # the output store
+                           (["convert", "s3://bucket/raw/", str(tmp_path / "out"), *TINY],
+                            "s3://bucket/raw/")):  # the source
+        result = subprocess.run([sys.executable, "-m", "gsformat.cli", *command],
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == \
+            f"gsformat {command[0]}: error: {where}: {denied}"
 
 
 # ---- conversion re-runs ------------------------------------------------------------------------

@@ -64,7 +64,7 @@ class ConvertOptions:
                                        "benchmarks/fit_bench.py; images still rising at the "
                                        "end get up to 3 cycles of half as many more, each "
                                        "while the last one paid)", True)
-    size: int = _field(224, "canvas side after resizing", True)
+    size: int = _field(224, "canvas side after resizing (smaller images are upscaled)", True)
     resize: str = _field("center-crop", "to a square canvas", True,
                          choices=["center-crop", "pad", "keep"])
     init: str = _field("grid", "initial splat placement", True, choices=["grid", "random"])

@@ -21,7 +21,7 @@ import sys
 import time
 
 from ..io import storage
-from ..io.failures import DAMAGED, DENIED, KIND_TEXT, MISSING
+from ..io.failures import DAMAGED, DENIED, KIND_TEXT, MISSING, UNREACHABLE, describe, failure_kind
 from .distribute import Workers, run_units
 from .options import CONVERT_JSON, FAILURE_JSON, PART_JSON, ConvertOptions
 from .sources import SourceError, open_source
@@ -151,7 +151,13 @@ def _convert(options: ConvertOptions, workers) -> int:
     except SourceError as exc:
         print(f"gsformat convert: error: {exc}", file=sys.stderr)
         return 2
-    digest = prepare_out(options, options.settings(), source)
+    try:
+        digest = prepare_out(options, options.settings(), source)
+    except Exception as exc:  # OUT is the first thing written: name it when its store fails
+        if failure_kind(exc) not in (UNREACHABLE, DENIED):
+            raise
+        print(f"gsformat convert: error: {options.out}: {describe(exc)}", file=sys.stderr)
+        return 2
     everything = source.units()
     units = everything[options.rank::options.world_size]
     todo, skipped, budget = [], 0, ImageBudget(options.limit)

@@ -415,6 +415,8 @@ def _resolve(spec: str, source_format: str = "auto") -> tuple[str, list[str]]:
     try:
         files = failures.with_retries(lambda: storage.list_files(root))
     except Exception as exc:
+        if failures.failure_kind(exc) in (failures.UNREACHABLE, failures.DENIED):
+            raise SourceError(f"{root}: {failures.describe(exc)}") from None  # as validate says
         raise SourceError(f"{root}: cannot list: {type(exc).__name__}: {exc}") from None
     if "index.json" in files:
         return "mds", [root]

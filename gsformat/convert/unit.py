@@ -58,8 +58,8 @@ class Progress:
         self.n_ok += len(psnr_values)
         self.psnr_sum += float(np.sum(psnr_values))
         self.n_rejected += rejected
+        self._postfix()  # before the update that draws it: a drawn line is final off a terminal
         self.bar.update(len(psnr_values) + rejected)
-        self._postfix()
 
     def unit_done(self):
         self.units_done += 1

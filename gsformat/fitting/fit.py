@@ -160,6 +160,9 @@ def fit_images(images, n_splats: int = 1600, iters: int = DEFAULT_ITERS, *,
                          f"{height}×{width} image), got {n_splats}")
     if iters < 0:
         raise ValueError(f"iters must be ≥ 0, got {iters}")
+    if opts.optimiser.cycle_length < 0 or opts.optimiser.max_cycles < 0:
+        raise ValueError(f"cycle_length and max_cycles must be ≥ 0, got "
+                         f"{opts.optimiser.cycle_length} and {opts.optimiser.max_cycles}")
     if opts.quantisation.matched_steps is not None and not (
             opts.quantisation.codec and has_steps(opts.quantisation.codec)
             and math.isfinite(opts.quantisation.matched_steps)):

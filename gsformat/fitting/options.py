@@ -110,6 +110,8 @@ FLAT = {f.name: (group, f.name) for group, cls in GROUPS.items()
 FLAT["quantize"] = ("quantisation", "codec")
 # earlier names (a DeprecationWarning): 0.1's, and the cycles' before there could be several
 RENAMED = {"quantize_reference_psnr": "matched_steps", "second_cycle": "cycle_length"}
+RENAMED_NOTES = {"second_cycle": " (cycles now follow while they pay: max_cycles=1 for at most "
+                                 "one)"}
 
 
 @dataclass(init=False)
@@ -133,7 +135,8 @@ class FitOptions:
         changes: dict[str, dict] = {name: {} for name in GROUPS}
         for name, value in flat.items():
             if name in RENAMED:
-                warnings.warn(f"{name} is now {RENAMED[name]}", DeprecationWarning, stacklevel=3)
+                warnings.warn(f"{name} is now {RENAMED[name]}{RENAMED_NOTES.get(name, '')}",
+                              DeprecationWarning, stacklevel=3)
                 name = RENAMED[name]
             if name not in FLAT:
                 raise TypeError(f"unexpected fitting option {name!r} (known: "
