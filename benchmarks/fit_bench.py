@@ -8,8 +8,8 @@ measured here:
   its learning rates, no colour solves) at 2,000 iterations, the quality reference;
 - ``new`` — today's defaults (the C tile engine, `FitOptions`, further cycles of half the
   iterations for the images still rising at the end of the hold phase, while each gains), at
-  a ladder of iteration counts around `fit.DEFAULT_ITERS` (``convert``'s default too); the iterations each
-  image ran at the default are reported.
+  a ladder of iteration counts around `fit.DEFAULT_ITERS` (``convert``'s default too); the
+  iterations each image ran at the default are reported.
 
 For each budget (400 / 1,600 / 3,136 splats): PSNR against wall seconds per image for both (the
 previous fitter's curve from its training loss every 10 iterations, its end point exact; the new
